@@ -1,0 +1,187 @@
+//! Command-line and environment configuration.
+//!
+//! One [`Config`] struct parsed by clap. Every option has an environment
+//! fallback, and the single-dash spellings of Broker 1.x (`-port 8080
+//! -origin … -expiry … -secret …`) are accepted verbatim through
+//! [`Config::from_args`].
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Everything a Broker server needs to start.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "broker", version, about = "Real-time zero-code API server")]
+pub struct Config {
+    /// TCP port to listen on.
+    #[arg(long, env = "BROKER_PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// Address to bind (0.0.0.0 for every interface, 127.0.0.1 for this machine only).
+    #[arg(long, env = "BROKER_HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+
+    /// Browser origin allowed by CORS; repeat the option or separate with commas for several.
+    #[arg(
+        long,
+        env = "BROKER_ORIGIN",
+        default_value = "http://localhost:3000",
+        value_delimiter = ','
+    )]
+    pub origin: Vec<String>,
+
+    /// Lifetime of issued JWTs, in seconds.
+    #[arg(long, env = "BROKER_EXPIRY", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub expiry: u64,
+
+    /// Secret that signs JWTs. Without one, a random secret is generated on
+    /// first start and kept in the data directory.
+    #[arg(long, env = "BROKER_SECRET", hide_env_values = true)]
+    pub secret: Option<Secret>,
+
+    /// Directory of the embedded database.
+    #[arg(long, env = "SAVE_PATH", default_value = "./broker_data")]
+    pub save_path: PathBuf,
+
+    /// Seconds between heartbeat comments on open event streams.
+    #[arg(long, env = "BROKER_HEARTBEAT", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    pub heartbeat: u64,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "BROKER_MAX_BODY", default_value_t = 1024 * 1024)]
+    pub max_body: usize,
+
+    /// How many events a subscriber may fall behind before it is disconnected
+    /// (it can reconnect and resume).
+    #[arg(long, env = "BROKER_MAX_LAG", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_lag: u64,
+}
+
+/// Long options that Broker 1.x spelled with a single dash.
+const SEED_FLAGS: [&str; 4] = ["port", "origin", "expiry", "secret"];
+
+impl Config {
+    /// Parses a command line, accepting the seed's `-port 8080` spellings as
+    /// well as `--port 8080`; exits with usage on error, like clap does.
+    pub fn from_args<I, T>(args: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        Self::parse_from(args.into_iter().map(|arg| seed_to_gnu(arg.into())))
+    }
+
+    /// Interval between heartbeat comments on event streams.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(self.heartbeat)
+    }
+}
+
+/// Rewrites `-port` / `-port=8080` (seed style) to `--port` / `--port=8080`.
+fn seed_to_gnu(arg: OsString) -> OsString {
+    let Some(text) = arg.to_str() else { return arg };
+    let Some(rest) = text.strip_prefix('-') else {
+        return arg;
+    };
+    let name = rest.split('=').next().unwrap_or(rest);
+    if SEED_FLAGS.contains(&name) {
+        OsString::from(format!("-{text}"))
+    } else {
+        arg
+    }
+}
+
+/// A secret string whose `Debug` output never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the code that signs with it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err("the secret must not be empty".into());
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_command_line_works_verbatim() {
+        let c = Config::from_args([
+            "broker",
+            "-port",
+            "9090",
+            "-origin",
+            "http://a.test",
+            "-expiry",
+            "60",
+            "-secret",
+            "s3",
+        ]);
+        assert_eq!(c.port, 9090);
+        assert_eq!(c.origin, ["http://a.test"]);
+        assert_eq!(c.expiry, 60);
+        assert_eq!(c.secret.as_ref().map(Secret::expose), Some("s3"));
+    }
+
+    #[test]
+    fn gnu_style_and_several_origins() {
+        let c = Config::from_args([
+            "broker",
+            "--port=1",
+            "--origin",
+            "http://a.test,http://b.test",
+            "--origin",
+            "http://c.test",
+            "-secret=x",
+        ]);
+        assert_eq!(c.port, 1);
+        assert_eq!(
+            c.origin,
+            ["http://a.test", "http://b.test", "http://c.test"]
+        );
+        assert_eq!(c.secret.as_ref().map(Secret::expose), Some("x"));
+    }
+
+    #[test]
+    fn defaults_and_redacted_secret() {
+        let c = Config::try_parse_from(["broker", "--secret", "hunter2"]).unwrap();
+        assert_eq!(c.expiry, 3600);
+        assert_eq!(c.origin, ["http://localhost:3000"]);
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn values_are_not_rewritten() {
+        assert_eq!(seed_to_gnu("-portal".into()), OsString::from("-portal"));
+        assert_eq!(seed_to_gnu("-h".into()), OsString::from("-h"));
+    }
+}

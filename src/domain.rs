@@ -1,0 +1,217 @@
+//! Domain types that validate themselves on construction.
+//!
+//! Handlers turn request bodies into these types first; code past that point
+//! never sees an empty username, an event name that would break SSE framing
+//! or a timestamp the scheduler cannot represent.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+/// Why client input was refused; the message is shown to the client.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+fn check_text(what: &str, value: &str, max_chars: usize) -> Result<(), Invalid> {
+    if value.trim().is_empty() {
+        return Err(Invalid(format!("{what} must not be empty")));
+    }
+    if value.chars().count() > max_chars {
+        return Err(Invalid(format!(
+            "{what} must be at most {max_chars} characters"
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Invalid(format!(
+            "{what} must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// A user's login name: 1 to 128 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Username(String);
+
+impl Username {
+    /// Validates a username.
+    pub fn parse(value: String) -> Result<Self, Invalid> {
+        check_text("username", &value, 128)?;
+        Ok(Self(value))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A clear-text password on its way to the hasher: 1 to 1024 bytes.
+/// Its `Debug` output never shows it.
+#[derive(Clone)]
+pub struct Password(String);
+
+impl Password {
+    /// Validates a password.
+    pub fn parse(value: String) -> Result<Self, Invalid> {
+        if value.is_empty() {
+            return Err(Invalid("password must not be empty".into()));
+        }
+        if value.len() > 1024 {
+            return Err(Invalid("password must be at most 1024 bytes".into()));
+        }
+        Ok(Self(value))
+    }
+
+    /// The password itself, for the hasher.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
+/// The name of an event ("the latest event of each name is the current
+/// state"): 1 to 256 characters without control characters, so it can stand
+/// on an SSE `event:` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventName(String);
+
+impl EventName {
+    /// Validates an event name.
+    pub fn parse(value: String) -> Result<Self, Invalid> {
+        check_text("event", &value, 256)?;
+        Ok(Self(value))
+    }
+
+    /// The name as text.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// Latest timestamp accepted: 9999-12-31T23:59:59Z.
+pub const MAX_TIMESTAMP: i64 = 253_402_300_799;
+
+/// Validates an event timestamp (UNIX seconds, 0 to year 9999).
+pub fn check_timestamp(timestamp: i64) -> Result<i64, Invalid> {
+    if (0..=MAX_TIMESTAMP).contains(&timestamp) {
+        Ok(timestamp)
+    } else {
+        Err(Invalid(format!(
+            "timestamp must be UNIX seconds between 0 and {MAX_TIMESTAMP}"
+        )))
+    }
+}
+
+/// Rewrites already-valid JSON without insignificant white space, so that it
+/// fits on one SSE `data:` line. Strings, numbers and key order are kept
+/// exactly as the client sent them.
+pub fn compact_json(raw: &RawValue) -> Box<RawValue> {
+    let text = raw.get();
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if c.is_ascii_whitespace() {
+            continue;
+        }
+        out.push(c);
+    }
+    // Removing white space outside strings keeps valid JSON valid.
+    RawValue::from_string(out).unwrap_or_else(|_| raw.to_owned())
+}
+
+/// One event as stored and as returned by the API, in the seed's shape.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    /// The event's own id.
+    pub id: Uuid,
+    /// The user who inserted it.
+    pub user_id: Uuid,
+    /// The collection it belongs to.
+    pub collection_id: Uuid,
+    /// Its name.
+    pub event: String,
+    /// When it is (or was) due, in UNIX seconds.
+    pub timestamp: i64,
+    /// Whether it has been published to the stream.
+    pub published: bool,
+    /// Whether its owner cancelled it before publication.
+    pub cancelled: bool,
+    /// Any JSON value, compacted.
+    pub data: Box<RawValue>,
+}
+
+/// A published event with the sequence number the store gave it.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// Position in the publication log: increasing, never reused.
+    pub seq: i64,
+    /// The event, with `published: true`.
+    pub event: Event,
+}
+
+/// A registered user as the store keeps it.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// The user's id.
+    pub id: Uuid,
+    /// The login name.
+    pub username: String,
+    /// An argon2id (or legacy bcrypt) hash in PHC / modular crypt format.
+    pub password_hash: String,
+    /// The collection holding this user's profile ("info") events.
+    pub collection_id: Uuid,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(Username::parse("alice".into()).is_ok());
+        assert!(Username::parse("".into()).is_err());
+        assert!(Username::parse("  ".into()).is_err());
+        assert!(Username::parse("a".repeat(129)).is_err());
+        assert!(EventName::parse("line\nbreak".into()).is_err());
+        assert!(Password::parse(String::new()).is_err());
+        assert!(Password::parse("p".repeat(1025)).is_err());
+        assert!(!format!("{:?}", Password::parse("hunter2".into()).unwrap()).contains("hunter2"));
+    }
+
+    #[test]
+    fn timestamps_are_bounded() {
+        assert!(check_timestamp(-1).is_err());
+        assert!(check_timestamp(MAX_TIMESTAMP + 1).is_err());
+        assert_eq!(check_timestamp(1_700_000_000), Ok(1_700_000_000));
+    }
+
+    #[test]
+    fn json_is_compacted_but_strings_kept() {
+        let raw: Box<RawValue> =
+            serde_json::from_str("{ \"a\" : [1, 2 ,\n 3], \"s\": \"x \\\" y\\n\" , \"z\":1e400 }")
+                .unwrap();
+        assert_eq!(
+            compact_json(&raw).get(),
+            r#"{"a":[1,2,3],"s":"x \" y\n","z":1e400}"#
+        );
+    }
+}

@@ -1,0 +1,113 @@
+//! `POST /insert`, the event listings and `GET|POST /events/{id}/cancel`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use super::extract::{AuthUser, Json, Path};
+use super::{ApiError, AppState};
+use crate::domain::{Event, EventName, check_timestamp, compact_json};
+use crate::store::Cancel;
+
+/// The body of `POST /insert`.
+#[derive(Deserialize)]
+pub struct Insert {
+    event: String,
+    collection_id: Uuid,
+    timestamp: i64,
+    data: Box<RawValue>,
+}
+
+/// `{"event": record}`
+#[derive(Serialize)]
+pub struct One {
+    event: Event,
+}
+
+/// `{"events": [...]}`
+#[derive(Serialize)]
+pub struct Many {
+    events: Vec<Event>,
+}
+
+/// `{"info": [...], "events": [...]}`
+#[derive(Serialize)]
+pub struct OfUser {
+    info: Vec<Event>,
+    events: Vec<Event>,
+}
+
+/// Stores an event, due at its timestamp, and answers `{"event": record}`.
+pub async fn insert(
+    State(app): State<AppState>,
+    AuthUser(user_id): AuthUser,
+    Json(body): Json<Insert>,
+) -> Result<axum::Json<One>, ApiError> {
+    let event = Event {
+        id: Uuid::new_v4(),
+        user_id,
+        collection_id: body.collection_id,
+        event: EventName::parse(body.event)?.into_string(),
+        timestamp: check_timestamp(body.timestamp)?,
+        published: false,
+        cancelled: false,
+        data: compact_json(&body.data),
+    };
+    app.store.insert_event(event.clone()).await?;
+    app.wake.poke();
+    Ok(axum::Json(One { event }))
+}
+
+/// `{"events": [...]}`: a collection's events by ascending timestamp.
+pub async fn collection(
+    State(app): State<AppState>,
+    AuthUser(_): AuthUser,
+    Path(collection_id): Path<Uuid>,
+) -> Result<axum::Json<Many>, ApiError> {
+    let events = app.store.collection_events(collection_id).await?;
+    Ok(axum::Json(Many { events }))
+}
+
+/// `{"info": [...], "events": [...]}`: the events of the user's own
+/// collection, and the events the user inserted.
+pub async fn user(
+    State(app): State<AppState>,
+    AuthUser(user_id): AuthUser,
+) -> Result<axum::Json<OfUser>, ApiError> {
+    let user = app
+        .store
+        .user_by_id(user_id)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("the token's user no longer exists"))?;
+    let (info, events) = tokio::try_join!(
+        app.store.collection_events(user.collection_id),
+        app.store.user_events(user_id)
+    )?;
+    Ok(axum::Json(OfUser { info, events }))
+}
+
+/// Cancels a future event of the caller's: `{"event": record}`.
+pub async fn cancel(
+    State(app): State<AppState>,
+    AuthUser(user_id): AuthUser,
+    Path(id): Path<Uuid>,
+) -> Result<axum::Json<One>, ApiError> {
+    match app.store.cancel_event(id, user_id).await? {
+        Cancel::Cancelled(event) => Ok(axum::Json(One { event })),
+        Cancel::NotFound => Err(ApiError::new(StatusCode::NOT_FOUND, "no such event")),
+        Cancel::NotOwner => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "only the user who inserted an event may cancel it",
+        )),
+        Cancel::AlreadyPublished => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "the event is already published",
+        )),
+        Cancel::AlreadyCancelled => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "the event is already cancelled",
+        )),
+    }
+}

@@ -1,0 +1,84 @@
+//! The HTTP API: one file per resource, the extractors and the error type.
+
+mod error;
+mod events;
+mod extract;
+mod stream;
+mod users;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::routing::{get, post};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use error::ApiError;
+
+use crate::auth::{Keys, Passwords};
+use crate::clock::Clock;
+use crate::hub::Hub;
+use crate::scheduler::Wake;
+use crate::store::Store;
+
+/// What every handler can reach.
+pub struct App {
+    /// The database.
+    pub store: Arc<dyn Store>,
+    /// The fan-out hub.
+    pub hub: Arc<Hub>,
+    /// The scheduler's doorbell.
+    pub wake: Arc<Wake>,
+    /// JWT keys.
+    pub keys: Keys,
+    /// Password hashing.
+    pub passwords: Passwords,
+    /// The time source.
+    pub clock: Clock,
+}
+
+/// Handler state.
+pub type AppState = Arc<App>;
+
+/// The API's routes with CORS for `origins` and a body limit of `max_body`
+/// bytes. Fails if an origin is not a valid header value.
+pub fn router(app: AppState, origins: &[String], max_body: usize) -> Result<Router, String> {
+    let origins = origins
+        .iter()
+        .map(|o| HeaderValue::from_str(o).map_err(|_| format!("invalid origin {o:?}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::ACCEPT, header::CONTENT_TYPE]);
+    Ok(Router::new()
+        .route("/users", post(users::sign_up))
+        .route("/login", post(users::log_in))
+        .route("/insert", post(events::insert))
+        .route("/events", get(stream::subscribe))
+        .route("/events/user", get(events::user))
+        .route(
+            "/events/collections/{collection_id}",
+            get(events::collection),
+        )
+        .route(
+            "/events/{id}/cancel",
+            get(events::cancel).post(events::cancel),
+        )
+        .fallback(no_route)
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(cors)
+        .with_state(app))
+}
+
+/// Answers 404 for a path no route serves.
+async fn no_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route for {}", uri.path()),
+    )
+}

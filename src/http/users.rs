@@ -1,0 +1,68 @@
+//! `POST /users` (sign up) and `POST /login`.
+
+use axum::extract::State;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::extract::Json;
+use super::{ApiError, AppState};
+use crate::auth::Passwords;
+use crate::domain::{Password, User, Username};
+
+/// The body of `POST /users`.
+#[derive(Deserialize)]
+pub struct SignUp {
+    username: String,
+    password: String,
+    collection_id: Uuid,
+}
+
+/// The body of `POST /login`.
+#[derive(Deserialize)]
+pub struct LogIn {
+    username: String,
+    password: String,
+}
+
+/// Registers a user and answers `{"id": "<uuid>"}`.
+pub async fn sign_up(
+    State(app): State<AppState>,
+    Json(body): Json<SignUp>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let username = Username::parse(body.username)?;
+    let password = Password::parse(body.password)?;
+    let password_hash = Passwords::hash(password)
+        .await
+        .map_err(ApiError::internal)?;
+    let id = Uuid::new_v4();
+    let user = User {
+        id,
+        username: username.as_str().to_owned(),
+        password_hash,
+        collection_id: body.collection_id,
+    };
+    app.store.create_user(user).await?;
+    Ok(axum::Json(json!({ "id": id })))
+}
+
+/// Checks a password and answers `{"jwt": "..."}`. An unknown user and a
+/// wrong password get the same answer after the same work.
+pub async fn log_in(
+    State(app): State<AppState>,
+    Json(body): Json<LogIn>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let refused = || ApiError::unauthorized("invalid username or password");
+    let password = Password::parse(body.password).map_err(|_| refused())?;
+    let user = app.store.user_by_name(&body.username).await?;
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    if !app.passwords.verify(password, hash).await {
+        return Err(refused());
+    }
+    let user = user.ok_or_else(refused)?;
+    let jwt = app
+        .keys
+        .issue(user.id, &app.clock)
+        .map_err(ApiError::internal)?;
+    Ok(axum::Json(json!({ "jwt": jwt })))
+}

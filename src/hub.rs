@@ -1,0 +1,116 @@
+//! The fan-out hub: one publication, serialised once, read by every stream.
+//!
+//! Published events become SSE frames exactly once and go into a single
+//! bounded broadcast ring that every subscriber reads at its own pace. A
+//! subscriber costs one ring cursor, not a queue of its own; one that falls
+//! more than the ring's capacity behind is told so and disconnected (it can
+//! resume), so a stalled client costs the others nothing and memory stays
+//! bounded. The hub also sends the heartbeat comment and, on shutdown, the
+//! close signal that ends every stream.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::domain::Published;
+
+/// What travels through the hub.
+#[derive(Debug)]
+pub enum Frame {
+    /// A published event, ready to write.
+    Event {
+        /// Its publication sequence number (the SSE `id`).
+        seq: i64,
+        /// Its collection, for filtering.
+        collection_id: Uuid,
+        /// Its name, for filtering.
+        name: String,
+        /// The complete SSE frame.
+        bytes: Bytes,
+    },
+    /// Keep-alive comment.
+    Heartbeat,
+    /// The server is shutting down: end the stream.
+    Close,
+}
+
+/// The SSE comment sent as a heartbeat.
+pub const HEARTBEAT: &[u8] = b":\n\n";
+
+impl Frame {
+    /// Serialises a published event as an SSE frame.
+    pub fn event(p: &Published) -> Self {
+        let mut text = String::with_capacity(p.event.event.len() + p.event.data.get().len() + 32);
+        // Writing to a String cannot fail.
+        let _ = write!(
+            text,
+            "id: {}\nevent: {}\ndata: {}\n\n",
+            p.seq,
+            p.event.event,
+            p.event.data.get()
+        );
+        Self::Event {
+            seq: p.seq,
+            collection_id: p.event.collection_id,
+            name: p.event.event.clone(),
+            bytes: Bytes::from(text),
+        }
+    }
+}
+
+/// The hub; cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Hub {
+    ring: broadcast::Sender<Arc<Frame>>,
+}
+
+impl Hub {
+    /// A hub whose subscribers may fall `max_lag` frames behind.
+    pub fn new(max_lag: usize) -> Self {
+        Self {
+            ring: broadcast::Sender::new(max_lag.max(1)),
+        }
+    }
+
+    /// Sends heartbeats every `interval` until `shutdown`, then tells every
+    /// stream to close.
+    pub fn spawn_heartbeat(self: &Arc<Self>, interval: Duration, shutdown: CancellationToken) {
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.reset(); // the first tick would otherwise fire at once
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => hub.send(Frame::Heartbeat),
+                    () = shutdown.cancelled() => break,
+                }
+            }
+            hub.send(Frame::Close);
+        });
+    }
+
+    /// Fans a published event out to every subscriber.
+    pub fn publish(&self, published: &Published) {
+        self.send(Frame::event(published));
+    }
+
+    fn send(&self, frame: Frame) {
+        // An error only means that nobody is subscribed.
+        let _ = self.ring.send(Arc::new(frame));
+    }
+
+    /// A new cursor on the ring, seeing every frame sent from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Frame>> {
+        self.ring.subscribe()
+    }
+
+    /// How many streams are open.
+    pub fn subscribers(&self) -> usize {
+        self.ring.receiver_count()
+    }
+}

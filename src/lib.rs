@@ -1,0 +1,197 @@
+//! Broker: a real-time zero-code API server.
+//!
+//! Users sign up and log in, clients insert JSON events, and every
+//! subscriber of the Server-Sent-Events stream sees each event when it is
+//! published, at once or at its future timestamp. The log is immutable; the
+//! latest event of each name is the current state.
+//!
+//! [`Broker::open`] builds the whole server from a [`Config`];
+//! [`Broker::router`] is an axum `Router` another application can mount;
+//! [`serve`] runs it on a listener until a shutdown future resolves.
+
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod hub;
+pub mod scheduler;
+pub mod store;
+
+use std::future::Future;
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use clock::Clock;
+pub use config::{Config, Secret};
+
+use auth::{Keys, Passwords};
+use http::App;
+use hub::Hub;
+use scheduler::Wake;
+use store::{SqliteStore, Store};
+
+/// How long open connections may take to finish once shutdown starts.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// Why Broker could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// A file or socket operation failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running Broker: its state, background tasks and shutdown token.
+pub struct Broker {
+    app: Arc<App>,
+    router: Router,
+    shutdown: CancellationToken,
+    scheduler: JoinHandle<()>,
+}
+
+impl Broker {
+    /// Opens the database and starts the scheduler and heartbeat.
+    pub async fn open(config: Config) -> Result<Self, Error> {
+        Self::open_with_clock(config, Clock::System).await
+    }
+
+    /// Like [`Broker::open`], with another time source (tests use a manual one).
+    pub async fn open_with_clock(config: Config, clock: Clock) -> Result<Self, Error> {
+        let secret = match &config.secret {
+            Some(secret) => secret.clone(),
+            None => stored_secret(&config.save_path)?,
+        };
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.save_path)?);
+        let passwords = Passwords::new()
+            .await
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let shutdown = CancellationToken::new();
+        let hub = Arc::new(Hub::new(
+            usize::try_from(config.max_lag).unwrap_or(usize::MAX),
+        ));
+        hub.spawn_heartbeat(config.heartbeat_interval(), shutdown.clone());
+        let wake = Arc::new(Wake::default());
+        let scheduler = scheduler::spawn(
+            store.clone(),
+            hub.clone(),
+            clock.clone(),
+            wake.clone(),
+            shutdown.clone(),
+        );
+        let app = Arc::new(App {
+            store,
+            hub,
+            wake,
+            keys: Keys::new(secret.expose().as_bytes(), config.expiry)
+                .map_err(|e| Error::Config(format!("unusable secret: {e}")))?,
+            passwords,
+            clock,
+        });
+        let router =
+            http::router(app.clone(), &config.origin, config.max_body).map_err(Error::Config)?;
+        Ok(Self {
+            app,
+            router,
+            shutdown,
+            scheduler,
+        })
+    }
+
+    /// The API as an axum `Router`, ready to serve or to mount.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// The token that stops the scheduler, the heartbeat and every open
+    /// stream when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// The fan-out hub (for example to count open streams).
+    pub fn hub(&self) -> Arc<Hub> {
+        self.app.hub.clone()
+    }
+
+    /// Serves the API on `listener` until `signal` resolves, then stops
+    /// accepting, closes every stream, lets in-flight requests finish (at
+    /// most a few seconds) and stops the background tasks.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let token = self.shutdown.clone();
+        tokio::spawn({
+            let token = token.clone();
+            async move {
+                tokio::select! {
+                    () = signal => token.cancel(),
+                    () = token.cancelled() => {}
+                }
+            }
+        });
+        let server = axum::serve(listener, self.router.clone())
+            .with_graceful_shutdown(token.clone().cancelled_owned());
+        let deadline = async {
+            token.cancelled().await;
+            tokio::time::sleep(GRACE).await;
+        };
+        tokio::select! {
+            served = server => served?,
+            () = deadline => tracing::warn!("connections still open after {GRACE:?}; closing them"),
+        }
+        token.cancel();
+        if let Err(e) = self.scheduler.await {
+            tracing::error!(error = %e, "the scheduler task failed");
+        }
+        Ok(())
+    }
+}
+
+/// Binds `config.host:config.port`, then serves until `signal` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    Broker::open(config).await?.serve(listener, signal).await
+}
+
+/// The JWT secret kept in the data directory, created on first start.
+fn stored_secret(dir: &Path) -> Result<Secret, Error> {
+    let path = dir.join("secret");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(Secret::from(text.trim().to_owned())),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut random = [0u8; 32];
+    getrandom::fill(&mut random).map_err(|e| Error::Config(format!("no randomness: {e}")))?;
+    let secret = auth::hex(&random);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&path)?;
+    file.write_all(secret.as_bytes())?;
+    file.sync_all()?;
+    tracing::info!(path = %path.display(), "generated a new JWT secret");
+    Ok(Secret::from(secret))
+}

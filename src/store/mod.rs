@@ -1,0 +1,86 @@
+//! Durable storage of users and events.
+//!
+//! [`Store`] is what the rest of Broker needs from a database; each backend
+//! lives in its own file with its own migrations. Every write is answered
+//! only once it is durably committed. The store, not the process, assigns
+//! publication sequence numbers, so several nodes can share one database.
+
+mod sqlite;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use crate::domain::{Event, Published, User};
+
+pub use sqlite::SqliteStore;
+
+/// A storage failure the client did not cause.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The username is already registered.
+    #[error("username is taken")]
+    UsernameTaken,
+    /// The database failed; the detail is for the log only.
+    #[error("storage failure: {0}")]
+    Backend(String),
+}
+
+/// What became of a cancellation request.
+#[derive(Debug)]
+pub enum Cancel {
+    /// The event is now cancelled and will never be published.
+    Cancelled(Event),
+    /// No event has that id.
+    NotFound,
+    /// The event belongs to another user; nothing changed.
+    NotOwner,
+    /// Too late: the event was already published.
+    AlreadyPublished,
+    /// The event was already cancelled.
+    AlreadyCancelled,
+}
+
+/// The latest published state, as sent to a subscriber on connect.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// The latest published event of each event name, in sequence order.
+    pub latest: Vec<Published>,
+    /// The highest sequence number published when the snapshot was taken.
+    pub head: i64,
+}
+
+/// Everything Broker asks of a database.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Registers a user; [`StoreError::UsernameTaken`] if the name is in use.
+    async fn create_user(&self, user: User) -> Result<(), StoreError>;
+
+    /// Looks a user up by login name.
+    async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError>;
+
+    /// Looks a user up by id.
+    async fn user_by_id(&self, id: Uuid) -> Result<Option<User>, StoreError>;
+
+    /// Stores a new, unpublished event.
+    async fn insert_event(&self, event: Event) -> Result<(), StoreError>;
+
+    /// Cancels `id` on behalf of `user_id` if it is theirs and still pending.
+    async fn cancel_event(&self, id: Uuid, user_id: Uuid) -> Result<Cancel, StoreError>;
+
+    /// Every event of a collection, by ascending timestamp then insertion.
+    async fn collection_events(&self, collection_id: Uuid) -> Result<Vec<Event>, StoreError>;
+
+    /// Every event inserted by a user, by ascending timestamp then insertion.
+    async fn user_events(&self, user_id: Uuid) -> Result<Vec<Event>, StoreError>;
+
+    /// Marks up to `limit` pending events due at `now` (UNIX seconds) as
+    /// published, in timestamp then insertion order, giving each the next
+    /// sequence number; returns them in that order.
+    async fn publish_due(&self, now: i64, limit: usize) -> Result<Vec<Published>, StoreError>;
+
+    /// The timestamp of the earliest pending event, if any.
+    async fn next_due(&self) -> Result<Option<i64>, StoreError>;
+
+    /// The latest published event of each name, and the sequence head.
+    async fn snapshot(&self) -> Result<Snapshot, StoreError>;
+}

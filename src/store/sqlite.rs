@@ -1,0 +1,476 @@
+//! The embedded SQLite backend.
+//!
+//! One writer thread owns the only write connection: concurrent writes queue
+//! on a channel and each batch is committed as one transaction (group
+//! commit), with WAL and `synchronous = FULL`, so a write is acknowledged
+//! only once it is fsynced. Every write runs in its own savepoint, so one
+//! refused write does not undo its batch. Reads run on a small pool of
+//! read-only connections on the blocking thread pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, params};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::{Cancel, Snapshot, Store, StoreError};
+use crate::domain::{Event, Published, User};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` counts those done.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite/0001_init.sql")];
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 1024;
+/// Writes that may wait for the writer before callers are slowed down.
+const QUEUE: usize = 8192;
+/// Idle read connections kept open.
+const MAX_IDLE_READERS: usize = 8;
+
+macro_rules! event_columns {
+    () => {
+        "id, user_id, collection_id, event, timestamp, published, cancelled, data"
+    };
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Backend(e.to_string())
+    }
+}
+
+/// SQLite storage in one file of the data directory.
+pub struct SqliteStore {
+    writes: mpsc::Sender<Box<dyn Job>>,
+    readers: Arc<Readers>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if need be) `broker.sqlite3` in `dir` and migrates it.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join("broker.sqlite3");
+        let mut conn = Connection::open(&path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
+        migrate(&mut conn)?;
+        let (writes, jobs) = mpsc::channel(QUEUE);
+        std::thread::Builder::new()
+            .name("broker-sqlite-writer".into())
+            .spawn(move || write_loop(conn, jobs))
+            .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
+        let readers = Arc::new(Readers {
+            path,
+            idle: Mutex::new(Vec::new()),
+        });
+        Ok(Self { writes, readers })
+    }
+
+    /// Runs `work` in the next group commit; answers once it is durable.
+    async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(Box::new(Write { work, reply }))
+            .await
+            .map_err(|_| StoreError::Backend("the writer thread has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("the writer thread dropped a write".into()))?
+    }
+
+    /// Runs `work` on a read connection on the blocking pool.
+    async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.run(work))
+            .await
+            .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let done: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if done > MIGRATIONS.len() {
+        return Err(StoreError::Backend(format!(
+            "the database is at schema version {done}, newer than this broker knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// A write waiting for the writer thread.
+trait Job: Send {
+    /// Runs inside the batch's transaction; the result is held until commit.
+    fn run(self: Box<Self>, conn: &Connection) -> Box<dyn Done>;
+    /// Fails the write without running it.
+    fn abort(self: Box<Self>, error: &str);
+}
+
+/// A write that ran and waits for its batch's commit.
+trait Done: Send {
+    fn finish(self: Box<Self>, commit: Result<(), &str>);
+}
+
+struct Write<F, T> {
+    work: F,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+struct Ran<T> {
+    result: Result<T, StoreError>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<F, T> Job for Write<F, T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &Connection) -> Box<dyn Done> {
+        let result = in_savepoint(conn, self.work);
+        Box::new(Ran {
+            result,
+            reply: self.reply,
+        })
+    }
+
+    fn abort(self: Box<Self>, error: &str) {
+        let _ = self.reply.send(Err(StoreError::Backend(error.to_owned())));
+    }
+}
+
+impl<T: Send> Done for Ran<T> {
+    fn finish(self: Box<Self>, commit: Result<(), &str>) {
+        let result = match commit {
+            Ok(()) => self.result,
+            Err(e) => Err(StoreError::Backend(format!("commit failed: {e}"))),
+        };
+        let _ = self.reply.send(result);
+    }
+}
+
+fn in_savepoint<T>(
+    conn: &Connection,
+    work: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT job")?;
+    let result = work(conn);
+    let end = if result.is_ok() {
+        "RELEASE job"
+    } else {
+        "ROLLBACK TO job; RELEASE job"
+    };
+    conn.execute_batch(end)?;
+    result
+}
+
+/// The writer thread: takes every queued write, runs them in one
+/// transaction, commits (one fsync), then answers each.
+fn write_loop(conn: Connection, mut jobs: mpsc::Receiver<Box<dyn Job>>) {
+    let mut batch = Vec::new();
+    while let Some(job) = jobs.blocking_recv() {
+        batch.push(job);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            tracing::error!(error = %e, "cannot start a write transaction");
+            let error = e.to_string();
+            batch.drain(..).for_each(|job| job.abort(&error));
+            continue;
+        }
+        let ran: Vec<_> = batch.drain(..).map(|job| job.run(&conn)).collect();
+        let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        if let Err(e) = &commit {
+            tracing::error!(error = %e, "commit failed");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for done in ran {
+            done.finish(commit.as_ref().map(|_| ()).map_err(String::as_str));
+        }
+    }
+}
+
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    fn run<T>(
+        &self,
+        work: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let pooled = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open(&self.path)?;
+                conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                conn.execute_batch("PRAGMA query_only = 1")?;
+                conn
+            }
+        };
+        let result = work(&conn);
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        Ok(result?)
+    }
+}
+
+fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
+    let data: String = row.get(7)?;
+    Ok(Event {
+        id: row.get(0)?,
+        user_id: row.get(1)?,
+        collection_id: row.get(2)?,
+        event: row.get(3)?,
+        timestamp: row.get(4)?,
+        published: row.get(5)?,
+        cancelled: row.get(6)?,
+        data: RawValue::from_string(data).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, e.into())
+        })?,
+    })
+}
+
+fn published_from_row(row: &Row<'_>) -> rusqlite::Result<Published> {
+    Ok(Published {
+        event: event_from_row(row)?,
+        seq: row.get(8)?,
+    })
+}
+
+fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: row.get(0)?,
+        username: row.get(1)?,
+        password_hash: row.get(2)?,
+        collection_id: row.get(3)?,
+    })
+}
+
+fn events_where(conn: &Connection, sql: &str, key: Uuid) -> rusqlite::Result<Vec<Event>> {
+    conn.prepare_cached(sql)?
+        .query_map([key], event_from_row)?
+        .collect()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_user(&self, user: User) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO users (id, username, password_hash, collection_id) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![user.id, user.username, user.password_hash, user.collection_id])
+            .map_err(|e| match e.sqlite_error_code() {
+                Some(ErrorCode::ConstraintViolation) => StoreError::UsernameTaken,
+                _ => e.into(),
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
+        let username = username.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT id, username, password_hash, collection_id FROM users WHERE username = ?1",
+            )?
+            .query_row([username], user_from_row)
+            .optional()
+        })
+        .await
+    }
+
+    async fn user_by_id(&self, id: Uuid) -> Result<Option<User>, StoreError> {
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT id, username, password_hash, collection_id FROM users WHERE id = ?1",
+            )?
+            .query_row([id], user_from_row)
+            .optional()
+        })
+        .await
+    }
+
+    async fn insert_event(&self, e: Event) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.prepare_cached(concat!(
+                "INSERT INTO events (",
+                event_columns!(),
+                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ))?
+            .execute(params![
+                e.id,
+                e.user_id,
+                e.collection_id,
+                e.event,
+                e.timestamp,
+                e.published,
+                e.cancelled,
+                e.data.get()
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn cancel_event(&self, id: Uuid, user_id: Uuid) -> Result<Cancel, StoreError> {
+        self.write(move |conn| {
+            let select = concat!("SELECT ", event_columns!(), " FROM events WHERE id = ?1");
+            let Some(event) = conn
+                .prepare_cached(select)?
+                .query_row([id], event_from_row)
+                .optional()?
+            else {
+                return Ok(Cancel::NotFound);
+            };
+            if event.user_id != user_id {
+                return Ok(Cancel::NotOwner);
+            }
+            if event.cancelled {
+                return Ok(Cancel::AlreadyCancelled);
+            }
+            if event.published {
+                return Ok(Cancel::AlreadyPublished);
+            }
+            conn.prepare_cached("UPDATE events SET cancelled = 1 WHERE id = ?1")?
+                .execute([id])?;
+            Ok(Cancel::Cancelled(Event {
+                cancelled: true,
+                ..event
+            }))
+        })
+        .await
+    }
+
+    async fn collection_events(&self, collection_id: Uuid) -> Result<Vec<Event>, StoreError> {
+        self.read(move |conn| {
+            events_where(
+                conn,
+                concat!(
+                    "SELECT ",
+                    event_columns!(),
+                    " FROM events WHERE collection_id = ?1 ORDER BY timestamp, pos"
+                ),
+                collection_id,
+            )
+        })
+        .await
+    }
+
+    async fn user_events(&self, user_id: Uuid) -> Result<Vec<Event>, StoreError> {
+        self.read(move |conn| {
+            events_where(
+                conn,
+                concat!(
+                    "SELECT ",
+                    event_columns!(),
+                    " FROM events WHERE user_id = ?1 ORDER BY timestamp, pos"
+                ),
+                user_id,
+            )
+        })
+        .await
+    }
+
+    async fn publish_due(&self, now: i64, limit: usize) -> Result<Vec<Published>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.write(move |conn| {
+            let due: Vec<(i64, Event)> = conn
+                .prepare_cached(concat!(
+                    "SELECT ",
+                    event_columns!(),
+                    ", pos FROM events WHERE published = 0 AND cancelled = 0 AND timestamp <= ?1",
+                    " ORDER BY timestamp, pos LIMIT ?2"
+                ))?
+                .query_map(params![now, limit], |row| {
+                    Ok((row.get(8)?, event_from_row(row)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            if due.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut seq: i64 =
+                conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+            let mut mark =
+                conn.prepare_cached("UPDATE events SET published = 1, seq = ?1 WHERE pos = ?2")?;
+            let mut latest = conn.prepare_cached(
+                "INSERT INTO latest (collection_id, event, seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (collection_id, event) DO UPDATE SET seq = excluded.seq",
+            )?;
+            let mut published = Vec::with_capacity(due.len());
+            for (pos, event) in due {
+                seq += 1;
+                mark.execute(params![seq, pos])?;
+                latest.execute(params![event.collection_id, event.event, seq])?;
+                published.push(Published {
+                    seq,
+                    event: Event {
+                        published: true,
+                        ..event
+                    },
+                });
+            }
+            Ok(published)
+        })
+        .await
+    }
+
+    async fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT MIN(timestamp) FROM events WHERE published = 0 AND cancelled = 0",
+            )?
+            .query_row([], |r| r.get(0))
+        })
+        .await
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        self.read(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let head =
+                tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+            let latest = tx
+                .prepare_cached(concat!(
+                    "SELECT ",
+                    event_columns!(),
+                    ", e.seq FROM (SELECT MAX(seq) AS seq FROM latest GROUP BY event) l",
+                    " JOIN events e ON e.seq = l.seq ORDER BY e.seq"
+                ))?
+                .query_map([], published_from_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(Snapshot { latest, head })
+        })
+        .await
+    }
+}

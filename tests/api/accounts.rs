@@ -1,0 +1,111 @@
+//! `POST /users`, `POST /login` and token checks.
+
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::support::{NOW, TestApp, error_json, ok_json};
+
+#[tokio::test]
+async fn sign_up_answers_an_id_and_refuses_a_taken_name() {
+    let app = TestApp::spawn().await;
+    let body = ok_json(app.sign_up("alice", Uuid::new_v4()).await).await;
+    assert!(
+        body["id"]
+            .as_str()
+            .and_then(|s| s.parse::<Uuid>().ok())
+            .is_some(),
+        "{body}"
+    );
+    assert_eq!(body.as_object().map(|o| o.len()), Some(1));
+    let message = error_json(app.sign_up("alice", Uuid::new_v4()).await, 400).await;
+    assert!(message.contains("taken"), "{message}");
+}
+
+#[tokio::test]
+async fn empty_or_absurd_credentials_are_refused() {
+    let app = TestApp::spawn().await;
+    let long = "x".repeat(5000);
+    for (username, password) in [
+        ("", "pw"),
+        ("   ", "pw"),
+        (long.as_str(), "pw"),
+        ("bob", ""),
+        ("bob", long.as_str()),
+    ] {
+        let body =
+            json!({"username": username, "password": password, "collection_id": Uuid::new_v4()});
+        error_json(app.post("/users", &body).await, 400).await;
+    }
+}
+
+#[tokio::test]
+async fn login_answers_a_token_for_the_user() {
+    let app = TestApp::spawn().await;
+    let user = app.user("alice").await;
+    assert_eq!(user.jwt.split('.').count(), 3, "a JWT");
+    let record = app.insert(&user, "hello", NOW, json!(1)).await;
+    assert_eq!(
+        record["user_id"],
+        json!(user.id),
+        "the token's subject is the user"
+    );
+}
+
+#[tokio::test]
+async fn wrong_password_and_unknown_user_look_the_same() {
+    let app = TestApp::spawn().await;
+    app.user("alice").await;
+    let wrong = app.log_in("alice", "not-the-password").await;
+    let wrong_status = wrong.status();
+    let wrong_body = wrong.text().await.unwrap();
+    let unknown = app.log_in("nobody", "not-the-password").await;
+    assert_eq!(wrong_status, 401);
+    assert_eq!(unknown.status(), 401);
+    assert_eq!(wrong_body, unknown.text().await.unwrap());
+}
+
+#[tokio::test]
+async fn a_legacy_bcrypt_password_still_logs_in() {
+    let app = TestApp::spawn().await;
+    let store = broker::store::SqliteStore::open(app.dir.path()).unwrap();
+    use broker::store::Store;
+    store
+        .create_user(broker::domain::User {
+            id: Uuid::new_v4(),
+            username: "seed-user".into(),
+            password_hash: bcrypt::hash("old-password", 4).unwrap(),
+            collection_id: Uuid::new_v4(),
+        })
+        .await
+        .unwrap();
+    ok_json(app.log_in("seed-user", "old-password").await).await;
+    error_json(app.log_in("seed-user", "wrong").await, 401).await;
+}
+
+#[tokio::test]
+async fn missing_malformed_forged_and_expired_tokens_are_refused() {
+    let app = TestApp::spawn().await;
+    let user = app.user("alice").await;
+    let no_header = app.http.get(app.url("/events/user")).send().await.unwrap();
+    assert!(error_json(no_header, 401).await.contains("missing"));
+    let basic = app
+        .http
+        .get(app.url("/events/user"))
+        .header("authorization", "Basic abc")
+        .send()
+        .await
+        .unwrap();
+    assert!(error_json(basic, 401).await.contains("Bearer"));
+    // A token signed with another secret.
+    let forged = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIwMDAwMDAwMC0wMDAwLTAwMDAtMDAwMC0wMDAwMDAwMDAwMDAiLCJpYXQiOjAsImV4cCI6OTk5OTk5OTk5OTl9.7Gr8wD2Mw3dpo-J6Y5UFhnVMgfgYbuhh5xWq2v6ArpQ";
+    assert_eq!(
+        error_json(app.get_as(forged, "/events/user").await, 401).await,
+        "invalid token"
+    );
+    ok_json(app.get_as(&user.jwt, "/events/user").await).await;
+    app.clock.advance(3600 * 1000);
+    assert_eq!(
+        error_json(app.get_as(&user.jwt, "/events/user").await, 401).await,
+        "token expired"
+    );
+}

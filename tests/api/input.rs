@@ -1,0 +1,153 @@
+//! Bad input gets a 4xx and a JSON reason; CORS is exactly as configured.
+
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::support::{NOW, TestApp, error_json};
+
+#[tokio::test]
+async fn malformed_requests_get_json_errors() {
+    let app = TestApp::spawn_with(&["--max-body", "4096"]).await;
+    let user = app.user("alice").await;
+    let send = |body: String| {
+        app.http
+            .post(app.url("/insert"))
+            .bearer_auth(&user.jwt)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let c = user.collection;
+    let cases: [(String, u16); 10] = [
+        ("{\"event\":".into(), 400),
+        ("[]".into(), 422),
+        (
+            format!(
+                "{{\"event\":\"e\",\"collection_id\":\"{c}\",\"timestamp\":\"soon\",\"data\":1}}"
+            ),
+            422,
+        ),
+        (
+            format!("{{\"event\":\"e\",\"collection_id\":\"{c}\",\"data\":1}}"),
+            422,
+        ),
+        (
+            "{\"event\":\"e\",\"collection_id\":\"not-a-uuid\",\"timestamp\":1,\"data\":1}".into(),
+            422,
+        ),
+        (
+            format!("{{\"event\":\"\",\"collection_id\":\"{c}\",\"timestamp\":1,\"data\":1}}"),
+            400,
+        ),
+        (
+            format!("{{\"event\":\"a\\nb\",\"collection_id\":\"{c}\",\"timestamp\":1,\"data\":1}}"),
+            400,
+        ),
+        (
+            format!("{{\"event\":\"e\",\"collection_id\":\"{c}\",\"timestamp\":-1,\"data\":1}}"),
+            400,
+        ),
+        (
+            format!("{{\"event\":\"e\",\"collection_id\":\"{c}\",\"timestamp\":1e3,\"data\":1}}"),
+            422,
+        ),
+        (
+            format!(
+                "{{\"event\":\"e\",\"collection_id\":\"{c}\",\"timestamp\":1,\"data\":\"{}\"}}",
+                "x".repeat(5000)
+            ),
+            413,
+        ),
+    ];
+    for (body, status) in cases {
+        let message = error_json(send(body.clone()).await.unwrap(), status).await;
+        assert!(!message.is_empty(), "{body}");
+    }
+    let no_type = app
+        .http
+        .post(app.url("/insert"))
+        .bearer_auth(&user.jwt)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    error_json(no_type, 415).await;
+    error_json(app.get_as(&user.jwt, "/events/collections/42").await, 400).await;
+    error_json(app.http.get(app.url("/nowhere")).send().await.unwrap(), 404).await;
+    error_json(
+        app.http.delete(app.url("/users")).send().await.unwrap(),
+        405,
+    )
+    .await;
+    // The server is still fine.
+    assert_eq!(
+        app.insert(&user, "ok", NOW, json!(null)).await["event"],
+        "ok"
+    );
+}
+
+#[tokio::test]
+async fn cors_allows_exactly_the_configured_origins() {
+    let app = TestApp::spawn_with(&["--origin", "http://a.test,http://b.test"]).await;
+    let preflight = |origin: &'static str| {
+        app.http
+            .request(reqwest::Method::OPTIONS, app.url("/insert"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .send()
+    };
+    for origin in ["http://a.test", "http://b.test"] {
+        let response = preflight(origin).await.unwrap();
+        let headers = response.headers();
+        assert_eq!(headers["access-control-allow-origin"], origin);
+        let methods = headers["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .to_uppercase();
+        assert!(
+            methods.contains("GET") && methods.contains("POST"),
+            "{methods}"
+        );
+        let allowed = headers["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .to_lowercase();
+        for h in ["authorization", "accept", "content-type"] {
+            assert!(allowed.contains(h), "{allowed}");
+        }
+    }
+    let response = preflight("http://evil.test").await.unwrap();
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    let simple = app
+        .http
+        .get(app.url("/events/user"))
+        .header("origin", "http://evil.test")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        simple
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    let body = json!({"username": "x", "password": "y", "collection_id": Uuid::new_v4()});
+    let ok = app
+        .http
+        .post(app.url("/users"))
+        .header("origin", "http://b.test")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.headers()["access-control-allow-origin"], "http://b.test");
+}

@@ -1,0 +1,260 @@
+//! The `broker` binary itself: command line, secret file, signals, and
+//! durability under `kill -9`.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+use crate::support::{DEADLINE, Sse, ok_json};
+
+/// A running `broker` process.
+struct Binary {
+    child: Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+fn command(cwd: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_broker"));
+    command.current_dir(cwd).kill_on_drop(true);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("BROKER_") || key == "SAVE_PATH" {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+impl Binary {
+    /// Starts the binary and waits until it says where it listens.
+    async fn start(mut command: Command) -> Self {
+        let mut child = command
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let base = tokio::time::timeout(DEADLINE, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(at) = line.find("listening on ") {
+                    return line[at + "listening on ".len()..]
+                        .trim()
+                        .replace("0.0.0.0", "127.0.0.1");
+                }
+            }
+            panic!("the binary exited before listening");
+        })
+        .await
+        .expect("the binary listens within the deadline");
+        // Keep draining the log so that the process never blocks on it.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            child,
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Signs a user up and logs in; returns (jwt, collection).
+    async fn user(&self, name: &str) -> (String, Uuid) {
+        let collection = Uuid::new_v4();
+        ok_json(
+            self.post(
+                "/users",
+                &json!({"username": name, "password": "pw", "collection_id": collection}),
+            )
+            .await,
+        )
+        .await;
+        let body = ok_json(
+            self.post("/login", &json!({"username": name, "password": "pw"}))
+                .await,
+        )
+        .await;
+        (body["jwt"].as_str().unwrap().to_owned(), collection)
+    }
+}
+
+#[tokio::test]
+async fn help_and_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = command(dir.path()).arg("--help").output().await.unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for option in [
+        "--port",
+        "--origin",
+        "--expiry",
+        "--secret",
+        "--save-path",
+        "SAVE_PATH",
+        "BROKER_PORT",
+    ] {
+        assert!(text.contains(option), "--help lacks {option}:\n{text}");
+    }
+    let version = command(dir.path()).arg("--version").output().await.unwrap();
+    assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[tokio::test]
+async fn seed_command_line_with_a_generated_secret_kept_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        let mut c = command(dir.path());
+        c.args([
+            "-port",
+            "0",
+            "-origin",
+            "http://localhost:3000",
+            "-expiry",
+            "3600",
+        ]);
+        Binary::start(c)
+    };
+    let broker = start().await;
+    let (jwt, _) = broker.user("alice").await;
+    let secret = dir.path().join("broker_data").join("secret");
+    assert!(secret.exists(), "the secret is kept in ./broker_data");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    broker.signal("-TERM").await;
+    drop(broker);
+    let broker = start().await;
+    let user = broker
+        .http
+        .get(broker.url("/events/user"))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap();
+    ok_json(user).await;
+}
+
+#[tokio::test]
+async fn environment_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = command(dir.path());
+    c.env("BROKER_PORT", "0")
+        .env("SAVE_PATH", "elsewhere")
+        .env("BROKER_SECRET", "env-secret");
+    let broker = Binary::start(c).await;
+    broker.user("alice").await;
+    assert!(dir.path().join("elsewhere").join("broker.sqlite3").exists());
+    assert!(
+        !dir.path().join("elsewhere").join("secret").exists(),
+        "the given secret is used"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_closes_streams_and_exits_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = command(dir.path());
+    c.args(["--port", "0", "--secret", "s"]);
+    let mut broker = Binary::start(c).await;
+    let response = broker.http.get(broker.url("/events")).send().await.unwrap();
+    let mut sse = Sse::new(response);
+    broker.signal("-TERM").await;
+    sse.ended().await;
+    let status = tokio::time::timeout(DEADLINE, broker.child.wait())
+        .await
+        .expect("exits promptly")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn kill_9_loses_no_acknowledged_insert() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        let mut c = command(dir.path());
+        c.args(["--port", "0", "--secret", "s", "--host", "127.0.0.1"]);
+        Binary::start(c)
+    };
+    let mut broker = start().await;
+    let (jwt, collection) = broker.user("writer").await;
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut writers = Vec::new();
+    for w in 0..16 {
+        let (http, url, jwt, acknowledged) = (
+            broker.http.clone(),
+            broker.url("/insert"),
+            jwt.clone(),
+            acknowledged.clone(),
+        );
+        writers.push(tokio::spawn(async move {
+            for n in 0.. {
+                let body = json!({"event": format!("w{w}"), "collection_id": collection, "timestamp": 0, "data": n});
+                let Ok(response) = http.post(&url).bearer_auth(&jwt).json(&body).send().await else { break };
+                let Ok(record) = response.json::<Value>().await else { break };
+                acknowledged.lock().unwrap().push(record["event"]["id"].as_str().unwrap().to_owned());
+            }
+        }));
+    }
+    crate::support::eventually("some inserts", || async {
+        acknowledged.lock().unwrap().len() >= 300
+    })
+    .await;
+    broker.child.start_kill().unwrap();
+    broker.child.wait().await.unwrap();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+
+    let broker = start().await;
+    let listing = broker
+        .http
+        .get(broker.url(&format!("/events/collections/{collection}")))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap();
+    let stored: std::collections::HashSet<String> = ok_json(listing).await["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    let lost: Vec<_> = acknowledged
+        .iter()
+        .filter(|id| !stored.contains(*id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged inserts lost",
+        lost.len(),
+        acknowledged.len()
+    );
+}

@@ -1,0 +1,199 @@
+//! `GET /events` read with a real SSE client.
+
+use serde_json::json;
+
+use crate::support::{NOW, Received, TestApp, eventually};
+
+fn names(events: &[Received]) -> Vec<&str> {
+    events.iter().map(|e| e.event.as_str()).collect()
+}
+
+#[tokio::test]
+async fn live_events_arrive_in_order_with_sequence_ids() {
+    let app = TestApp::spawn().await;
+    let user = app.user("alice").await;
+    let mut sse = app.subscribe().await;
+    app.insert(&user, "a", NOW, json!({"n": 1})).await;
+    app.insert(&user, "b", NOW - 5, json!([1, 2])).await;
+    let got = sse.take(2).await;
+    assert_eq!(
+        got[0],
+        Received {
+            id: 1,
+            event: "a".into(),
+            data: json!({"n": 1})
+        }
+    );
+    assert_eq!(
+        got[1],
+        Received {
+            id: 2,
+            event: "b".into(),
+            data: json!([1, 2])
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_new_subscriber_gets_the_latest_event_of_each_name() {
+    let app = TestApp::spawn().await;
+    let user = app.user("alice").await;
+    let mut witness = app.subscribe().await;
+    app.insert(&user, "a", NOW, json!("a1")).await;
+    app.insert(&user, "b", NOW, json!("b1")).await;
+    app.insert(&user, "a", NOW, json!("a2")).await;
+    witness.take(3).await;
+
+    let mut sse = app.subscribe().await;
+    let sync = sse.take(2).await;
+    assert_eq!(
+        sync[0],
+        Received {
+            id: 2,
+            event: "b".into(),
+            data: json!("b1")
+        }
+    );
+    assert_eq!(
+        sync[1],
+        Received {
+            id: 3,
+            event: "a".into(),
+            data: json!("a2")
+        }
+    );
+    app.insert(&user, "c", NOW, json!("c1")).await;
+    assert_eq!(
+        sse.next().await,
+        Received {
+            id: 4,
+            event: "c".into(),
+            data: json!("c1")
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_future_event_arrives_at_its_second_and_not_before() {
+    let app = TestApp::spawn().await;
+    let user = app.user("alice").await;
+    let mut sse = app.subscribe().await;
+    app.insert(&user, "later", NOW + 10, json!("due")).await;
+    app.set_time(NOW + 9);
+    // Published at once, after everything due by now: had "later" been
+    // published early, it would arrive first.
+    app.insert(&user, "marker", NOW + 9, json!("m")).await;
+    assert_eq!(sse.next().await.event, "marker");
+    app.clock.advance(999);
+    app.insert(&user, "marker", NOW + 9, json!("m2")).await;
+    assert_eq!(
+        sse.next().await.data,
+        json!("m2"),
+        "still not due 1 ms before its second"
+    );
+    app.clock.advance(1);
+    assert_eq!(sse.next().await.event, "later");
+}
+
+#[tokio::test]
+async fn scheduled_events_go_out_in_timestamp_then_insertion_order() {
+    let app = TestApp::spawn().await;
+    let user = app.user("alice").await;
+    let mut sse = app.subscribe().await;
+    for (name, offset) in [("c", 30), ("a1", 10), ("b", 20), ("a2", 10)] {
+        app.insert(&user, name, NOW + offset, json!(name)).await;
+    }
+    app.set_time(NOW + 60);
+    let got = sse.take(4).await;
+    assert_eq!(names(&got), ["a1", "a2", "b", "c"]);
+    assert_eq!(got.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 2, 3, 4]);
+}
+
+#[tokio::test]
+async fn a_cancelled_event_is_never_published() {
+    let app = TestApp::spawn().await;
+    let user = app.user("alice").await;
+    let mut sse = app.subscribe().await;
+    let doomed = app.insert(&user, "doomed", NOW + 5, json!(0)).await;
+    let path = format!("/events/{}/cancel", doomed["id"].as_str().unwrap());
+    assert_eq!(app.get_as(&user.jwt, &path).await.status(), 200);
+    app.insert(&user, "after", NOW + 6, json!(1)).await;
+    app.set_time(NOW + 10);
+    assert_eq!(sse.next().await.event, "after");
+    assert!(
+        app.subscribe()
+            .await
+            .take(1)
+            .await
+            .iter()
+            .all(|e| e.event != "doomed")
+    );
+}
+
+#[tokio::test]
+async fn heartbeats_flow_and_departed_clients_are_dropped() {
+    use futures_util::StreamExt;
+    let app = TestApp::spawn_with(&["--heartbeat", "1"]).await;
+    let response = app.http.get(app.url("/events")).send().await.unwrap();
+    let mut body = response.bytes_stream();
+    let chunk = tokio::time::timeout(crate::support::DEADLINE, body.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(&chunk[..], b":\n\n", "a comment heartbeat");
+    assert_eq!(app.hub.subscribers(), 1);
+    drop(body);
+    eventually("the server to drop the departed client", || async {
+        app.hub.subscribers() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_open_streams() {
+    let mut app = TestApp::spawn().await;
+    let mut sse = app.subscribe().await;
+    app.shut_down().await;
+    sse.ended().await;
+}
+
+#[tokio::test]
+async fn state_and_schedule_survive_a_restart() {
+    let app = TestApp::spawn().await;
+    let user = app.user("alice").await;
+    app.insert(&user, "now", NOW, json!(1)).await;
+    app.insert(&user, "due-while-down-2", NOW + 20, json!(3))
+        .await;
+    app.insert(&user, "due-while-down-1", NOW + 10, json!(2))
+        .await;
+    app.insert(&user, "far", NOW + 100, json!(4)).await;
+    eventually("publication", || async {
+        app.collection(&user, user.collection).await[0]["published"] == true
+    })
+    .await;
+    // The clock moves while the server is down: the two events that fell
+    // due meanwhile are published by the new one at start-up, in order.
+    let app = app.restart_at(NOW + 30).await;
+    let mut sse = app.subscribe().await;
+    let sync = sse.take(3).await;
+    assert_eq!(
+        names(&sync),
+        ["now", "due-while-down-1", "due-while-down-2"]
+    );
+    assert_eq!(sync.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(
+        app.collection(&user, user.collection).await.len(),
+        4,
+        "the token is still valid"
+    );
+    app.set_time(NOW + 100);
+    assert_eq!(
+        sse.next().await,
+        Received {
+            id: 4,
+            event: "far".into(),
+            data: json!(4)
+        }
+    );
+}

@@ -1,0 +1,323 @@
+//! A real Broker on an ephemeral port with its own temporary database and a
+//! manual clock, and the clients the tests drive it with.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::clock::ManualClock;
+use broker::hub::Hub;
+use broker::{Broker, Clock, Config};
+use futures_util::{Stream, StreamExt};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// The manual clock's start: 2027-01-15T08:00:00Z, in milliseconds.
+pub const T0: i64 = 1_800_000_000_000;
+/// [`T0`] in seconds, the unit of event timestamps.
+pub const NOW: i64 = T0 / 1000;
+/// How long any awaited condition may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A Broker served in-process.
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub clock: Arc<ManualClock>,
+    pub hub: Arc<Hub>,
+    pub dir: Arc<TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), broker::Error>>>,
+}
+
+/// A signed-up, logged-in user.
+pub struct TestUser {
+    pub id: Uuid,
+    pub collection: Uuid,
+    pub jwt: String,
+}
+
+/// Parses a command line for a test broker keeping its data in `dir`.
+pub fn config(dir: &Path, extra: &[&str]) -> Config {
+    let mut args = vec!["broker", "--secret", "test-secret", "--save-path"];
+    let dir = dir.to_str().expect("temporary paths are UTF-8");
+    args.push(dir);
+    args.extend_from_slice(extra);
+    Config::from_args(args)
+}
+
+impl TestApp {
+    /// A new broker on a new database, its clock at [`T0`].
+    pub async fn spawn() -> Self {
+        Self::spawn_with(&[]).await
+    }
+
+    /// A new broker with extra command-line options.
+    pub async fn spawn_with(extra: &[&str]) -> Self {
+        let dir = Arc::new(tempfile::tempdir().expect("temporary directory"));
+        Self::start(dir, Clock::manual(T0).1.clone(), extra).await
+    }
+
+    /// Stops this broker gracefully, sets the clock to `secs`, and starts a
+    /// new one on the same data.
+    pub async fn restart_at(mut self, secs: i64) -> Self {
+        self.shut_down().await;
+        self.set_time(secs);
+        Self::start(self.dir.clone(), self.clock.clone(), &[]).await
+    }
+
+    async fn start(dir: Arc<TempDir>, clock: Arc<ManualClock>, extra: &[&str]) -> Self {
+        let broker =
+            Broker::open_with_clock(config(dir.path(), extra), Clock::Manual(clock.clone()))
+                .await
+                .expect("broker starts");
+        let hub = broker.hub();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr: SocketAddr = listener.local_addr().expect("address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(broker.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+            clock,
+            hub,
+            dir,
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    /// Stops the server the way SIGTERM does and waits until it has stopped.
+    pub async fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(DEADLINE, server)
+                .await
+                .expect("shutdown within the deadline")
+                .expect("server task")
+                .expect("clean shutdown");
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POSTs JSON without a token.
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// GETs `path` with a bearer token.
+    pub async fn get_as(&self, jwt: &str, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(jwt)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn sign_up(&self, username: &str, collection: Uuid) -> reqwest::Response {
+        self.post(
+            "/users",
+            &json!({"username": username, "password": "secret-pw", "collection_id": collection}),
+        )
+        .await
+    }
+
+    pub async fn log_in(&self, username: &str, password: &str) -> reqwest::Response {
+        self.post(
+            "/login",
+            &json!({"username": username, "password": password}),
+        )
+        .await
+    }
+
+    /// Signs a new user up and logs them in.
+    pub async fn user(&self, username: &str) -> TestUser {
+        let collection = Uuid::new_v4();
+        let id = ok_json(self.sign_up(username, collection).await).await["id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("id is a UUID");
+        let jwt = ok_json(self.log_in(username, "secret-pw").await).await["jwt"]
+            .as_str()
+            .expect("jwt is a string")
+            .to_owned();
+        TestUser {
+            id,
+            collection,
+            jwt,
+        }
+    }
+
+    /// Inserts an event; returns the raw response.
+    pub async fn insert_raw(&self, jwt: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/insert"))
+            .bearer_auth(jwt)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Inserts an event that must be accepted; returns its record.
+    pub async fn insert(&self, user: &TestUser, event: &str, timestamp: i64, data: Value) -> Value {
+        let body = json!({"event": event, "collection_id": user.collection, "timestamp": timestamp, "data": data});
+        ok_json(self.insert_raw(&user.jwt, &body).await).await["event"].take()
+    }
+
+    /// The events of a collection, as listed by the API.
+    pub async fn collection(&self, user: &TestUser, collection: Uuid) -> Vec<Value> {
+        let mut body = ok_json(
+            self.get_as(&user.jwt, &format!("/events/collections/{collection}"))
+                .await,
+        )
+        .await;
+        serde_json::from_value(body["events"].take()).expect("an array of events")
+    }
+
+    /// Opens `/events` with a real SSE client.
+    pub async fn subscribe(&self) -> Sse {
+        let response = self
+            .http
+            .get(self.url("/events"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        Sse::new(response)
+    }
+
+    /// Moves the clock to `secs` (UNIX seconds).
+    pub fn set_time(&self, secs: i64) {
+        self.clock.set(secs * 1000);
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Asserts a 200 and returns the JSON body.
+pub async fn ok_json(response: reqwest::Response) -> Value {
+    let status = response.status();
+    let body: Value = response.json().await.expect("a JSON body");
+    assert_eq!(status, 200, "unexpected status, body {body}");
+    body
+}
+
+/// Asserts the status and that the body is `{"error": "<non-empty>"}`;
+/// returns the message.
+pub async fn error_json(response: reqwest::Response, status: u16) -> String {
+    assert_eq!(response.status(), status, "unexpected status");
+    let body: Value = response.json().await.expect("a JSON error body");
+    let message = body["error"]
+        .as_str()
+        .expect("an \"error\" string")
+        .to_owned();
+    assert!(!message.is_empty());
+    assert_eq!(
+        body.as_object().map(|o| o.len()),
+        Some(1),
+        "only \"error\" in {body}"
+    );
+    message
+}
+
+/// One received SSE event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    pub id: i64,
+    pub event: String,
+    pub data: Value,
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<eventsource_stream::Event, String>> + Send>>;
+
+/// A real SSE client on `/events` (the `eventsource-stream` parser).
+pub struct Sse(EventStream);
+
+impl Sse {
+    pub fn new(response: reqwest::Response) -> Self {
+        use eventsource_stream::Eventsource;
+        Self(Box::pin(
+            response
+                .bytes_stream()
+                .eventsource()
+                .map(|r| r.map_err(|e| e.to_string())),
+        ))
+    }
+
+    /// The next event; fails the test if none comes within the deadline.
+    pub async fn next(&mut self) -> Received {
+        let event = tokio::time::timeout(DEADLINE, self.0.next())
+            .await
+            .expect("an event within the deadline")
+            .expect("the stream is open")
+            .expect("a well-formed event");
+        Received {
+            id: event.id.parse().expect("a numeric id"),
+            event: event.event,
+            data: serde_json::from_str(&event.data).expect("JSON data"),
+        }
+    }
+
+    /// The next `n` events.
+    pub async fn take(&mut self, n: usize) -> Vec<Received> {
+        let mut events = Vec::with_capacity(n);
+        for _ in 0..n {
+            events.push(self.next().await);
+        }
+        events
+    }
+
+    /// Waits for the server to end the stream.
+    pub async fn ended(&mut self) {
+        let end = tokio::time::timeout(DEADLINE, async {
+            while let Some(item) = self.0.next().await {
+                if item.is_err() {
+                    break;
+                }
+            }
+        });
+        end.await.expect("the stream ends within the deadline");
+    }
+}
+
+/// Waits until `check` holds, failing the test after the deadline.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = tokio::time::Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
