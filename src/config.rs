@@ -173,7 +173,12 @@ mod tests {
 
     #[test]
     fn defaults_and_redacted_secret() {
+        assert!(Config::try_parse_from(["broker"]).unwrap().secret.is_none());
         let c = Config::try_parse_from(["broker", "--secret", "hunter2"]).unwrap();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.save_path, PathBuf::from("./broker_data"));
+        assert_eq!(c.heartbeat, 15);
+        assert_eq!(c.max_body, 1024 * 1024);
         assert_eq!(c.expiry, 3600);
         assert_eq!(c.origin, ["http://localhost:3000"]);
         assert!(!format!("{c:?}").contains("hunter2"));

@@ -9,6 +9,9 @@
 //! [`Broker::router`] is an axum `Router` another application can mount;
 //! [`serve`] runs it on a listener until a shutdown future resolves.
 
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
 pub mod auth;
 pub mod clock;
 pub mod config;

@@ -28,12 +28,6 @@ const QUEUE: usize = 8192;
 /// Idle read connections kept open.
 const MAX_IDLE_READERS: usize = 8;
 
-macro_rules! event_columns {
-    () => {
-        "id, user_id, collection_id, event, timestamp, published, cancelled, data"
-    };
-}
-
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         Self::Backend(e.to_string())
@@ -281,18 +275,94 @@ fn events_where(conn: &Connection, sql: &str, key: Uuid) -> rusqlite::Result<Vec
         .collect()
 }
 
+/// Every statement Broker runs, in one place so a test can check that each
+/// is served by an index.
+mod sql {
+    macro_rules! event_columns {
+        () => {
+            "id, user_id, collection_id, event, timestamp, published, cancelled, data"
+        };
+    }
+
+    pub const INSERT_USER: &str =
+        "INSERT INTO users (id, username, password_hash, collection_id) VALUES (?1, ?2, ?3, ?4)";
+    pub const USER_BY_NAME: &str =
+        "SELECT id, username, password_hash, collection_id FROM users WHERE username = ?1";
+    pub const USER_BY_ID: &str =
+        "SELECT id, username, password_hash, collection_id FROM users WHERE id = ?1";
+    pub const INSERT_EVENT: &str = concat!(
+        "INSERT INTO events (",
+        event_columns!(),
+        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+    );
+    pub const EVENT_BY_ID: &str =
+        concat!("SELECT ", event_columns!(), " FROM events WHERE id = ?1");
+    pub const CANCEL: &str = "UPDATE events SET cancelled = 1 WHERE id = ?1";
+    pub const BY_COLLECTION: &str = concat!(
+        "SELECT ",
+        event_columns!(),
+        " FROM events WHERE collection_id = ?1 ORDER BY timestamp, pos"
+    );
+    pub const BY_USER: &str = concat!(
+        "SELECT ",
+        event_columns!(),
+        " FROM events WHERE user_id = ?1 ORDER BY timestamp, pos"
+    );
+    pub const DUE: &str = concat!(
+        "SELECT ",
+        event_columns!(),
+        ", pos FROM events WHERE published = 0 AND cancelled = 0 AND timestamp <= ?1",
+        " ORDER BY timestamp, pos LIMIT ?2"
+    );
+    pub const HEAD: &str = "SELECT COALESCE(MAX(seq), 0) FROM events";
+    pub const MARK_PUBLISHED: &str = "UPDATE events SET published = 1, seq = ?1 WHERE pos = ?2";
+    pub const SET_LATEST: &str =
+        "INSERT INTO latest (collection_id, event, seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT (collection_id, event) DO UPDATE SET seq = excluded.seq";
+    pub const NEXT_DUE: &str =
+        "SELECT MIN(timestamp) FROM events WHERE published = 0 AND cancelled = 0";
+    /// Reads the `latest` table (one row per collection and name), never the log.
+    pub const LATEST: &str = concat!(
+        "SELECT ",
+        event_columns!(),
+        ", e.seq FROM (SELECT MAX(seq) AS seq FROM latest GROUP BY event) l",
+        " JOIN events e ON e.seq = l.seq ORDER BY e.seq"
+    );
+
+    #[cfg(test)]
+    pub const ALL: [&str; 14] = [
+        INSERT_USER,
+        USER_BY_NAME,
+        USER_BY_ID,
+        INSERT_EVENT,
+        EVENT_BY_ID,
+        CANCEL,
+        BY_COLLECTION,
+        BY_USER,
+        DUE,
+        HEAD,
+        MARK_PUBLISHED,
+        SET_LATEST,
+        NEXT_DUE,
+        LATEST,
+    ];
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_user(&self, user: User) -> Result<(), StoreError> {
         self.write(move |conn| {
-            conn.prepare_cached(
-                "INSERT INTO users (id, username, password_hash, collection_id) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![user.id, user.username, user.password_hash, user.collection_id])
-            .map_err(|e| match e.sqlite_error_code() {
-                Some(ErrorCode::ConstraintViolation) => StoreError::UsernameTaken,
-                _ => e.into(),
-            })?;
+            conn.prepare_cached(sql::INSERT_USER)?
+                .execute(params![
+                    user.id,
+                    user.username,
+                    user.password_hash,
+                    user.collection_id
+                ])
+                .map_err(|e| match e.sqlite_error_code() {
+                    Some(ErrorCode::ConstraintViolation) => StoreError::UsernameTaken,
+                    _ => e.into(),
+                })?;
             Ok(())
         })
         .await
@@ -301,34 +371,25 @@ impl Store for SqliteStore {
     async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
         let username = username.to_owned();
         self.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT id, username, password_hash, collection_id FROM users WHERE username = ?1",
-            )?
-            .query_row([username], user_from_row)
-            .optional()
+            conn.prepare_cached(sql::USER_BY_NAME)?
+                .query_row([username], user_from_row)
+                .optional()
         })
         .await
     }
 
     async fn user_by_id(&self, id: Uuid) -> Result<Option<User>, StoreError> {
         self.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT id, username, password_hash, collection_id FROM users WHERE id = ?1",
-            )?
-            .query_row([id], user_from_row)
-            .optional()
+            conn.prepare_cached(sql::USER_BY_ID)?
+                .query_row([id], user_from_row)
+                .optional()
         })
         .await
     }
 
     async fn insert_event(&self, e: Event) -> Result<(), StoreError> {
         self.write(move |conn| {
-            conn.prepare_cached(concat!(
-                "INSERT INTO events (",
-                event_columns!(),
-                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-            ))?
-            .execute(params![
+            conn.prepare_cached(sql::INSERT_EVENT)?.execute(params![
                 e.id,
                 e.user_id,
                 e.collection_id,
@@ -345,12 +406,10 @@ impl Store for SqliteStore {
 
     async fn cancel_event(&self, id: Uuid, user_id: Uuid) -> Result<Cancel, StoreError> {
         self.write(move |conn| {
-            let select = concat!("SELECT ", event_columns!(), " FROM events WHERE id = ?1");
-            let Some(event) = conn
-                .prepare_cached(select)?
-                .query_row([id], event_from_row)
-                .optional()?
-            else {
+            let found = conn
+                .prepare_cached(sql::EVENT_BY_ID)?
+                .query_row([id], event_from_row);
+            let Some(event) = found.optional()? else {
                 return Ok(Cancel::NotFound);
             };
             if event.user_id != user_id {
@@ -362,8 +421,7 @@ impl Store for SqliteStore {
             if event.published {
                 return Ok(Cancel::AlreadyPublished);
             }
-            conn.prepare_cached("UPDATE events SET cancelled = 1 WHERE id = ?1")?
-                .execute([id])?;
+            conn.prepare_cached(sql::CANCEL)?.execute([id])?;
             Ok(Cancel::Cancelled(Event {
                 cancelled: true,
                 ..event
@@ -373,45 +431,20 @@ impl Store for SqliteStore {
     }
 
     async fn collection_events(&self, collection_id: Uuid) -> Result<Vec<Event>, StoreError> {
-        self.read(move |conn| {
-            events_where(
-                conn,
-                concat!(
-                    "SELECT ",
-                    event_columns!(),
-                    " FROM events WHERE collection_id = ?1 ORDER BY timestamp, pos"
-                ),
-                collection_id,
-            )
-        })
-        .await
+        self.read(move |conn| events_where(conn, sql::BY_COLLECTION, collection_id))
+            .await
     }
 
     async fn user_events(&self, user_id: Uuid) -> Result<Vec<Event>, StoreError> {
-        self.read(move |conn| {
-            events_where(
-                conn,
-                concat!(
-                    "SELECT ",
-                    event_columns!(),
-                    " FROM events WHERE user_id = ?1 ORDER BY timestamp, pos"
-                ),
-                user_id,
-            )
-        })
-        .await
+        self.read(move |conn| events_where(conn, sql::BY_USER, user_id))
+            .await
     }
 
     async fn publish_due(&self, now: i64, limit: usize) -> Result<Vec<Published>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.write(move |conn| {
             let due: Vec<(i64, Event)> = conn
-                .prepare_cached(concat!(
-                    "SELECT ",
-                    event_columns!(),
-                    ", pos FROM events WHERE published = 0 AND cancelled = 0 AND timestamp <= ?1",
-                    " ORDER BY timestamp, pos LIMIT ?2"
-                ))?
+                .prepare_cached(sql::DUE)?
                 .query_map(params![now, limit], |row| {
                     Ok((row.get(8)?, event_from_row(row)?))
                 })?
@@ -419,14 +452,11 @@ impl Store for SqliteStore {
             if due.is_empty() {
                 return Ok(Vec::new());
             }
-            let mut seq: i64 =
-                conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
-            let mut mark =
-                conn.prepare_cached("UPDATE events SET published = 1, seq = ?1 WHERE pos = ?2")?;
-            let mut latest = conn.prepare_cached(
-                "INSERT INTO latest (collection_id, event, seq) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (collection_id, event) DO UPDATE SET seq = excluded.seq",
-            )?;
+            let mut seq: i64 = conn
+                .prepare_cached(sql::HEAD)?
+                .query_row([], |r| r.get(0))?;
+            let mut mark = conn.prepare_cached(sql::MARK_PUBLISHED)?;
+            let mut latest = conn.prepare_cached(sql::SET_LATEST)?;
             let mut published = Vec::with_capacity(due.len());
             for (pos, event) in due {
                 seq += 1;
@@ -447,10 +477,8 @@ impl Store for SqliteStore {
 
     async fn next_due(&self) -> Result<Option<i64>, StoreError> {
         self.read(|conn| {
-            conn.prepare_cached(
-                "SELECT MIN(timestamp) FROM events WHERE published = 0 AND cancelled = 0",
-            )?
-            .query_row([], |r| r.get(0))
+            conn.prepare_cached(sql::NEXT_DUE)?
+                .query_row([], |r| r.get(0))
         })
         .await
     }
@@ -458,19 +486,41 @@ impl Store for SqliteStore {
     async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         self.read(|conn| {
             let tx = conn.unchecked_transaction()?;
-            let head =
-                tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+            let head = tx.prepare_cached(sql::HEAD)?.query_row([], |r| r.get(0))?;
             let latest = tx
-                .prepare_cached(concat!(
-                    "SELECT ",
-                    event_columns!(),
-                    ", e.seq FROM (SELECT MAX(seq) AS seq FROM latest GROUP BY event) l",
-                    " JOIN events e ON e.seq = l.seq ORDER BY e.seq"
-                ))?
+                .prepare_cached(sql::LATEST)?
                 .query_map([], published_from_row)?
                 .collect::<rusqlite::Result<_>>()?;
             Ok(Snapshot { latest, head })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No statement reads the users or events tables without an index: each
+    /// request costs the same on a database of any size.
+    #[test]
+    fn every_statement_uses_an_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("plan.sqlite3")).unwrap();
+        migrate(&mut conn).unwrap();
+        for statement in sql::ALL {
+            let mut plan = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {statement}"))
+                .unwrap();
+            let mut rows = plan.raw_query(); // parameters stay unbound
+            let mut steps = Vec::new();
+            while let Some(row) = rows.next().unwrap() {
+                steps.push(row.get::<_, String>(3).unwrap());
+            }
+            for step in &steps {
+                let full_scan = step.starts_with("SCAN events") || step.starts_with("SCAN users");
+                assert!(!full_scan, "{statement}\nscans a table: {steps:?}");
+            }
+        }
     }
 }
