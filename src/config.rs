@@ -56,6 +56,22 @@ pub struct Config {
     #[arg(long, env = "BROKER_MAX_BODY", default_value_t = 1024 * 1024)]
     pub max_body: usize,
 
+    /// Refuse anonymous subscribers on /events: a valid token is required
+    /// (header, `token` query parameter or `broker_token` cookie).
+    #[arg(long, env = "BROKER_PRIVATE_STREAM")]
+    pub private_stream: bool,
+
+    /// Milliseconds a disconnected EventSource waits before reconnecting
+    /// (the SSE `retry:` field sent on connect).
+    #[arg(long, env = "BROKER_RETRY", default_value_t = 3000)]
+    pub retry: u64,
+
+    /// Most event streams open at once; beyond it a subscriber gets 503.
+    /// Default: what the open-file limit allows, less a reserve for the
+    /// database and ordinary requests.
+    #[arg(long, env = "BROKER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
     /// How many events a subscriber may fall behind before it is disconnected
     /// (it can reconnect and resume).
     #[arg(long, env = "BROKER_MAX_LAG", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -89,11 +105,7 @@ fn seed_to_gnu(arg: OsString) -> OsString {
         return arg;
     };
     let name = rest.split('=').next().unwrap_or(rest);
-    if SEED_FLAGS.contains(&name) {
-        OsString::from(format!("-{text}"))
-    } else {
-        arg
-    }
+    if SEED_FLAGS.contains(&name) { OsString::from(format!("-{text}")) } else { arg }
 }
 
 /// A secret string whose `Debug` output never shows it.
@@ -164,10 +176,7 @@ mod tests {
             "-secret=x",
         ]);
         assert_eq!(c.port, 1);
-        assert_eq!(
-            c.origin,
-            ["http://a.test", "http://b.test", "http://c.test"]
-        );
+        assert_eq!(c.origin, ["http://a.test", "http://b.test", "http://c.test"]);
         assert_eq!(c.secret.as_ref().map(Secret::expose), Some("x"));
     }
 

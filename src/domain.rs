@@ -20,14 +20,10 @@ fn check_text(what: &str, value: &str, max_chars: usize) -> Result<(), Invalid> 
         return Err(Invalid(format!("{what} must not be empty")));
     }
     if value.chars().count() > max_chars {
-        return Err(Invalid(format!(
-            "{what} must be at most {max_chars} characters"
-        )));
+        return Err(Invalid(format!("{what} must be at most {max_chars} characters")));
     }
     if value.chars().any(char::is_control) {
-        return Err(Invalid(format!(
-            "{what} must not contain control characters"
-        )));
+        return Err(Invalid(format!("{what} must not contain control characters")));
     }
     Ok(())
 }
@@ -105,9 +101,7 @@ pub fn check_timestamp(timestamp: i64) -> Result<i64, Invalid> {
     if (0..=MAX_TIMESTAMP).contains(&timestamp) {
         Ok(timestamp)
     } else {
-        Err(Invalid(format!(
-            "timestamp must be UNIX seconds between 0 and {MAX_TIMESTAMP}"
-        )))
+        Err(Invalid(format!("timestamp must be UNIX seconds between 0 and {MAX_TIMESTAMP}")))
     }
 }
 
@@ -136,6 +130,50 @@ pub fn compact_json(raw: &RawValue) -> Box<RawValue> {
     }
     // Removing white space outside strings keeps valid JSON valid.
     RawValue::from_string(out).unwrap_or_else(|_| raw.to_owned())
+}
+
+/// Which published events a subscriber wants. Empty lists select all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    collections: Vec<Uuid>,
+    events: Vec<String>,
+}
+
+impl Filter {
+    /// Most values of each kind in one filter.
+    pub const MAX_VALUES: usize = 100;
+
+    /// A filter on these collections and event names (each list may be empty).
+    pub fn new(collections: Vec<Uuid>, events: Vec<String>) -> Result<Self, Invalid> {
+        if collections.len() > Self::MAX_VALUES || events.len() > Self::MAX_VALUES {
+            return Err(Invalid(format!(
+                "at most {} collection_id and {} event values",
+                Self::MAX_VALUES,
+                Self::MAX_VALUES
+            )));
+        }
+        let events = events
+            .into_iter()
+            .map(|e| EventName::parse(e).map(EventName::into_string))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { collections, events })
+    }
+
+    /// The selected collections; empty means every collection.
+    pub fn collections(&self) -> &[Uuid] {
+        &self.collections
+    }
+
+    /// The selected event names; empty means every name.
+    pub fn events(&self) -> &[String] {
+        &self.events
+    }
+
+    /// Whether an event of `collection` named `event` is selected.
+    pub fn matches(&self, collection: &Uuid, event: &str) -> bool {
+        (self.collections.is_empty() || self.collections.contains(collection))
+            && (self.events.is_empty() || self.events.iter().any(|e| e == event))
+    }
 }
 
 /// One event as stored and as returned by the API, in the seed's shape.
@@ -198,6 +236,19 @@ mod tests {
     }
 
     #[test]
+    fn filters_select() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let all = Filter::default();
+        assert!(all.matches(&a, "x"));
+        let f = Filter::new(vec![a], vec!["x".into(), "y".into()]).unwrap();
+        assert!(f.matches(&a, "y"));
+        assert!(!f.matches(&b, "x"));
+        assert!(!f.matches(&a, "z"));
+        assert!(Filter::new(vec![], vec![String::new()]).is_err());
+        assert!(Filter::new(vec![a; 101], vec![]).is_err());
+    }
+
+    #[test]
     fn timestamps_are_bounded() {
         assert!(check_timestamp(-1).is_err());
         assert!(check_timestamp(MAX_TIMESTAMP + 1).is_err());
@@ -209,9 +260,6 @@ mod tests {
         let raw: Box<RawValue> =
             serde_json::from_str("{ \"a\" : [1, 2 ,\n 3], \"s\": \"x \\\" y\\n\" , \"z\":1e400 }")
                 .unwrap();
-        assert_eq!(
-            compact_json(&raw).get(),
-            r#"{"a":[1,2,3],"s":"x \" y\n","z":1e400}"#
-        );
+        assert_eq!(compact_json(&raw).get(), r#"{"a":[1,2,3],"s":"x \" y\n","z":1e400}"#);
     }
 }

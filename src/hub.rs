@@ -4,12 +4,14 @@
 //! bounded broadcast ring that every subscriber reads at its own pace. A
 //! subscriber costs one ring cursor, not a queue of its own; one that falls
 //! more than the ring's capacity behind is told so and disconnected (it can
-//! resume), so a stalled client costs the others nothing and memory stays
-//! bounded. The hub also sends the heartbeat comment and, on shutdown, the
-//! close signal that ends every stream.
+//! resume from the store), so a stalled client costs the others nothing and
+//! the ring's memory is bounded by `max_lag` frames. The hub also admits
+//! streams up to the connection limit, sends the heartbeat comment and, on
+//! shutdown, the close signal that ends every stream.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -42,38 +44,43 @@ pub enum Frame {
 /// The SSE comment sent as a heartbeat.
 pub const HEARTBEAT: &[u8] = b":\n\n";
 
-impl Frame {
-    /// Serialises a published event as an SSE frame.
-    pub fn event(p: &Published) -> Self {
-        let mut text = String::with_capacity(p.event.event.len() + p.event.data.get().len() + 32);
-        // Writing to a String cannot fail.
-        let _ = write!(
-            text,
-            "id: {}\nevent: {}\ndata: {}\n\n",
-            p.seq,
-            p.event.event,
-            p.event.data.get()
-        );
-        Self::Event {
-            seq: p.seq,
-            collection_id: p.event.collection_id,
-            name: p.event.event.clone(),
-            bytes: Bytes::from(text),
-        }
-    }
+/// Serialises a published event as one SSE frame.
+pub fn sse_frame(p: &Published) -> String {
+    let mut text = String::with_capacity(p.event.event.len() + p.event.data.get().len() + 32);
+    // Writing to a String cannot fail.
+    let _ =
+        write!(text, "id: {}\nevent: {}\ndata: {}\n\n", p.seq, p.event.event, p.event.data.get());
+    text
 }
 
-/// The hub; cheap to share behind an `Arc`.
+/// The hub; shared behind an `Arc`.
 #[derive(Debug)]
 pub struct Hub {
     ring: broadcast::Sender<Arc<Frame>>,
+    open: AtomicUsize,
+    max_open: usize,
+    full: AtomicBool,
+}
+
+/// One admitted stream; dropping it frees its place.
+#[derive(Debug)]
+pub struct Permit(Arc<Hub>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Hub {
-    /// A hub whose subscribers may fall `max_lag` frames behind.
-    pub fn new(max_lag: usize) -> Self {
+    /// A hub for at most `max_open` streams, each allowed to fall `max_lag`
+    /// frames behind.
+    pub fn new(max_lag: usize, max_open: usize) -> Self {
         Self {
             ring: broadcast::Sender::new(max_lag.max(1)),
+            open: AtomicUsize::new(0),
+            max_open,
+            full: AtomicBool::new(false),
         }
     }
 
@@ -95,13 +102,37 @@ impl Hub {
     }
 
     /// Fans a published event out to every subscriber.
-    pub fn publish(&self, published: &Published) {
-        self.send(Frame::event(published));
+    pub fn publish(&self, p: &Published) {
+        self.send(Frame::Event {
+            seq: p.seq,
+            collection_id: p.event.collection_id,
+            name: p.event.event.clone(),
+            bytes: Bytes::from(sse_frame(p)),
+        });
     }
 
     fn send(&self, frame: Frame) {
         // An error only means that nobody is subscribed.
         let _ = self.ring.send(Arc::new(frame));
+    }
+
+    /// A place for one more stream, or `None` at the connection limit (logged
+    /// once each time the limit is reached).
+    pub fn admit(self: &Arc<Self>) -> Option<Permit> {
+        let before = self.open.fetch_add(1, Ordering::AcqRel);
+        if before < self.max_open {
+            self.full.store(false, Ordering::Relaxed);
+            return Some(Permit(self.clone()));
+        }
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        if !self.full.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                limit = self.max_open,
+                "connection limit reached: new subscribers get 503 until streams close \
+                 (raise --max-connections or the open-file limit)"
+            );
+        }
+        None
     }
 
     /// A new cursor on the ring, seeing every frame sent from now on.
@@ -111,6 +142,6 @@ impl Hub {
 
     /// How many streams are open.
     pub fn subscribers(&self) -> usize {
-        self.ring.receiver_count()
+        self.open.load(Ordering::Acquire)
     }
 }

@@ -79,13 +79,10 @@ impl Broker {
             None => stored_secret(&config.save_path)?,
         };
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.save_path)?);
-        let passwords = Passwords::new()
-            .await
-            .map_err(|e| Error::Config(e.to_string()))?;
+        let passwords = Passwords::new().await.map_err(|e| Error::Config(e.to_string()))?;
         let shutdown = CancellationToken::new();
-        let hub = Arc::new(Hub::new(
-            usize::try_from(config.max_lag).unwrap_or(usize::MAX),
-        ));
+        let max_lag = usize::try_from(config.max_lag).unwrap_or(usize::MAX);
+        let hub = Arc::new(Hub::new(max_lag, stream_limit(config.max_connections)));
         hub.spawn_heartbeat(config.heartbeat_interval(), shutdown.clone());
         let wake = Arc::new(Wake::default());
         let scheduler = scheduler::spawn(
@@ -93,6 +90,7 @@ impl Broker {
             hub.clone(),
             clock.clone(),
             wake.clone(),
+            max_lag,
             shutdown.clone(),
         );
         let app = Arc::new(App {
@@ -103,15 +101,12 @@ impl Broker {
                 .map_err(|e| Error::Config(format!("unusable secret: {e}")))?,
             passwords,
             clock,
+            private_stream: config.private_stream,
+            retry_ms: config.retry,
         });
         let router =
             http::router(app.clone(), &config.origin, config.max_body).map_err(Error::Config)?;
-        Ok(Self {
-            app,
-            router,
-            shutdown,
-            scheduler,
-        })
+        Ok(Self { app, router, shutdown, scheduler })
     }
 
     /// The API as an axum `Router`, ready to serve or to mount.
@@ -173,6 +168,20 @@ pub async fn serve(
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     Broker::open(config).await?.serve(listener, signal).await
+}
+
+/// File descriptors kept for the database, the listener and ordinary
+/// requests when the stream limit is derived from the open-file limit.
+const FD_RESERVE: u64 = 96;
+
+/// The most streams to admit: as configured, or what the open-file limit
+/// (raised to its hard maximum first) leaves after [`FD_RESERVE`].
+fn stream_limit(configured: Option<usize>) -> usize {
+    let files = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    let limit = configured
+        .unwrap_or_else(|| usize::try_from(files.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX));
+    tracing::info!(open_files = files, max_streams = limit, "stream limit");
+    limit
 }
 
 /// The JWT secret kept in the data directory, created on first start.

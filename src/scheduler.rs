@@ -18,7 +18,7 @@ use crate::hub::Hub;
 use crate::store::Store;
 
 /// Most events published in one store transaction.
-const BATCH: usize = 1000;
+const MAX_BATCH: usize = 1000;
 /// Pause after a store failure before trying again.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -34,17 +34,21 @@ impl Wake {
 }
 
 /// Starts the scheduler; it stops when `shutdown` is cancelled, after
-/// finishing the publication under way.
+/// finishing the publication under way. Events go to the hub at most
+/// `max_lag / 2` at a time, with a yield in between, so that a burst never
+/// overruns a subscriber that keeps up.
 pub fn spawn(
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
     clock: Clock,
     wake: Arc<Wake>,
+    max_lag: usize,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
+    let batch = (max_lag / 2).clamp(1, MAX_BATCH);
     tokio::spawn(async move {
         loop {
-            let next = match publish_due(&*store, &hub, &clock).await {
+            let next = match publish_due(&*store, &hub, &clock, batch).await {
                 Ok(next) => next,
                 Err(e) => {
                     tracing::error!(error = %e, "publishing due events failed; retrying");
@@ -65,19 +69,18 @@ async fn publish_due(
     store: &dyn Store,
     hub: &Hub,
     clock: &Clock,
+    batch: usize,
 ) -> Result<Option<i64>, crate::store::StoreError> {
     loop {
-        let published = store.publish_due(clock.now_secs(), BATCH).await?;
+        let published = store.publish_due(clock.now_secs(), batch).await?;
         for p in &published {
             tracing::debug!(seq = p.seq, id = %p.event.id, "published");
             hub.publish(p);
         }
-        if published.len() < BATCH {
+        if published.len() < batch {
             break;
         }
+        tokio::task::yield_now().await;
     }
-    Ok(store
-        .next_due()
-        .await?
-        .map(|secs| secs.saturating_mul(1000)))
+    Ok(store.next_due().await?.map(|secs| secs.saturating_mul(1000)))
 }

@@ -54,14 +54,15 @@ impl Keys {
         })
     }
 
+    /// How long issued tokens are valid, in seconds.
+    pub fn lifetime(&self) -> i64 {
+        self.lifetime
+    }
+
     /// Issues a token for `user` valid from now.
     pub fn issue(&self, user: Uuid, clock: &Clock) -> Result<String, jsonwebtoken::errors::Error> {
         let iat = clock.now_secs();
-        let claims = Claims {
-            sub: user,
-            iat,
-            exp: iat.saturating_add(self.lifetime),
-        };
+        let claims = Claims { sub: user, iat, exp: iat.saturating_add(self.lifetime) };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
     }
 
@@ -91,22 +92,10 @@ mod tests {
         let user = Uuid::new_v4();
         let token = keys.issue(user, &clock).unwrap();
         assert_eq!(keys.verify(&token, &clock).unwrap().sub, user);
-        let forged = Keys::new(b"other", 60)
-            .unwrap()
-            .issue(user, &clock)
-            .unwrap();
-        assert_eq!(
-            keys.verify(&forged, &clock).unwrap_err(),
-            TokenError::Invalid
-        );
-        assert_eq!(
-            keys.verify("1234", &clock).unwrap_err(),
-            TokenError::Invalid
-        );
+        let forged = Keys::new(b"other", 60).unwrap().issue(user, &clock).unwrap();
+        assert_eq!(keys.verify(&forged, &clock).unwrap_err(), TokenError::Invalid);
+        assert_eq!(keys.verify("1234", &clock).unwrap_err(), TokenError::Invalid);
         hand.advance(60_000);
-        assert_eq!(
-            keys.verify(&token, &clock).unwrap_err(),
-            TokenError::Expired
-        );
+        assert_eq!(keys.verify(&token, &clock).unwrap_err(), TokenError::Expired);
     }
 }

@@ -24,9 +24,7 @@ impl Passwords {
         let mut random = [0u8; 16];
         getrandom::fill(&mut random).map_err(|e| HashError(e.to_string()))?;
         let decoy = Password::parse(hex(&random)).map_err(|e| HashError(e.to_string()))?;
-        Ok(Self {
-            decoy: Self::hash(decoy).await?,
-        })
+        Ok(Self { decoy: Self::hash(decoy).await? })
     }
 
     /// Hashes a new password with argon2id and a random salt.
@@ -57,11 +55,8 @@ fn check(password: &str, hash: &str) -> bool {
     if hash.starts_with("$2") {
         return bcrypt::verify(password, hash).unwrap_or(false);
     }
-    PasswordHash::new(hash).is_ok_and(|parsed| {
-        Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok()
-    })
+    PasswordHash::new(hash)
+        .is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
 }
 
 /// Lower-case hexadecimal of `bytes`.

@@ -16,6 +16,9 @@ use crate::auth::TokenError;
 use crate::domain::Invalid;
 use crate::store::StoreError;
 
+/// Seconds a client should wait after a 503.
+const RETRY_AFTER_SECS: &str = "5";
+
 /// An error answered to the client.
 #[derive(Debug)]
 pub struct ApiError {
@@ -26,10 +29,7 @@ pub struct ApiError {
 impl ApiError {
     /// An error with this status and client-facing message.
     pub fn new(status: StatusCode, message: impl Into<Cow<'static, str>>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
+        Self { status, message: message.into() }
     }
 
     /// 401: missing or bad credentials.
@@ -52,10 +52,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Json(json!({ "error": self.message }));
-        if self.status == StatusCode::UNAUTHORIZED {
-            (self.status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
-        } else {
-            (self.status, body).into_response()
+        match self.status {
+            StatusCode::UNAUTHORIZED => {
+                (self.status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                (self.status, [(header::RETRY_AFTER, RETRY_AFTER_SECS)], body).into_response()
+            }
+            _ => (self.status, body).into_response(),
         }
     }
 }
@@ -90,11 +94,8 @@ impl From<JsonRejection> for ApiError {
 impl From<PathRejection> for ApiError {
     fn from(e: PathRejection) -> Self {
         // A path that does not parse (e.g. a malformed UUID) is a bad request.
-        let status = if e.status().is_server_error() {
-            e.status()
-        } else {
-            StatusCode::BAD_REQUEST
-        };
+        let status =
+            if e.status().is_server_error() { e.status() } else { StatusCode::BAD_REQUEST };
         Self::new(status, e.body_text())
     }
 }

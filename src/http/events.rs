@@ -101,13 +101,11 @@ pub async fn cancel(
             StatusCode::FORBIDDEN,
             "only the user who inserted an event may cancel it",
         )),
-        Cancel::AlreadyPublished => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "the event is already published",
-        )),
-        Cancel::AlreadyCancelled => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "the event is already cancelled",
-        )),
+        Cancel::AlreadyPublished => {
+            Err(ApiError::new(StatusCode::CONFLICT, "the event is already published"))
+        }
+        Cancel::AlreadyCancelled => {
+            Err(ApiError::new(StatusCode::CONFLICT, "the event is already cancelled"))
+        }
     }
 }

@@ -36,6 +36,10 @@ pub struct App {
     pub passwords: Passwords,
     /// The time source.
     pub clock: Clock,
+    /// Whether `/events` refuses anonymous subscribers.
+    pub private_stream: bool,
+    /// The SSE `retry:` value, in milliseconds.
+    pub retry_ms: u64,
 }
 
 /// Handler state.
@@ -51,21 +55,21 @@ pub fn router(app: AppState, origins: &[String], max_body: usize) -> Result<Rout
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
         .allow_methods([Method::GET, Method::POST])
-        .allow_headers([header::AUTHORIZATION, header::ACCEPT, header::CONTENT_TYPE]);
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::ACCEPT,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("last-event-id"),
+        ])
+        .allow_credentials(true);
     Ok(Router::new()
         .route("/users", post(users::sign_up))
         .route("/login", post(users::log_in))
         .route("/insert", post(events::insert))
         .route("/events", get(stream::subscribe))
         .route("/events/user", get(events::user))
-        .route(
-            "/events/collections/{collection_id}",
-            get(events::collection),
-        )
-        .route(
-            "/events/{id}/cancel",
-            get(events::cancel).post(events::cancel),
-        )
+        .route("/events/collections/{collection_id}", get(events::collection))
+        .route("/events/{id}/cancel", get(events::cancel).post(events::cancel))
         .fallback(no_route)
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
@@ -77,8 +81,5 @@ pub fn router(app: AppState, origins: &[String], max_body: usize) -> Result<Rout
 
 /// Answers 404 for a path no route serves.
 async fn no_route(uri: axum::http::Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        format!("no route for {}", uri.path()),
-    )
+    ApiError::new(StatusCode::NOT_FOUND, format!("no route for {}", uri.path()))
 }

@@ -1,47 +1,162 @@
 //! `GET /events`: the Server-Sent-Events stream.
 //!
-//! A new subscriber first gets the latest published event of each name,
-//! then every event as it is published. The hub's cursor is taken before
-//! the snapshot is read and live frames up to the snapshot's head are
-//! skipped, so nothing published meanwhile is missed or sent twice.
+//! On connect a subscriber gets `retry:`, then either the latest published
+//! event of each selected name (a fresh client) or, when it presents the id
+//! of the last event it saw, every selected event published since, read
+//! from the store, in order. Then the live stream follows. The hub cursor is
+//! taken before the store is read and live frames up to the store's head
+//! at that moment are skipped, so nothing published meanwhile is missed or
+//! sent twice. An unknown id gets a `reset` event, then the latest state.
 //! Whatever has queued up since the last write goes out as one chunk.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::header;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+use uuid::Uuid;
 
 use super::{ApiError, AppState};
-use crate::hub::{Frame, HEARTBEAT};
+use crate::domain::{Filter, Published};
+use crate::hub::{Frame, HEARTBEAT, Permit, sse_frame};
+use crate::store::Store;
 
 /// Largest chunk assembled from queued frames before it is written.
 const MAX_CHUNK: usize = 64 * 1024;
+/// Events read from the store per page while replaying.
+const PAGE: usize = 512;
+/// The cookie a browser may carry its token in.
+pub const TOKEN_COOKIE: &str = "broker_token";
 
-/// Opens an event stream.
-pub async fn subscribe(State(app): State<AppState>) -> Result<Response, ApiError> {
-    let ring = app.hub.subscribe();
-    let snapshot = app.store.snapshot().await?;
-    let mut sync = Chunk::default();
-    for published in &snapshot.latest {
-        if let Frame::Event { bytes, .. } = Frame::event(published) {
-            sync.push(bytes);
+/// What a subscriber asked for in the query string.
+#[derive(Default)]
+struct Query {
+    collections: Vec<Uuid>,
+    events: Vec<String>,
+    last_event_id: Option<String>,
+    token: Option<String>,
+}
+
+fn parse_query(query: Option<&str>) -> Result<(Filter, Query), ApiError> {
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|e| bad(format!("invalid query string: {e}")))?;
+    let mut q = Query::default();
+    for (key, value) in pairs {
+        match key.as_str() {
+            "collection_id" => q.collections.push(
+                value.parse().map_err(|_| bad(format!("collection_id {value:?} is not a UUID")))?,
+            ),
+            "event" => q.events.push(value),
+            "last_event_id" => q.last_event_id = Some(value),
+            "token" => q.token = Some(value),
+            _ => {
+                return Err(bad(format!(
+                    "unknown parameter {key:?}; /events takes collection_id, event, last_event_id and token"
+                )));
+            }
         }
     }
-    let stream = Subscriber {
-        ring,
-        head: snapshot.head,
-        sync: sync.take(),
-        closed: false,
+    let filter = Filter::new(std::mem::take(&mut q.collections), std::mem::take(&mut q.events))?;
+    Ok((filter, q))
+}
+
+/// The subscriber's token, from the `Authorization` header, the `token`
+/// query parameter or the cookie, in that order.
+fn presented_token<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+) -> Result<Option<&'a str>, ApiError> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let token = value.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
+        return token.filter(|t| !t.is_empty()).map(Some).ok_or_else(|| {
+            ApiError::unauthorized("Authorization header must be 'Bearer <token>'")
+        });
+    }
+    if query.is_some() {
+        return Ok(query);
+    }
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='));
+    Ok(cookie)
+}
+
+/// Opens an event stream.
+pub async fn subscribe(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let (filter, query) = parse_query(query.as_deref())?;
+    let expires = match presented_token(&headers, query.token.as_deref())? {
+        Some(token) => Some(app.keys.verify(token, &app.clock)?.exp),
+        None if app.private_stream => {
+            return Err(ApiError::unauthorized(
+                "this stream needs a token: Authorization: Bearer, ?token= or the broker_token cookie",
+            ));
+        }
+        None => None,
     };
-    let body = futures_util::stream::unfold(stream, |mut s| async move {
-        s.next_chunk()
-            .await
-            .map(|chunk| (Ok::<_, Infallible>(chunk), s))
+    let permit = app.hub.admit().ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too many open streams; retry later")
+    })?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned)
+        .or(query.last_event_id);
+
+    let ring = app.hub.subscribe();
+    let mut first = Chunk::default();
+    first.push(Bytes::from(format!("retry: {}\n\n", app.retry_ms)));
+    let mut replay = None;
+    let head = match last_event_id {
+        Some(id) => {
+            let head = app.store.head().await?;
+            match id.parse::<i64>() {
+                Ok(seq) if (0..=head).contains(&seq) => {
+                    replay = (seq < head).then_some(seq);
+                    head
+                }
+                _ => sync(&*app.store, &filter, &mut first, true).await?,
+            }
+        }
+        None => sync(&*app.store, &filter, &mut first, false).await?,
+    };
+    let expiry = expires.map(|exp| {
+        let clock = app.clock.clone();
+        let at = exp.saturating_mul(1000);
+        Box::pin(async move {
+            while clock.now_millis() < at {
+                clock.sleep_until(at).await;
+            }
+        }) as Pin<Box<dyn Future<Output = ()> + Send>>
+    });
+    let subscriber = Subscriber {
+        ring,
+        store: app.store.clone(),
+        filter,
+        head,
+        replay,
+        first: first.take(),
+        expiry,
+        closed: false,
+        _permit: permit,
+    };
+    let body = futures_util::stream::unfold(subscriber, |mut s| async move {
+        s.next_chunk().await.map(|chunk| (Ok::<_, Infallible>(chunk), s))
     });
     Ok((
         [
@@ -54,45 +169,111 @@ pub async fn subscribe(State(app): State<AppState>) -> Result<Response, ApiError
         .into_response())
 }
 
+/// Adds the latest-state sync (after a `reset` event if asked) to `chunk`;
+/// returns the head it is consistent with.
+async fn sync(
+    store: &dyn Store,
+    filter: &Filter,
+    chunk: &mut Chunk,
+    reset: bool,
+) -> Result<i64, ApiError> {
+    let snapshot = store.snapshot(filter).await?;
+    if reset {
+        chunk.push(Bytes::from(format!(
+            "id: {}\nevent: reset\ndata: {{\"reason\":\"unknown last event id\",\"head\":{}}}\n\n",
+            snapshot.head, snapshot.head
+        )));
+    }
+    for published in &snapshot.latest {
+        chunk.push(Bytes::from(sse_frame(published)));
+    }
+    Ok(snapshot.head)
+}
+
 /// One open stream's state.
 struct Subscriber {
     ring: broadcast::Receiver<Arc<Frame>>,
-    /// Frames up to this sequence number are already in the sync.
+    store: Arc<dyn Store>,
+    filter: Filter,
+    /// Events up to this sequence number come from the store, not the ring.
     head: i64,
-    /// The initial sync, sent first.
-    sync: Option<Bytes>,
+    /// While replaying: the last sequence number sent.
+    replay: Option<i64>,
+    /// Sent before anything else.
+    first: Option<Bytes>,
+    /// When the subscriber's token expires.
+    expiry: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     closed: bool,
+    _permit: Permit,
 }
 
 impl Subscriber {
-    /// Waits for at least one frame, then takes every frame already queued.
+    /// The next bytes to write, or `None` to end the stream.
     async fn next_chunk(&mut self) -> Option<Bytes> {
-        if let Some(sync) = self.sync.take() {
-            return Some(sync);
+        if let Some(first) = self.first.take() {
+            return Some(first);
         }
+        if let Some(after) = self.replay {
+            if let Some(chunk) = self.replay_page(after).await {
+                return Some(chunk);
+            }
+        }
+        self.live().await
+    }
+
+    /// The next page of missed events from the store.
+    async fn replay_page(&mut self, after: i64) -> Option<Bytes> {
+        match self.store.replay(after, self.head, &self.filter, PAGE).await {
+            Ok(page) => {
+                self.replay = page.last().map(|p| p.seq).filter(|_| page.len() == PAGE);
+                let mut chunk = Chunk::default();
+                page.iter().for_each(|p: &Published| chunk.push(Bytes::from(sse_frame(p))));
+                chunk.take()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "replay failed; closing the stream");
+                self.closed = true;
+                self.replay = None;
+                Some(Bytes::from_static(b": disconnected: server error, reconnect to resume\n\n"))
+            }
+        }
+    }
+
+    /// Waits for at least one live frame, then takes every frame queued.
+    async fn live(&mut self) -> Option<Bytes> {
         let mut chunk = Chunk::default();
         while !self.closed && chunk.len() < MAX_CHUNK {
-            let next = if chunk.is_empty() {
-                self.ring.recv().await
-            } else {
+            let next = if !chunk.is_empty() {
                 match self.ring.try_recv() {
                     Ok(frame) => Ok(frame),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
                     Err(TryRecvError::Closed) => Err(RecvError::Closed),
                 }
+            } else if let Some(expiry) = &mut self.expiry {
+                tokio::select! {
+                    frame = self.ring.recv() => frame,
+                    () = expiry.as_mut() => {
+                        chunk.push(Bytes::from_static(b": disconnected: token expired\n\n"));
+                        self.closed = true;
+                        break;
+                    }
+                }
+            } else {
+                self.ring.recv().await
             };
             match next.as_deref() {
-                Ok(Frame::Event { seq, bytes, .. }) if *seq > self.head => {
-                    chunk.push(bytes.clone())
+                Ok(Frame::Event { seq, collection_id, name, bytes }) => {
+                    if *seq > self.head && self.filter.matches(collection_id, name) {
+                        chunk.push(bytes.clone());
+                    }
                 }
-                Ok(Frame::Event { .. }) => {}
                 Ok(Frame::Heartbeat) => chunk.push(Bytes::from_static(HEARTBEAT)),
                 Ok(Frame::Close) | Err(RecvError::Closed) => self.closed = true,
                 Err(RecvError::Lagged(missed)) => {
                     tracing::info!(missed, "disconnecting a subscriber that fell behind");
                     chunk.push(Bytes::from_static(
-                        b": disconnected: this client fell too far behind\n\n",
+                        b": disconnected: too slow, fell too far behind; reconnect with Last-Event-ID to resume\n\n",
                     ));
                     self.closed = true;
                 }
@@ -130,10 +311,7 @@ impl Chunk {
     }
 
     fn take(&mut self) -> Option<Bytes> {
-        let bytes = self
-            .single
-            .take()
-            .unwrap_or_else(|| self.joined.split().freeze());
+        let bytes = self.single.take().unwrap_or_else(|| self.joined.split().freeze());
         (!bytes.is_empty()).then_some(bytes)
     }
 }

@@ -1,11 +1,14 @@
 //! `POST /users` (sign up) and `POST /login`.
 
 use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::extract::Json;
+use super::stream::TOKEN_COOKIE;
 use super::{ApiError, AppState};
 use crate::auth::Passwords;
 use crate::domain::{Password, User, Username};
@@ -32,9 +35,7 @@ pub async fn sign_up(
 ) -> Result<axum::Json<Value>, ApiError> {
     let username = Username::parse(body.username)?;
     let password = Password::parse(body.password)?;
-    let password_hash = Passwords::hash(password)
-        .await
-        .map_err(ApiError::internal)?;
+    let password_hash = Passwords::hash(password).await.map_err(ApiError::internal)?;
     let id = Uuid::new_v4();
     let user = User {
         id,
@@ -46,12 +47,13 @@ pub async fn sign_up(
     Ok(axum::Json(json!({ "id": id })))
 }
 
-/// Checks a password and answers `{"jwt": "..."}`. An unknown user and a
+/// Checks a password and answers `{"jwt": "..."}`, also set as the
+/// `broker_token` cookie for the event stream. An unknown user and a
 /// wrong password get the same answer after the same work.
 pub async fn log_in(
     State(app): State<AppState>,
     Json(body): Json<LogIn>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     let refused = || ApiError::unauthorized("invalid username or password");
     let password = Password::parse(body.password).map_err(|_| refused())?;
     let user = app.store.user_by_name(&body.username).await?;
@@ -60,9 +62,12 @@ pub async fn log_in(
         return Err(refused());
     }
     let user = user.ok_or_else(refused)?;
-    let jwt = app
-        .keys
-        .issue(user.id, &app.clock)
-        .map_err(ApiError::internal)?;
-    Ok(axum::Json(json!({ "jwt": jwt })))
+    let jwt = app.keys.issue(user.id, &app.clock).map_err(ApiError::internal)?;
+    // Lets a same-site browser page open the stream without putting the
+    // token in its URL; only `GET /events` reads this cookie.
+    let cookie = format!(
+        "{TOKEN_COOKIE}={jwt}; Path=/events; Max-Age={}; HttpOnly; SameSite=Lax",
+        app.keys.lifetime()
+    );
+    Ok(([(header::SET_COOKIE, cookie)], axum::Json(json!({ "jwt": jwt }))))
 }

@@ -10,7 +10,7 @@ mod sqlite;
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use crate::domain::{Event, Published, User};
+use crate::domain::{Event, Filter, Published, User};
 
 pub use sqlite::SqliteStore;
 
@@ -43,7 +43,8 @@ pub enum Cancel {
 /// The latest published state, as sent to a subscriber on connect.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// The latest published event of each event name, in sequence order.
+    /// The latest published event of each selected event name (within the
+    /// selected collections), in sequence order.
     pub latest: Vec<Published>,
     /// The highest sequence number published when the snapshot was taken.
     pub head: i64,
@@ -81,6 +82,20 @@ pub trait Store: Send + Sync + 'static {
     /// The timestamp of the earliest pending event, if any.
     async fn next_due(&self) -> Result<Option<i64>, StoreError>;
 
-    /// The latest published event of each name, and the sequence head.
-    async fn snapshot(&self) -> Result<Snapshot, StoreError>;
+    /// The latest published event of each name the filter selects, and the
+    /// sequence head, read consistently.
+    async fn snapshot(&self, filter: &Filter) -> Result<Snapshot, StoreError>;
+
+    /// The highest sequence number published so far (0 before the first).
+    async fn head(&self) -> Result<i64, StoreError>;
+
+    /// Up to `limit` published events with `after < seq <= until` that the
+    /// filter selects, in sequence order.
+    async fn replay(
+        &self,
+        after: i64,
+        until: i64,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Vec<Published>, StoreError>;
 }

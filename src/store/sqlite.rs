@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{Cancel, Snapshot, Store, StoreError};
-use crate::domain::{Event, Published, User};
+use crate::domain::{Event, Filter, Published, User};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those done.
 const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite/0001_init.sql")];
@@ -55,10 +55,7 @@ impl SqliteStore {
             .name("broker-sqlite-writer".into())
             .spawn(move || write_loop(conn, jobs))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
-        let readers = Arc::new(Readers {
-            path,
-            idle: Mutex::new(Vec::new()),
-        });
+        let readers = Arc::new(Readers { path, idle: Mutex::new(Vec::new()) });
         Ok(Self { writes, readers })
     }
 
@@ -73,9 +70,7 @@ impl SqliteStore {
             .send(Box::new(Write { work, reply }))
             .await
             .map_err(|_| StoreError::Backend("the writer thread has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Backend("the writer thread dropped a write".into()))?
+        answer.await.map_err(|_| StoreError::Backend("the writer thread dropped a write".into()))?
     }
 
     /// Runs `work` on a read connection on the blocking pool.
@@ -138,10 +133,7 @@ where
 {
     fn run(self: Box<Self>, conn: &Connection) -> Box<dyn Done> {
         let result = in_savepoint(conn, self.work);
-        Box::new(Ran {
-            result,
-            reply: self.reply,
-        })
+        Box::new(Ran { result, reply: self.reply })
     }
 
     fn abort(self: Box<Self>, error: &str) {
@@ -165,11 +157,7 @@ fn in_savepoint<T>(
 ) -> Result<T, StoreError> {
     conn.execute_batch("SAVEPOINT job")?;
     let result = work(conn);
-    let end = if result.is_ok() {
-        "RELEASE job"
-    } else {
-        "ROLLBACK TO job; RELEASE job"
-    };
+    let end = if result.is_ok() { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
     conn.execute_batch(end)?;
     result
 }
@@ -214,11 +202,7 @@ impl Readers {
         &self,
         work: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
-        let pooled = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
+        let pooled = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
         let conn = match pooled {
             Some(conn) => conn,
             None => {
@@ -254,10 +238,7 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
 }
 
 fn published_from_row(row: &Row<'_>) -> rusqlite::Result<Published> {
-    Ok(Published {
-        event: event_from_row(row)?,
-        seq: row.get(8)?,
-    })
+    Ok(Published { event: event_from_row(row)?, seq: row.get(8)? })
 }
 
 fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
@@ -269,15 +250,22 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
     })
 }
 
+/// The filter's values as SQL parameters, collections first.
+fn filter_params(filter: &Filter) -> Vec<rusqlite::types::Value> {
+    let collections = filter.collections().iter().map(|c| c.as_bytes().to_vec().into());
+    let events = filter.events().iter().map(|e| e.clone().into());
+    collections.chain(events).collect()
+}
+
 fn events_where(conn: &Connection, sql: &str, key: Uuid) -> rusqlite::Result<Vec<Event>> {
-    conn.prepare_cached(sql)?
-        .query_map([key], event_from_row)?
-        .collect()
+    conn.prepare_cached(sql)?.query_map([key], event_from_row)?.collect()
 }
 
 /// Every statement Broker runs, in one place so a test can check that each
 /// is served by an index.
 mod sql {
+    use crate::domain::Filter;
+
     macro_rules! event_columns {
         () => {
             "id, user_id, collection_id, event, timestamp, published, cancelled, data"
@@ -321,16 +309,45 @@ mod sql {
          ON CONFLICT (collection_id, event) DO UPDATE SET seq = excluded.seq";
     pub const NEXT_DUE: &str =
         "SELECT MIN(timestamp) FROM events WHERE published = 0 AND cancelled = 0";
-    /// Reads the `latest` table (one row per collection and name), never the log.
-    pub const LATEST: &str = concat!(
-        "SELECT ",
-        event_columns!(),
-        ", e.seq FROM (SELECT MAX(seq) AS seq FROM latest GROUP BY event) l",
-        " JOIN events e ON e.seq = l.seq ORDER BY e.seq"
-    );
+
+    /// The latest event of each selected name: reads the `latest` table (one
+    /// row per collection and name), never the log.
+    pub fn latest(filter: &Filter) -> String {
+        format!(
+            "SELECT {}, e.seq FROM (SELECT MAX(seq) AS seq FROM latest WHERE {} GROUP BY event) l \
+             JOIN events e ON e.seq = l.seq ORDER BY e.seq",
+            event_columns!(),
+            selection(filter, 1)
+        )
+    }
+
+    /// Published events in `(?1, ?2]` that the filter selects, by sequence.
+    pub fn replay(filter: &Filter) -> String {
+        format!(
+            "SELECT {}, seq FROM events WHERE seq > ?1 AND seq <= ?2 AND {} ORDER BY seq LIMIT ?3",
+            event_columns!(),
+            selection(filter, 4)
+        )
+    }
+
+    /// `collection_id IN (…) AND event IN (…)` with numbered parameters from
+    /// `first`, in the order of [`super::filter_params`].
+    fn selection(filter: &Filter, first: usize) -> String {
+        let list = |column: &str, n: usize, from: usize| {
+            let marks: Vec<String> = (from..from + n).map(|i| format!("?{i}")).collect();
+            format!("{column} IN ({})", marks.join(", "))
+        };
+        let (c, e) = (filter.collections().len(), filter.events().len());
+        match (c, e) {
+            (0, 0) => "1".to_owned(),
+            (_, 0) => list("collection_id", c, first),
+            (0, _) => list("event", e, first),
+            _ => format!("{} AND {}", list("collection_id", c, first), list("event", e, first + c)),
+        }
+    }
 
     #[cfg(test)]
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 13] = [
         INSERT_USER,
         USER_BY_NAME,
         USER_BY_ID,
@@ -344,7 +361,6 @@ mod sql {
         MARK_PUBLISHED,
         SET_LATEST,
         NEXT_DUE,
-        LATEST,
     ];
 }
 
@@ -353,12 +369,7 @@ impl Store for SqliteStore {
     async fn create_user(&self, user: User) -> Result<(), StoreError> {
         self.write(move |conn| {
             conn.prepare_cached(sql::INSERT_USER)?
-                .execute(params![
-                    user.id,
-                    user.username,
-                    user.password_hash,
-                    user.collection_id
-                ])
+                .execute(params![user.id, user.username, user.password_hash, user.collection_id])
                 .map_err(|e| match e.sqlite_error_code() {
                     Some(ErrorCode::ConstraintViolation) => StoreError::UsernameTaken,
                     _ => e.into(),
@@ -371,18 +382,14 @@ impl Store for SqliteStore {
     async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
         let username = username.to_owned();
         self.read(move |conn| {
-            conn.prepare_cached(sql::USER_BY_NAME)?
-                .query_row([username], user_from_row)
-                .optional()
+            conn.prepare_cached(sql::USER_BY_NAME)?.query_row([username], user_from_row).optional()
         })
         .await
     }
 
     async fn user_by_id(&self, id: Uuid) -> Result<Option<User>, StoreError> {
         self.read(move |conn| {
-            conn.prepare_cached(sql::USER_BY_ID)?
-                .query_row([id], user_from_row)
-                .optional()
+            conn.prepare_cached(sql::USER_BY_ID)?.query_row([id], user_from_row).optional()
         })
         .await
     }
@@ -406,9 +413,7 @@ impl Store for SqliteStore {
 
     async fn cancel_event(&self, id: Uuid, user_id: Uuid) -> Result<Cancel, StoreError> {
         self.write(move |conn| {
-            let found = conn
-                .prepare_cached(sql::EVENT_BY_ID)?
-                .query_row([id], event_from_row);
+            let found = conn.prepare_cached(sql::EVENT_BY_ID)?.query_row([id], event_from_row);
             let Some(event) = found.optional()? else {
                 return Ok(Cancel::NotFound);
             };
@@ -422,22 +427,17 @@ impl Store for SqliteStore {
                 return Ok(Cancel::AlreadyPublished);
             }
             conn.prepare_cached(sql::CANCEL)?.execute([id])?;
-            Ok(Cancel::Cancelled(Event {
-                cancelled: true,
-                ..event
-            }))
+            Ok(Cancel::Cancelled(Event { cancelled: true, ..event }))
         })
         .await
     }
 
     async fn collection_events(&self, collection_id: Uuid) -> Result<Vec<Event>, StoreError> {
-        self.read(move |conn| events_where(conn, sql::BY_COLLECTION, collection_id))
-            .await
+        self.read(move |conn| events_where(conn, sql::BY_COLLECTION, collection_id)).await
     }
 
     async fn user_events(&self, user_id: Uuid) -> Result<Vec<Event>, StoreError> {
-        self.read(move |conn| events_where(conn, sql::BY_USER, user_id))
-            .await
+        self.read(move |conn| events_where(conn, sql::BY_USER, user_id)).await
     }
 
     async fn publish_due(&self, now: i64, limit: usize) -> Result<Vec<Published>, StoreError> {
@@ -445,16 +445,12 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let due: Vec<(i64, Event)> = conn
                 .prepare_cached(sql::DUE)?
-                .query_map(params![now, limit], |row| {
-                    Ok((row.get(8)?, event_from_row(row)?))
-                })?
+                .query_map(params![now, limit], |row| Ok((row.get(8)?, event_from_row(row)?)))?
                 .collect::<rusqlite::Result<_>>()?;
             if due.is_empty() {
                 return Ok(Vec::new());
             }
-            let mut seq: i64 = conn
-                .prepare_cached(sql::HEAD)?
-                .query_row([], |r| r.get(0))?;
+            let mut seq: i64 = conn.prepare_cached(sql::HEAD)?.query_row([], |r| r.get(0))?;
             let mut mark = conn.prepare_cached(sql::MARK_PUBLISHED)?;
             let mut latest = conn.prepare_cached(sql::SET_LATEST)?;
             let mut published = Vec::with_capacity(due.len());
@@ -462,13 +458,7 @@ impl Store for SqliteStore {
                 seq += 1;
                 mark.execute(params![seq, pos])?;
                 latest.execute(params![event.collection_id, event.event, seq])?;
-                published.push(Published {
-                    seq,
-                    event: Event {
-                        published: true,
-                        ..event
-                    },
-                });
+                published.push(Published { seq, event: Event { published: true, ..event } });
             }
             Ok(published)
         })
@@ -476,22 +466,44 @@ impl Store for SqliteStore {
     }
 
     async fn next_due(&self) -> Result<Option<i64>, StoreError> {
-        self.read(|conn| {
-            conn.prepare_cached(sql::NEXT_DUE)?
-                .query_row([], |r| r.get(0))
+        self.read(|conn| conn.prepare_cached(sql::NEXT_DUE)?.query_row([], |r| r.get(0))).await
+    }
+
+    async fn snapshot(&self, filter: &Filter) -> Result<Snapshot, StoreError> {
+        let (statement, params) = (sql::latest(filter), filter_params(filter));
+        self.read(move |conn| {
+            let tx = conn.unchecked_transaction()?;
+            let head = tx.prepare_cached(sql::HEAD)?.query_row([], |r| r.get(0))?;
+            let latest = tx
+                .prepare_cached(&statement)?
+                .query_map(rusqlite::params_from_iter(params), published_from_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(Snapshot { latest, head })
         })
         .await
     }
 
-    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        self.read(|conn| {
-            let tx = conn.unchecked_transaction()?;
-            let head = tx.prepare_cached(sql::HEAD)?.query_row([], |r| r.get(0))?;
-            let latest = tx
-                .prepare_cached(sql::LATEST)?
-                .query_map([], published_from_row)?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok(Snapshot { latest, head })
+    async fn head(&self) -> Result<i64, StoreError> {
+        self.read(|conn| conn.prepare_cached(sql::HEAD)?.query_row([], |r| r.get(0))).await
+    }
+
+    async fn replay(
+        &self,
+        after: i64,
+        until: i64,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Vec<Published>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let statement = sql::replay(filter);
+        let params: Vec<rusqlite::types::Value> = [after.into(), until.into(), limit.into()]
+            .into_iter()
+            .chain(filter_params(filter))
+            .collect();
+        self.read(move |conn| {
+            conn.prepare_cached(&statement)?
+                .query_map(rusqlite::params_from_iter(params), published_from_row)?
+                .collect()
         })
         .await
     }
@@ -508,10 +520,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = Connection::open(dir.path().join("plan.sqlite3")).unwrap();
         migrate(&mut conn).unwrap();
-        for statement in sql::ALL {
-            let mut plan = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {statement}"))
-                .unwrap();
+        let some = || (vec![Uuid::new_v4(), Uuid::new_v4()], vec!["a".to_owned(), "b".to_owned()]);
+        let filters = [
+            Filter::default(),
+            Filter::new(some().0, vec![]).unwrap(),
+            Filter::new(vec![], some().1).unwrap(),
+            Filter::new(some().0, some().1).unwrap(),
+        ];
+        let dynamic = filters.iter().flat_map(|f| [sql::latest(f), sql::replay(f)]);
+        let statements = sql::ALL.iter().map(|s| s.to_string()).chain(dynamic);
+        for statement in statements {
+            let mut plan = conn.prepare(&format!("EXPLAIN QUERY PLAN {statement}")).unwrap();
             let mut rows = plan.raw_query(); // parameters stay unbound
             let mut steps = Vec::new();
             while let Some(row) = rows.next().unwrap() {

@@ -9,13 +9,7 @@ use crate::support::{NOW, TestApp, error_json, ok_json};
 async fn sign_up_answers_an_id_and_refuses_a_taken_name() {
     let app = TestApp::spawn().await;
     let body = ok_json(app.sign_up("alice", Uuid::new_v4()).await).await;
-    assert!(
-        body["id"]
-            .as_str()
-            .and_then(|s| s.parse::<Uuid>().ok())
-            .is_some(),
-        "{body}"
-    );
+    assert!(body["id"].as_str().and_then(|s| s.parse::<Uuid>().ok()).is_some(), "{body}");
     assert_eq!(body.as_object().map(|o| o.len()), Some(1));
     let message = error_json(app.sign_up("alice", Uuid::new_v4()).await, 400).await;
     assert!(message.contains("taken"), "{message}");
@@ -25,13 +19,9 @@ async fn sign_up_answers_an_id_and_refuses_a_taken_name() {
 async fn empty_or_absurd_credentials_are_refused() {
     let app = TestApp::spawn().await;
     let long = "x".repeat(5000);
-    for (username, password) in [
-        ("", "pw"),
-        ("   ", "pw"),
-        (long.as_str(), "pw"),
-        ("bob", ""),
-        ("bob", long.as_str()),
-    ] {
+    for (username, password) in
+        [("", "pw"), ("   ", "pw"), (long.as_str(), "pw"), ("bob", ""), ("bob", long.as_str())]
+    {
         let body =
             json!({"username": username, "password": password, "collection_id": Uuid::new_v4()});
         error_json(app.post("/users", &body).await, 400).await;
@@ -44,11 +34,7 @@ async fn login_answers_a_token_for_the_user() {
     let user = app.user("alice").await;
     assert_eq!(user.jwt.split('.').count(), 3, "a JWT");
     let record = app.insert(&user, "hello", NOW, json!(1)).await;
-    assert_eq!(
-        record["user_id"],
-        json!(user.id),
-        "the token's subject is the user"
-    );
+    assert_eq!(record["user_id"], json!(user.id), "the token's subject is the user");
 }
 
 #[tokio::test]
@@ -98,14 +84,8 @@ async fn missing_malformed_forged_and_expired_tokens_are_refused() {
     assert!(error_json(basic, 401).await.contains("Bearer"));
     // A token signed with another secret.
     let forged = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIwMDAwMDAwMC0wMDAwLTAwMDAtMDAwMC0wMDAwMDAwMDAwMDAiLCJpYXQiOjAsImV4cCI6OTk5OTk5OTk5OTl9.7Gr8wD2Mw3dpo-J6Y5UFhnVMgfgYbuhh5xWq2v6ArpQ";
-    assert_eq!(
-        error_json(app.get_as(forged, "/events/user").await, 401).await,
-        "invalid token"
-    );
+    assert_eq!(error_json(app.get_as(forged, "/events/user").await, 401).await, "invalid token");
     ok_json(app.get_as(&user.jwt, "/events/user").await).await;
     app.clock.advance(3600 * 1000);
-    assert_eq!(
-        error_json(app.get_as(&user.jwt, "/events/user").await, 401).await,
-        "token expired"
-    );
+    assert_eq!(error_json(app.get_as(&user.jwt, "/events/user").await, 401).await, "token expired");
 }

@@ -14,19 +14,11 @@ async fn the_seed_flow() {
     ok_json(app.sign_up("one", collection).await).await;
     ok_json(app.sign_up("two", collection).await).await;
     error_json(app.sign_up("one", collection).await, 400).await;
-    let jwt = ok_json(app.log_in("one", "secret-pw").await).await["jwt"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let jwt =
+        ok_json(app.log_in("one", "secret-pw").await).await["jwt"].as_str().unwrap().to_owned();
 
     let event = |ts: i64| json!({"event": "user", "collection_id": collection, "timestamp": ts, "data": {"name": "x"}});
-    let no_auth = app
-        .http
-        .post(app.url("/insert"))
-        .json(&event(NOW))
-        .send()
-        .await
-        .unwrap();
+    let no_auth = app.http.post(app.url("/insert")).json(&event(NOW)).send().await.unwrap();
     error_json(no_auth, 401).await;
     let foo = app
         .http
@@ -41,16 +33,10 @@ async fn the_seed_flow() {
 
     let past = ok_json(app.insert_raw(&jwt, &event(NOW - 10)).await).await["event"].take();
     let future = ok_json(app.insert_raw(&jwt, &event(NOW + 60)).await).await["event"].take();
-    assert_eq!(
-        past["published"], false,
-        "answered as stored at insert time"
-    );
+    assert_eq!(past["published"], false, "answered as stored at insert time");
     let listing = || async {
-        let body = ok_json(
-            app.get_as(&jwt, &format!("/events/collections/{collection}"))
-                .await,
-        )
-        .await;
+        let body =
+            ok_json(app.get_as(&jwt, &format!("/events/collections/{collection}")).await).await;
         body["events"].as_array().unwrap().clone()
     };
     eventually("the past event to be published", || async {
@@ -67,10 +53,7 @@ async fn the_seed_flow() {
     // scheduler has passed the cancelled one's time.
     let later = ok_json(app.insert_raw(&jwt, &event(NOW + 61)).await).await["event"].take();
     eventually("the later event to be published", || async {
-        listing()
-            .await
-            .iter()
-            .any(|e| e["id"] == later["id"] && e["published"] == true)
+        listing().await.iter().any(|e| e["id"] == later["id"] && e["published"] == true)
     })
     .await;
     let events = listing().await;
@@ -85,22 +68,10 @@ async fn insert_answers_the_record_as_stored() {
     let user = app.user("alice").await;
     let data = json!({"nested": {"list": [1, 2.5, "three", null, true]}, "unicode": "é ☃ \n"});
     let record = app.insert(&user, "profile", NOW + 5, data.clone()).await;
-    let keys: Vec<&str> = record
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    for key in [
-        "id",
-        "user_id",
-        "collection_id",
-        "event",
-        "timestamp",
-        "published",
-        "cancelled",
-        "data",
-    ] {
+    let keys: Vec<&str> = record.as_object().unwrap().keys().map(String::as_str).collect();
+    for key in
+        ["id", "user_id", "collection_id", "event", "timestamp", "published", "cancelled", "data"]
+    {
         assert!(keys.contains(&key), "{key} missing from {record}");
     }
     assert_eq!(keys.len(), 8);
@@ -122,22 +93,14 @@ async fn listings_are_in_timestamp_then_insertion_order() {
     let bob = app.user("bob").await;
     let shared = Uuid::new_v4();
     let mut inserted = Vec::new();
-    for (who, ts, n) in [
-        (&alice, 30, 0),
-        (&bob, 10, 1),
-        (&alice, 20, 2),
-        (&bob, 20, 3),
-        (&alice, 10, 4),
-    ] {
+    for (who, ts, n) in
+        [(&alice, 30, 0), (&bob, 10, 1), (&alice, 20, 2), (&bob, 20, 3), (&alice, 10, 4)]
+    {
         let body = json!({"event": "e", "collection_id": shared, "timestamp": NOW + ts, "data": n});
         inserted.push(ok_json(app.insert_raw(&who.jwt, &body).await).await["event"].take());
     }
-    let order: Vec<Value> = app
-        .collection(&alice, shared)
-        .await
-        .iter()
-        .map(|e| e["data"].clone())
-        .collect();
+    let order: Vec<Value> =
+        app.collection(&alice, shared).await.iter().map(|e| e["data"].clone()).collect();
     assert_eq!(order, [json!(1), json!(4), json!(2), json!(3), json!(0)]);
     assert!(app.collection(&alice, Uuid::new_v4()).await.is_empty());
 
@@ -146,12 +109,8 @@ async fn listings_are_in_timestamp_then_insertion_order() {
     let mine = ok_json(app.get_as(&alice.jwt, "/events/user").await).await;
     assert_eq!(mine["info"].as_array().unwrap().len(), 1);
     assert_eq!(mine["info"][0]["id"], profile["id"]);
-    let data: Vec<Value> = mine["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["data"].clone())
-        .collect();
+    let data: Vec<Value> =
+        mine["events"].as_array().unwrap().iter().map(|e| e["data"].clone()).collect();
     assert_eq!(data, [json!("Alice"), json!(4), json!(2), json!(0)]);
 }
 
@@ -171,35 +130,17 @@ async fn cancellation_rules() {
         "nothing changed"
     );
 
-    error_json(
-        app.get_as(&alice.jwt, &format!("/events/{}/cancel", Uuid::new_v4()))
-            .await,
-        404,
-    )
-    .await;
-    error_json(
-        app.get_as(&alice.jwt, "/events/not-a-uuid/cancel").await,
-        400,
-    )
-    .await;
+    error_json(app.get_as(&alice.jwt, &format!("/events/{}/cancel", Uuid::new_v4())).await, 404)
+        .await;
+    error_json(app.get_as(&alice.jwt, "/events/not-a-uuid/cancel").await, 400).await;
     error_json(app.http.get(app.url(&path)).send().await.unwrap(), 401).await;
 
     // POST works as well as GET.
-    let response = app
-        .http
-        .post(app.url(&path))
-        .bearer_auth(&alice.jwt)
-        .send()
-        .await
-        .unwrap();
+    let response = app.http.post(app.url(&path)).bearer_auth(&alice.jwt).send().await.unwrap();
     let record = ok_json(response).await["event"].take();
     assert_eq!(record["cancelled"], true);
     assert_eq!(record["id"], future["id"]);
-    assert!(
-        error_json(app.get_as(&alice.jwt, &path).await, 409)
-            .await
-            .contains("cancelled")
-    );
+    assert!(error_json(app.get_as(&alice.jwt, &path).await, 409).await.contains("cancelled"));
 
     let now = app.insert(&alice, "now", NOW, json!(2)).await;
     let id = now["id"].as_str().unwrap().to_owned();
@@ -210,11 +151,7 @@ async fn cancellation_rules() {
             .any(|e| e["id"] == id.as_str() && e["published"] == true)
     })
     .await;
-    let message = error_json(
-        app.get_as(&alice.jwt, &format!("/events/{id}/cancel"))
-            .await,
-        409,
-    )
-    .await;
+    let message =
+        error_json(app.get_as(&alice.jwt, &format!("/events/{id}/cancel")).await, 409).await;
     assert!(message.contains("published"), "{message}");
 }

@@ -27,26 +27,17 @@ async fn malformed_requests_get_json_errors() {
             ),
             422,
         ),
-        (
-            format!("{{\"event\":\"e\",\"collection_id\":\"{c}\",\"data\":1}}"),
-            422,
-        ),
+        (format!("{{\"event\":\"e\",\"collection_id\":\"{c}\",\"data\":1}}"), 422),
         (
             "{\"event\":\"e\",\"collection_id\":\"not-a-uuid\",\"timestamp\":1,\"data\":1}".into(),
             422,
         ),
-        (
-            format!("{{\"event\":\"\",\"collection_id\":\"{c}\",\"timestamp\":1,\"data\":1}}"),
-            400,
-        ),
+        (format!("{{\"event\":\"\",\"collection_id\":\"{c}\",\"timestamp\":1,\"data\":1}}"), 400),
         (
             format!("{{\"event\":\"a\\nb\",\"collection_id\":\"{c}\",\"timestamp\":1,\"data\":1}}"),
             400,
         ),
-        (
-            format!("{{\"event\":\"e\",\"collection_id\":\"{c}\",\"timestamp\":-1,\"data\":1}}"),
-            400,
-        ),
+        (format!("{{\"event\":\"e\",\"collection_id\":\"{c}\",\"timestamp\":-1,\"data\":1}}"), 400),
         (
             format!("{{\"event\":\"e\",\"collection_id\":\"{c}\",\"timestamp\":1e3,\"data\":1}}"),
             422,
@@ -63,27 +54,14 @@ async fn malformed_requests_get_json_errors() {
         let message = error_json(send(body.clone()).await.unwrap(), status).await;
         assert!(!message.is_empty(), "{body}");
     }
-    let no_type = app
-        .http
-        .post(app.url("/insert"))
-        .bearer_auth(&user.jwt)
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let no_type =
+        app.http.post(app.url("/insert")).bearer_auth(&user.jwt).body("{}").send().await.unwrap();
     error_json(no_type, 415).await;
     error_json(app.get_as(&user.jwt, "/events/collections/42").await, 400).await;
     error_json(app.http.get(app.url("/nowhere")).send().await.unwrap(), 404).await;
-    error_json(
-        app.http.delete(app.url("/users")).send().await.unwrap(),
-        405,
-    )
-    .await;
+    error_json(app.http.delete(app.url("/users")).send().await.unwrap(), 405).await;
     // The server is still fine.
-    assert_eq!(
-        app.insert(&user, "ok", NOW, json!(null)).await["event"],
-        "ok"
-    );
+    assert_eq!(app.insert(&user, "ok", NOW, json!(null)).await["event"], "ok");
 }
 
 #[tokio::test]
@@ -94,39 +72,22 @@ async fn cors_allows_exactly_the_configured_origins() {
             .request(reqwest::Method::OPTIONS, app.url("/insert"))
             .header("origin", origin)
             .header("access-control-request-method", "POST")
-            .header(
-                "access-control-request-headers",
-                "authorization,content-type",
-            )
+            .header("access-control-request-headers", "authorization,content-type")
             .send()
     };
     for origin in ["http://a.test", "http://b.test"] {
         let response = preflight(origin).await.unwrap();
         let headers = response.headers();
         assert_eq!(headers["access-control-allow-origin"], origin);
-        let methods = headers["access-control-allow-methods"]
-            .to_str()
-            .unwrap()
-            .to_uppercase();
-        assert!(
-            methods.contains("GET") && methods.contains("POST"),
-            "{methods}"
-        );
-        let allowed = headers["access-control-allow-headers"]
-            .to_str()
-            .unwrap()
-            .to_lowercase();
+        let methods = headers["access-control-allow-methods"].to_str().unwrap().to_uppercase();
+        assert!(methods.contains("GET") && methods.contains("POST"), "{methods}");
+        let allowed = headers["access-control-allow-headers"].to_str().unwrap().to_lowercase();
         for h in ["authorization", "accept", "content-type"] {
             assert!(allowed.contains(h), "{allowed}");
         }
     }
     let response = preflight("http://evil.test").await.unwrap();
-    assert!(
-        response
-            .headers()
-            .get("access-control-allow-origin")
-            .is_none()
-    );
+    assert!(response.headers().get("access-control-allow-origin").is_none());
     let simple = app
         .http
         .get(app.url("/events/user"))
@@ -134,12 +95,7 @@ async fn cors_allows_exactly_the_configured_origins() {
         .send()
         .await
         .unwrap();
-    assert!(
-        simple
-            .headers()
-            .get("access-control-allow-origin")
-            .is_none()
-    );
+    assert!(simple.headers().get("access-control-allow-origin").is_none());
     let body = json!({"username": "x", "password": "y", "collection_id": Uuid::new_v4()});
     let ok = app
         .http

@@ -3,7 +3,10 @@
 
 mod accounts;
 mod events;
+mod filters;
 mod input;
+mod limits;
 mod process;
+mod resume;
 mod stream;
 mod support;

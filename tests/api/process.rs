@@ -13,13 +13,14 @@ use uuid::Uuid;
 use crate::support::{DEADLINE, Sse, ok_json};
 
 /// A running `broker` process.
-struct Binary {
-    child: Child,
-    base: String,
-    http: reqwest::Client,
+pub struct Binary {
+    pub child: Child,
+    pub base: String,
+    pub http: reqwest::Client,
 }
 
-fn command(cwd: &Path) -> Command {
+/// The `broker` binary, run in `cwd`, with no Broker variables inherited.
+pub fn command(cwd: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_broker"));
     command.current_dir(cwd).kill_on_drop(true);
     for (key, _) in std::env::vars() {
@@ -32,11 +33,8 @@ fn command(cwd: &Path) -> Command {
 
 impl Binary {
     /// Starts the binary and waits until it says where it listens.
-    async fn start(mut command: Command) -> Self {
-        let mut child = command
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the binary starts");
+    pub async fn start(mut command: Command) -> Self {
+        let mut child = command.stderr(Stdio::piped()).spawn().expect("the binary starts");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let base = tokio::time::timeout(DEADLINE, async {
             while let Some(line) = lines.next_line().await.unwrap() {
@@ -52,38 +50,30 @@ impl Binary {
         .expect("the binary listens within the deadline");
         // Keep draining the log so that the process never blocks on it.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self {
-            child,
-            base,
-            http: reqwest::Client::new(),
-        }
+        Self { child, base, http: reqwest::Client::new() }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
     async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.http
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .unwrap()
+        self.http.post(self.url(path)).json(body).send().await.unwrap()
+    }
+
+    /// The process's resident memory, in bytes.
+    pub fn rss(&self) -> u64 {
+        crate::limits::rss(self.child.id().expect("running"))
     }
 
     async fn signal(&self, name: &str) {
         let pid = self.child.id().expect("running").to_string();
-        let status = Command::new("kill")
-            .args([name, &pid])
-            .status()
-            .await
-            .unwrap();
+        let status = Command::new("kill").args([name, &pid]).status().await.unwrap();
         assert!(status.success());
     }
 
     /// Signs a user up and logs in; returns (jwt, collection).
-    async fn user(&self, name: &str) -> (String, Uuid) {
+    pub async fn user(&self, name: &str) -> (String, Uuid) {
         let collection = Uuid::new_v4();
         ok_json(
             self.post(
@@ -93,11 +83,8 @@ impl Binary {
             .await,
         )
         .await;
-        let body = ok_json(
-            self.post("/login", &json!({"username": name, "password": "pw"}))
-                .await,
-        )
-        .await;
+        let body =
+            ok_json(self.post("/login", &json!({"username": name, "password": "pw"})).await).await;
         (body["jwt"].as_str().unwrap().to_owned(), collection)
     }
 }
@@ -108,15 +95,9 @@ async fn help_and_version() {
     let help = command(dir.path()).arg("--help").output().await.unwrap();
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
-    for option in [
-        "--port",
-        "--origin",
-        "--expiry",
-        "--secret",
-        "--save-path",
-        "SAVE_PATH",
-        "BROKER_PORT",
-    ] {
+    for option in
+        ["--port", "--origin", "--expiry", "--secret", "--save-path", "SAVE_PATH", "BROKER_PORT"]
+    {
         assert!(text.contains(option), "--help lacks {option}:\n{text}");
     }
     let version = command(dir.path()).arg("--version").output().await.unwrap();
@@ -128,14 +109,7 @@ async fn seed_command_line_with_a_generated_secret_kept_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let start = || {
         let mut c = command(dir.path());
-        c.args([
-            "-port",
-            "0",
-            "-origin",
-            "http://localhost:3000",
-            "-expiry",
-            "3600",
-        ]);
+        c.args(["-port", "0", "-origin", "http://localhost:3000", "-expiry", "3600"]);
         Binary::start(c)
     };
     let broker = start().await;
@@ -151,13 +125,7 @@ async fn seed_command_line_with_a_generated_secret_kept_across_restarts() {
     broker.signal("-TERM").await;
     drop(broker);
     let broker = start().await;
-    let user = broker
-        .http
-        .get(broker.url("/events/user"))
-        .bearer_auth(&jwt)
-        .send()
-        .await
-        .unwrap();
+    let user = broker.http.get(broker.url("/events/user")).bearer_auth(&jwt).send().await.unwrap();
     ok_json(user).await;
 }
 
@@ -167,14 +135,16 @@ async fn environment_configuration() {
     let mut c = command(dir.path());
     c.env("BROKER_PORT", "0")
         .env("SAVE_PATH", "elsewhere")
-        .env("BROKER_SECRET", "env-secret");
+        .env("BROKER_SECRET", "env-secret")
+        .env("BROKER_PRIVATE_STREAM", "true");
     let broker = Binary::start(c).await;
-    broker.user("alice").await;
+    let (jwt, _) = broker.user("alice").await;
     assert!(dir.path().join("elsewhere").join("broker.sqlite3").exists());
-    assert!(
-        !dir.path().join("elsewhere").join("secret").exists(),
-        "the given secret is used"
-    );
+    assert!(!dir.path().join("elsewhere").join("secret").exists(), "the given secret is used");
+    let anonymous = broker.http.get(broker.url("/events")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401, "BROKER_PRIVATE_STREAM=true");
+    let with_token = broker.http.get(broker.url("/events")).bearer_auth(&jwt).send().await.unwrap();
+    assert_eq!(with_token.status(), 200);
 }
 
 #[tokio::test]
@@ -187,10 +157,8 @@ async fn sigterm_closes_streams_and_exits_promptly() {
     let mut sse = Sse::new(response);
     broker.signal("-TERM").await;
     sse.ended().await;
-    let status = tokio::time::timeout(DEADLINE, broker.child.wait())
-        .await
-        .expect("exits promptly")
-        .unwrap();
+    let status =
+        tokio::time::timeout(DEADLINE, broker.child.wait()).await.expect("exits promptly").unwrap();
     assert!(status.success(), "{status}");
 }
 
@@ -207,12 +175,8 @@ async fn kill_9_loses_no_acknowledged_insert() {
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut writers = Vec::new();
     for w in 0..16 {
-        let (http, url, jwt, acknowledged) = (
-            broker.http.clone(),
-            broker.url("/insert"),
-            jwt.clone(),
-            acknowledged.clone(),
-        );
+        let (http, url, jwt, acknowledged) =
+            (broker.http.clone(), broker.url("/insert"), jwt.clone(), acknowledged.clone());
         writers.push(tokio::spawn(async move {
             for n in 0.. {
                 let body = json!({"event": format!("w{w}"), "collection_id": collection, "timestamp": 0, "data": n});
@@ -247,14 +211,6 @@ async fn kill_9_loses_no_acknowledged_insert() {
         .iter()
         .map(|e| e["id"].as_str().unwrap().to_owned())
         .collect();
-    let lost: Vec<_> = acknowledged
-        .iter()
-        .filter(|id| !stored.contains(*id))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged inserts lost",
-        lost.len(),
-        acknowledged.len()
-    );
+    let lost: Vec<_> = acknowledged.iter().filter(|id| !stored.contains(*id)).collect();
+    assert!(lost.is_empty(), "{} of {} acknowledged inserts lost", lost.len(), acknowledged.len());
 }

@@ -16,22 +16,8 @@ async fn live_events_arrive_in_order_with_sequence_ids() {
     app.insert(&user, "a", NOW, json!({"n": 1})).await;
     app.insert(&user, "b", NOW - 5, json!([1, 2])).await;
     let got = sse.take(2).await;
-    assert_eq!(
-        got[0],
-        Received {
-            id: 1,
-            event: "a".into(),
-            data: json!({"n": 1})
-        }
-    );
-    assert_eq!(
-        got[1],
-        Received {
-            id: 2,
-            event: "b".into(),
-            data: json!([1, 2])
-        }
-    );
+    assert_eq!(got[0], Received { id: 1, event: "a".into(), data: json!({"n": 1}) });
+    assert_eq!(got[1], Received { id: 2, event: "b".into(), data: json!([1, 2]) });
 }
 
 #[tokio::test]
@@ -46,31 +32,10 @@ async fn a_new_subscriber_gets_the_latest_event_of_each_name() {
 
     let mut sse = app.subscribe().await;
     let sync = sse.take(2).await;
-    assert_eq!(
-        sync[0],
-        Received {
-            id: 2,
-            event: "b".into(),
-            data: json!("b1")
-        }
-    );
-    assert_eq!(
-        sync[1],
-        Received {
-            id: 3,
-            event: "a".into(),
-            data: json!("a2")
-        }
-    );
+    assert_eq!(sync[0], Received { id: 2, event: "b".into(), data: json!("b1") });
+    assert_eq!(sync[1], Received { id: 3, event: "a".into(), data: json!("a2") });
     app.insert(&user, "c", NOW, json!("c1")).await;
-    assert_eq!(
-        sse.next().await,
-        Received {
-            id: 4,
-            event: "c".into(),
-            data: json!("c1")
-        }
-    );
+    assert_eq!(sse.next().await, Received { id: 4, event: "c".into(), data: json!("c1") });
 }
 
 #[tokio::test]
@@ -86,11 +51,7 @@ async fn a_future_event_arrives_at_its_second_and_not_before() {
     assert_eq!(sse.next().await.event, "marker");
     app.clock.advance(999);
     app.insert(&user, "marker", NOW + 9, json!("m2")).await;
-    assert_eq!(
-        sse.next().await.data,
-        json!("m2"),
-        "still not due 1 ms before its second"
-    );
+    assert_eq!(sse.next().await.data, json!("m2"), "still not due 1 ms before its second");
     app.clock.advance(1);
     assert_eq!(sse.next().await.event, "later");
 }
@@ -120,29 +81,21 @@ async fn a_cancelled_event_is_never_published() {
     app.insert(&user, "after", NOW + 6, json!(1)).await;
     app.set_time(NOW + 10);
     assert_eq!(sse.next().await.event, "after");
-    assert!(
-        app.subscribe()
-            .await
-            .take(1)
-            .await
-            .iter()
-            .all(|e| e.event != "doomed")
-    );
+    assert!(app.subscribe().await.take(1).await.iter().all(|e| e.event != "doomed"));
 }
 
 #[tokio::test]
-async fn heartbeats_flow() {
+async fn retry_then_heartbeats() {
     use futures_util::StreamExt;
-    let app = TestApp::spawn_with(&["--heartbeat", "1"]).await;
+    let app = TestApp::spawn_with(&["--heartbeat", "1", "--retry", "1500"]).await;
     let response = app.http.get(app.url("/events")).send().await.unwrap();
     let mut body = response.bytes_stream();
+    let mut next = async || {
+        tokio::time::timeout(crate::support::DEADLINE, body.next()).await.unwrap().unwrap().unwrap()
+    };
+    assert_eq!(&next().await[..], b"retry: 1500\n\n");
     for _ in 0..2 {
-        let chunk = tokio::time::timeout(crate::support::DEADLINE, body.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(&chunk[..], b":\n\n", "a comment heartbeat");
+        assert_eq!(&next().await[..], b":\n\n", "a comment heartbeat");
     }
 }
 
@@ -154,10 +107,8 @@ async fn a_departed_client_is_dropped_at_once() {
     let sse = app.subscribe().await;
     assert_eq!(app.hub.subscribers(), 1);
     drop(sse);
-    eventually("the server to drop the departed client", || async {
-        app.hub.subscribers() == 0
-    })
-    .await;
+    eventually("the server to drop the departed client", || async { app.hub.subscribers() == 0 })
+        .await;
 }
 
 #[tokio::test]
@@ -173,10 +124,8 @@ async fn state_and_schedule_survive_a_restart() {
     let app = TestApp::spawn().await;
     let user = app.user("alice").await;
     app.insert(&user, "now", NOW, json!(1)).await;
-    app.insert(&user, "due-while-down-2", NOW + 20, json!(3))
-        .await;
-    app.insert(&user, "due-while-down-1", NOW + 10, json!(2))
-        .await;
+    app.insert(&user, "due-while-down-2", NOW + 20, json!(3)).await;
+    app.insert(&user, "due-while-down-1", NOW + 10, json!(2)).await;
     app.insert(&user, "far", NOW + 100, json!(4)).await;
     eventually("publication", || async {
         app.collection(&user, user.collection).await[0]["published"] == true
@@ -187,23 +136,9 @@ async fn state_and_schedule_survive_a_restart() {
     let app = app.restart_at(NOW + 30).await;
     let mut sse = app.subscribe().await;
     let sync = sse.take(3).await;
-    assert_eq!(
-        names(&sync),
-        ["now", "due-while-down-1", "due-while-down-2"]
-    );
+    assert_eq!(names(&sync), ["now", "due-while-down-1", "due-while-down-2"]);
     assert_eq!(sync.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 2, 3]);
-    assert_eq!(
-        app.collection(&user, user.collection).await.len(),
-        4,
-        "the token is still valid"
-    );
+    assert_eq!(app.collection(&user, user.collection).await.len(), 4, "the token is still valid");
     app.set_time(NOW + 100);
-    assert_eq!(
-        sse.next().await,
-        Received {
-            id: 4,
-            event: "far".into(),
-            data: json!(4)
-        }
-    );
+    assert_eq!(sse.next().await, Received { id: 4, event: "far".into(), data: json!(4) });
 }

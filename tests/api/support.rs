@@ -78,9 +78,7 @@ impl TestApp {
                 .await
                 .expect("broker starts");
         let hub = broker.hub();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("address");
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(broker.serve(listener, async move {
@@ -117,22 +115,12 @@ impl TestApp {
 
     /// POSTs JSON without a token.
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.http
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .expect("request")
+        self.http.post(self.url(path)).json(body).send().await.expect("request")
     }
 
     /// GETs `path` with a bearer token.
     pub async fn get_as(&self, jwt: &str, path: &str) -> reqwest::Response {
-        self.http
-            .get(self.url(path))
-            .bearer_auth(jwt)
-            .send()
-            .await
-            .expect("request")
+        self.http.get(self.url(path)).bearer_auth(jwt).send().await.expect("request")
     }
 
     pub async fn sign_up(&self, username: &str, collection: Uuid) -> reqwest::Response {
@@ -144,11 +132,7 @@ impl TestApp {
     }
 
     pub async fn log_in(&self, username: &str, password: &str) -> reqwest::Response {
-        self.post(
-            "/login",
-            &json!({"username": username, "password": password}),
-        )
-        .await
+        self.post("/login", &json!({"username": username, "password": password})).await
     }
 
     /// Signs a new user up and logs them in.
@@ -162,11 +146,7 @@ impl TestApp {
             .as_str()
             .expect("jwt is a string")
             .to_owned();
-        TestUser {
-            id,
-            collection,
-            jwt,
-        }
+        TestUser { id, collection, jwt }
     }
 
     /// Inserts an event; returns the raw response.
@@ -188,23 +168,30 @@ impl TestApp {
 
     /// The events of a collection, as listed by the API.
     pub async fn collection(&self, user: &TestUser, collection: Uuid) -> Vec<Value> {
-        let mut body = ok_json(
-            self.get_as(&user.jwt, &format!("/events/collections/{collection}"))
-                .await,
-        )
-        .await;
+        let mut body =
+            ok_json(self.get_as(&user.jwt, &format!("/events/collections/{collection}")).await)
+                .await;
         serde_json::from_value(body["events"].take()).expect("an array of events")
     }
 
     /// Opens `/events` with a real SSE client.
     pub async fn subscribe(&self) -> Sse {
-        let response = self
-            .http
-            .get(self.url("/events"))
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(response.status(), 200);
+        self.subscribe_to("/events", &[]).await
+    }
+
+    /// GETs `path` (under `/events`) with these headers; the raw response.
+    pub async fn open_stream(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut request = self.http.get(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("request")
+    }
+
+    /// Opens a stream that must be accepted, with a real SSE client.
+    pub async fn subscribe_to(&self, path: &str, headers: &[(&str, &str)]) -> Sse {
+        let response = self.open_stream(path, headers).await;
+        assert_eq!(response.status(), 200, "{path}");
         assert_eq!(response.headers()["content-type"], "text/event-stream");
         Sse::new(response)
     }
@@ -236,16 +223,9 @@ pub async fn ok_json(response: reqwest::Response) -> Value {
 pub async fn error_json(response: reqwest::Response, status: u16) -> String {
     assert_eq!(response.status(), status, "unexpected status");
     let body: Value = response.json().await.expect("a JSON error body");
-    let message = body["error"]
-        .as_str()
-        .expect("an \"error\" string")
-        .to_owned();
+    let message = body["error"].as_str().expect("an \"error\" string").to_owned();
     assert!(!message.is_empty());
-    assert_eq!(
-        body.as_object().map(|o| o.len()),
-        Some(1),
-        "only \"error\" in {body}"
-    );
+    assert_eq!(body.as_object().map(|o| o.len()), Some(1), "only \"error\" in {body}");
     message
 }
 
@@ -265,12 +245,7 @@ pub struct Sse(EventStream);
 impl Sse {
     pub fn new(response: reqwest::Response) -> Self {
         use eventsource_stream::Eventsource;
-        Self(Box::pin(
-            response
-                .bytes_stream()
-                .eventsource()
-                .map(|r| r.map_err(|e| e.to_string())),
-        ))
+        Self(Box::pin(response.bytes_stream().eventsource().map(|r| r.map_err(|e| e.to_string()))))
     }
 
     /// The next event; fails the test if none comes within the deadline.

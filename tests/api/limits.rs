@@ -1,0 +1,120 @@
+//! The connection limit.
+
+use crate::support::{Sse, TestApp, error_json, eventually};
+use serde_json::json;
+
+#[tokio::test]
+async fn beyond_the_limit_a_subscriber_gets_503_at_once() {
+    let app = TestApp::spawn_with(&["--max-connections", "2"]).await;
+    let first = app.subscribe().await;
+    let _second = app.subscribe().await;
+    let refused = app.open_stream("/events", &[]).await;
+    assert_eq!(refused.headers()["retry-after"], "5");
+    error_json(refused, 503).await;
+    drop(first);
+    eventually("a place to free up", || async { app.hub.subscribers() == 1 }).await;
+    app.subscribe().await;
+}
+
+/// A subscriber that never reads while 96 MiB of events go out: the
+/// server's memory stays bounded, a subscriber that keeps up gets
+/// everything, and the stalled one, once it reads, finds it was
+/// disconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_costs_the_others_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const EVENTS: usize = 3000;
+    const SIZE: usize = 32 * 1024;
+    /// Publishers stay at most this many events ahead of the normal
+    /// subscriber (well inside --max-lag): it keeps up by construction.
+    const WINDOW: usize = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = crate::process::command(dir.path());
+    command.args(["--port", "0", "--host", "127.0.0.1", "--secret", "s", "--max-lag", "256"]);
+    let broker = crate::process::Binary::start(command).await;
+    let (jwt, collection) = broker.user("alice").await;
+
+    let addr = broker.base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(addr).await.unwrap();
+    stalled.write_all(b"GET /events HTTP/1.1\r\nHost: broker\r\n\r\n").await.unwrap();
+    let mut normal = Sse::new(broker.http.get(broker.url("/events")).send().await.unwrap());
+    let got = Arc::new(AtomicUsize::new(0));
+    let reader = tokio::spawn({
+        let got = got.clone();
+        async move {
+            let mut ids = Vec::with_capacity(EVENTS);
+            for _ in 0..EVENTS {
+                ids.push(normal.next().await.id);
+                got.fetch_add(1, Ordering::Release);
+            }
+            ids
+        }
+    });
+
+    let pid = broker.child.id().unwrap();
+    let baseline = broker.rss();
+    let peak = Arc::new(AtomicU64::new(baseline));
+    let padding = "x".repeat(SIZE);
+    let mut publishers = Vec::new();
+    for p in 0..8 {
+        let (http, url, jwt, padding, got, peak) = (
+            broker.http.clone(),
+            broker.url("/insert"),
+            jwt.clone(),
+            padding.clone(),
+            got.clone(),
+            peak.clone(),
+        );
+        publishers.push(tokio::spawn(async move {
+            for n in (p..EVENTS).step_by(8) {
+                eventually("the normal subscriber to keep up", || async {
+                    n < got.load(Ordering::Acquire) + WINDOW
+                })
+                .await;
+                let body = json!({"event": "big", "collection_id": collection, "timestamp": 0, "data": [n, padding]});
+                let response = http.post(&url).bearer_auth(&jwt).json(&body).send().await.unwrap();
+                assert_eq!(response.status(), 200);
+                peak.fetch_max(rss(pid), Ordering::Relaxed);
+            }
+        }));
+    }
+    let ids = reader.await.unwrap();
+    assert_eq!(ids, (1..=EVENTS as i64).collect::<Vec<_>>(), "every event, in order");
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    let growth = peak.load(Ordering::Relaxed).saturating_sub(baseline);
+    println!(
+        "server RSS grew by {} KiB while {} MiB went out",
+        growth >> 10,
+        (EVENTS * SIZE) >> 20
+    );
+    assert!(growth < 48 << 20, "server memory grew by {growth} bytes");
+
+    // Once it reads, the stalled client finds the reason and the end of the
+    // response (the last chunk of the chunked body).
+    let mut seen = Vec::new();
+    let drained = tokio::time::timeout(crate::support::DEADLINE, async {
+        let mut buffer = vec![0; 1 << 16];
+        while !seen.ends_with(b"0\r\n\r\n") {
+            let n = stalled.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "the connection closed before the response ended");
+            seen.extend_from_slice(&buffer[..n]);
+        }
+    });
+    drained.await.expect("the stalled stream ends");
+    let tail = String::from_utf8_lossy(&seen[seen.len().saturating_sub(300)..]).into_owned();
+    assert!(tail.contains(": disconnected: too slow"), "{tail}");
+}
+
+/// Resident memory of process `pid`, in bytes.
+pub fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: 0 kB");
+    line.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0) * 1024
+}
