@@ -19,13 +19,13 @@ pub mod domain;
 pub mod http;
 pub mod hub;
 pub mod scheduler;
+mod server;
 pub mod store;
 
 use std::future::Future;
 use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
@@ -40,9 +40,6 @@ use http::App;
 use hub::Hub;
 use scheduler::Wake;
 use store::{SqliteStore, Store};
-
-/// How long open connections may take to finish once shutdown starts.
-const GRACE: Duration = Duration::from_secs(5);
 
 /// Why Broker could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +75,11 @@ impl Broker {
             Some(secret) => secret.clone(),
             None => stored_secret(&config.save_path)?,
         };
+        let origins = config
+            .origin
+            .iter()
+            .map(|o| o.parse().map_err(|_| Error::Config(format!("invalid origin {o:?}"))))
+            .collect::<Result<Vec<_>, _>>()?;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.save_path)?);
         let passwords = Passwords::new().await.map_err(|e| Error::Config(e.to_string()))?;
         let shutdown = CancellationToken::new();
@@ -103,9 +105,9 @@ impl Broker {
             clock,
             private_stream: config.private_stream,
             retry_ms: config.retry,
+            origins,
         });
-        let router =
-            http::router(app.clone(), &config.origin, config.max_body).map_err(Error::Config)?;
+        let router = http::router(app.clone(), config.max_body);
         Ok(Self { app, router, shutdown, scheduler })
     }
 
@@ -127,7 +129,9 @@ impl Broker {
 
     /// Serves the API on `listener` until `signal` resolves, then stops
     /// accepting, closes every stream, lets in-flight requests finish (at
-    /// most a few seconds) and stops the background tasks.
+    /// most a few seconds) and stops the background tasks. Event streams are
+    /// written straight to their sockets; everything else goes through
+    /// hyper and [`Broker::router`].
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -143,16 +147,7 @@ impl Broker {
                 }
             }
         });
-        let server = axum::serve(listener, self.router.clone())
-            .with_graceful_shutdown(token.clone().cancelled_owned());
-        let deadline = async {
-            token.cancelled().await;
-            tokio::time::sleep(GRACE).await;
-        };
-        tokio::select! {
-            served = server => served?,
-            () = deadline => tracing::warn!("connections still open after {GRACE:?}; closing them"),
-        }
+        server::run(listener, self.app.clone(), self.router.clone(), token.clone()).await;
         token.cancel();
         if let Err(e) = self.scheduler.await {
             tracing::error!(error = %e, "the scheduler task failed");

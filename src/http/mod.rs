@@ -3,7 +3,7 @@
 mod error;
 mod events;
 mod extract;
-mod stream;
+pub(crate) mod stream;
 mod users;
 
 use std::sync::Arc;
@@ -40,20 +40,18 @@ pub struct App {
     pub private_stream: bool,
     /// The SSE `retry:` value, in milliseconds.
     pub retry_ms: u64,
+    /// Origins allowed by CORS.
+    pub origins: Vec<HeaderValue>,
 }
 
 /// Handler state.
 pub type AppState = Arc<App>;
 
-/// The API's routes with CORS for `origins` and a body limit of `max_body`
-/// bytes. Fails if an origin is not a valid header value.
-pub fn router(app: AppState, origins: &[String], max_body: usize) -> Result<Router, String> {
-    let origins = origins
-        .iter()
-        .map(|o| HeaderValue::from_str(o).map_err(|_| format!("invalid origin {o:?}")))
-        .collect::<Result<Vec<_>, _>>()?;
+/// The API's routes with CORS for the app's origins and a body limit of
+/// `max_body` bytes.
+pub fn router(app: AppState, max_body: usize) -> Router {
     let cors = CorsLayer::new()
-        .allow_origin(AllowOrigin::list(origins))
+        .allow_origin(AllowOrigin::list(app.origins.clone()))
         .allow_methods([Method::GET, Method::POST])
         .allow_headers([
             header::AUTHORIZATION,
@@ -62,7 +60,7 @@ pub fn router(app: AppState, origins: &[String], max_body: usize) -> Result<Rout
             header::HeaderName::from_static("last-event-id"),
         ])
         .allow_credentials(true);
-    Ok(Router::new()
+    Router::new()
         .route("/users", post(users::sign_up))
         .route("/login", post(users::log_in))
         .route("/insert", post(events::insert))
@@ -76,7 +74,7 @@ pub fn router(app: AppState, origins: &[String], max_body: usize) -> Result<Rout
         })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(cors)
-        .with_state(app))
+        .with_state(app)
 }
 
 /// Answers 404 for a path no route serves.

@@ -11,18 +11,22 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io::ErrorKind;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use uuid::Uuid;
 
-use super::{ApiError, AppState};
+use super::{ApiError, App, AppState};
 use crate::domain::{Filter, Published};
 use crate::hub::{Frame, HEARTBEAT, Permit, sse_frame};
 use crate::store::Store;
@@ -97,8 +101,30 @@ pub async fn subscribe(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let (filter, query) = parse_query(query.as_deref())?;
-    let expires = match presented_token(&headers, query.token.as_deref())? {
+    let subscriber = open(&app, &headers, query.as_deref()).await?;
+    let body = futures_util::stream::unfold(subscriber, |mut s| async move {
+        s.next_chunk().await.map(|chunk| (Ok::<_, Infallible>(chunk), s))
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// Checks a subscription request (query, token, connection limit) and
+/// prepares its stream: the initial sync or the replay position.
+pub(crate) async fn open(
+    app: &App,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Subscriber, ApiError> {
+    let (filter, query) = parse_query(query)?;
+    let expires = match presented_token(headers, query.token.as_deref())? {
         Some(token) => Some(app.keys.verify(token, &app.clock)?.exp),
         None if app.private_stream => {
             return Err(ApiError::unauthorized(
@@ -144,7 +170,7 @@ pub async fn subscribe(
             }
         }) as Pin<Box<dyn Future<Output = ()> + Send>>
     });
-    let subscriber = Subscriber {
+    Ok(Subscriber {
         ring,
         store: app.store.clone(),
         filter,
@@ -154,19 +180,55 @@ pub async fn subscribe(
         expiry,
         closed: false,
         _permit: permit,
-    };
-    let body = futures_util::stream::unfold(subscriber, |mut s| async move {
-        s.next_chunk().await.map(|chunk| (Ok::<_, Infallible>(chunk), s))
-    });
-    Ok((
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-            (header::HeaderName::from_static("x-accel-buffering"), "no"),
-        ],
-        Body::from_stream(body),
-    )
-        .into_response())
+    })
+}
+
+/// Writes a stream straight to its socket: the lean path of
+/// [`crate::Broker::serve`], which keeps no HTTP buffers per stream. Ends
+/// when the stream does, when the peer closes, or when the peer has not
+/// taken any data for [`WRITE_STALL`].
+pub(crate) async fn write_to(mut subscriber: Subscriber, socket: &mut TcpStream) {
+    loop {
+        tokio::select! {
+            chunk = subscriber.next_chunk() => match chunk {
+                Some(chunk) => if write(socket, &chunk).await.is_err() { return },
+                None => return,
+            },
+            ready = socket.readable() => if ready.is_err() || peer_closed(socket) { return },
+        }
+    }
+}
+
+/// How long a peer may refuse data before it is disconnected.
+pub const WRITE_STALL: Duration = Duration::from_secs(30);
+
+async fn write(socket: &mut TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    // Almost always the socket takes everything at once; the timer only
+    // exists (boxed, off the per-stream state) when it does not.
+    while !bytes.is_empty() {
+        match socket.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                let stalled = Box::pin(tokio::time::timeout(WRITE_STALL, socket.write_all(bytes)));
+                return stalled.await.map_err(|_| ErrorKind::TimedOut.into()).and_then(|r| r);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Whether the peer has closed its side; discards anything it sent.
+fn peer_closed(socket: &TcpStream) -> bool {
+    let mut scratch = [0u8; 64];
+    loop {
+        match socket.try_read(&mut scratch) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
 }
 
 /// Adds the latest-state sync (after a `reset` event if asked) to `chunk`;
@@ -191,7 +253,7 @@ async fn sync(
 }
 
 /// One open stream's state.
-struct Subscriber {
+pub(crate) struct Subscriber {
     ring: broadcast::Receiver<Arc<Frame>>,
     store: Arc<dyn Store>,
     filter: Filter,

@@ -25,8 +25,8 @@ const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite/0001_init.sql")];
 const MAX_BATCH: usize = 1024;
 /// Writes that may wait for the writer before callers are slowed down.
 const QUEUE: usize = 8192;
-/// Idle read connections kept open.
-const MAX_IDLE_READERS: usize = 8;
+/// Read connections (and blocking threads) in use at once; more reads wait.
+const READERS: usize = 8;
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -55,7 +55,11 @@ impl SqliteStore {
             .name("broker-sqlite-writer".into())
             .spawn(move || write_loop(conn, jobs))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
-        let readers = Arc::new(Readers { path, idle: Mutex::new(Vec::new()) });
+        let readers = Arc::new(Readers {
+            path,
+            idle: Mutex::new(Vec::new()),
+            slots: Arc::new(tokio::sync::Semaphore::new(READERS)),
+        });
         Ok(Self { writes, readers })
     }
 
@@ -80,9 +84,13 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let readers = self.readers.clone();
-        tokio::task::spawn_blocking(move || readers.run(work))
-            .await
-            .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+        let slot = readers.slots.clone().acquire_owned().await;
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            readers.run(work)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
     }
 }
 
@@ -192,9 +200,11 @@ fn write_loop(conn: Connection, mut jobs: mpsc::Receiver<Box<dyn Job>>) {
     }
 }
 
+/// A pool of at most [`READERS`] read connections, reused.
 struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Readers {
@@ -213,10 +223,7 @@ impl Readers {
             }
         };
         let result = work(&conn);
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < MAX_IDLE_READERS {
-            idle.push(conn);
-        }
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).push(conn);
         Ok(result?)
     }
 }

@@ -142,3 +142,44 @@ async fn state_and_schedule_survive_a_restart() {
     app.set_time(NOW + 100);
     assert_eq!(sse.next().await, Received { id: 4, event: "far".into(), data: json!(4) });
 }
+
+/// Broker's router mounted in another axum application: `/events` is then
+/// served by the axum handler rather than the lean writer.
+#[tokio::test]
+async fn the_router_mounts_in_another_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker::Broker::open(crate::support::config(dir.path(), &[])).await.unwrap();
+    let outer = axum::Router::new()
+        .route("/hello", axum::routing::get(|| async { "hello" }))
+        .merge(broker.router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, outer).await });
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.get(format!("{base}/hello")).send().await.unwrap().text().await.unwrap(),
+        "hello"
+    );
+    let response = http.get(format!("{base}/events")).send().await.unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut sse = crate::support::Sse::new(response);
+    let collection = uuid::Uuid::new_v4();
+    let user = json!({"username": "alice", "password": "pw", "collection_id": collection});
+    http.post(format!("{base}/users")).json(&user).send().await.unwrap();
+    let login: serde_json::Value = http
+        .post(format!("{base}/login"))
+        .json(&json!({"username": "alice", "password": "pw"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let event = json!({"event": "mounted", "collection_id": collection, "timestamp": 0, "data": 1});
+    let jwt = login["jwt"].as_str().unwrap();
+    let inserted = http.post(format!("{base}/insert")).bearer_auth(jwt).json(&event).send().await;
+    assert_eq!(inserted.unwrap().status(), 200);
+    assert_eq!(sse.next().await, Received { id: 1, event: "mounted".into(), data: json!(1) });
+    broker.shutdown_token().cancel();
+    sse.ended().await;
+}

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs the same `subscribers` and `fanout` measurements against Broker and
+# against nginx + nchan (one worker), one after the other on this machine,
+# then prints both with their ratios. Results go to target/bench/.
+#   N subscribers (18000), K single events (50), B events in the burst (100).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-18000} K=${K:-50} B=${B:-100}
+out=target/bench
+mkdir -p "$out"
+cargo build --release --workspace --quiet
+bench=target/release/broker-bench
+
+wait_port() {
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on $1" >&2
+  return 1
+}
+
+measure() { # name addr pid target
+  "$bench" subscribers --target "$4" --addr "$2" --pid "$3" -n "$N" --json "$out/$1-subscribers.json"
+  "$bench" fanout --target "$4" --addr "$2" --pid "$3" -n "$N" -k "$K" -b "$B" --json "$out/$1-fanout.json"
+}
+
+echo "== Broker"
+data=$(mktemp -d)
+target/release/broker --host 127.0.0.1 --port 18080 --save-path "$data" --secret bench \
+  2>"$out/broker.log" &
+broker=$!
+trap 'kill $broker 2>/dev/null || true; rm -rf "$data"' EXIT
+wait_port 18080
+measure broker 127.0.0.1:18080 "$broker" broker
+kill "$broker"; wait "$broker" 2>/dev/null || true
+
+echo "== nginx + nchan"
+prefix=$(mktemp -d)
+mkdir -p "$prefix/tmp"
+nginx -p "$prefix" -c "$PWD/bench/nchan/nginx.conf" 2>"$out/nginx.log" &
+master=$!
+trap 'kill $master 2>/dev/null || true; rm -rf "$data" "$prefix"' EXIT
+wait_port 18081
+worker=$(pgrep -P "$master" | head -n 1)
+measure nchan 127.0.0.1:18081 "$worker" nchan
+kill "$master"; wait "$master" 2>/dev/null || true
+
+echo
+"$bench" compare "$out/broker-subscribers.json" "$out/nchan-subscribers.json"
+echo
+"$bench" compare "$out/broker-fanout.json" "$out/nchan-fanout.json"

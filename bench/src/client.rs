@@ -1,0 +1,155 @@
+//! A client process: holds many SSE connections from one source address
+//! and counts, per bench event, how many connections received it and when
+//! the last one did. It talks to the coordinator over stdin/stdout:
+//! it prints `ready <ok> <refused> <failed> <setup_ms>` once its connections
+//! are set up, `done <n>` when every open connection has event `n`, and on
+//! `report` a JSON line with the counts; `quit` or EOF ends it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpSocket;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::http::{SseDecoder, payload_number, read_head};
+use crate::now_ns;
+
+/// Connections being set up at once.
+const CONNECTING: usize = 256;
+
+struct Tally {
+    counts: Vec<AtomicU32>,
+    last: Vec<AtomicU64>,
+    /// Open connections; an event is done when this many have it.
+    open: AtomicU32,
+    errors: AtomicUsize,
+    done: mpsc::UnboundedSender<usize>,
+}
+
+impl Tally {
+    fn record(&self, n: usize) {
+        let (Some(count), Some(last)) = (self.counts.get(n), self.last.get(n)) else {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        last.fetch_max(now_ns(), Ordering::Relaxed);
+        if count.fetch_add(1, Ordering::AcqRel) + 1 == self.open.load(Ordering::Acquire) {
+            let _ = self.done.send(n);
+        }
+    }
+}
+
+/// Runs a client process: `count` connections from `source` to `addr`.
+pub async fn run(addr: SocketAddr, path: String, count: usize, source: IpAddr, events: usize) {
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let tally = Arc::new(Tally {
+        counts: (0..events).map(|_| AtomicU32::new(0)).collect(),
+        last: (0..events).map(|_| AtomicU64::new(0)).collect(),
+        open: AtomicU32::new(u32::MAX),
+        errors: AtomicUsize::new(0),
+        done: done_tx,
+    });
+    let request: Arc<[u8]> =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n")
+            .into_bytes()
+            .into();
+    let start = Instant::now();
+    let gate = Arc::new(Semaphore::new(CONNECTING));
+    let (status_tx, mut status_rx) = mpsc::unbounded_channel::<Result<u16, String>>();
+    for _ in 0..count {
+        let (gate, request, tally, status_tx) =
+            (gate.clone(), request.clone(), tally.clone(), status_tx.clone());
+        tokio::spawn(async move {
+            let permit = gate.acquire_owned().await;
+            let opened = async {
+                let socket = TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::new(source, 0))?;
+                let mut stream = socket.connect(addr).await?;
+                stream.write_all(&request).await?;
+                let (status, chunked, rest) = read_head(&mut stream).await?;
+                Ok::<_, std::io::Error>((stream, status, chunked, rest))
+            };
+            let (mut stream, chunked, rest) = match opened.await {
+                Ok((stream, 200, chunked, rest)) => (stream, chunked, rest),
+                Ok((_, status, _, _)) => {
+                    let _ = status_tx.send(Ok(status));
+                    return;
+                }
+                Err(e) => {
+                    let _ = status_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let _ = status_tx.send(Ok(200));
+            drop((permit, status_tx));
+            let mut decoder = SseDecoder::new(chunked);
+            let mut on_data = |data: &[u8]| {
+                if let Some(n) = payload_number(data) {
+                    tally.record(n);
+                }
+            };
+            decoder.feed(&rest, &mut on_data);
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                decoder.feed(&buf[..n], &mut on_data);
+            }
+            tally.errors.fetch_add(1, Ordering::Relaxed); // the stream ended
+        });
+    }
+    drop(status_tx);
+    let (mut ok, mut refused, mut failed, mut first_error) = (0u32, 0, 0, None);
+    for _ in 0..count {
+        let Some(status) = status_rx.recv().await else { break };
+        match status {
+            Ok(200) => ok += 1,
+            Ok(503) => refused += 1,
+            Ok(_) => failed += 1,
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    tally.open.store(ok, Ordering::Release);
+    if let Some(e) = first_error {
+        eprintln!("client {source}: {failed} connections failed, first: {e}");
+    }
+    let mut out = tokio::io::stdout();
+    let ready = format!("ready {ok} {refused} {failed} {}\n", start.elapsed().as_millis());
+    let _ = out.write_all(ready.as_bytes()).await;
+    let _ = out.flush().await;
+
+    let mut commands = BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        tokio::select! {
+            Some(n) = done_rx.recv() => {
+                let _ = out.write_all(format!("done {n}\n").as_bytes()).await;
+                let _ = out.flush().await;
+            }
+            line = commands.next_line() => match line.ok().flatten().as_deref() {
+                Some("report") => {
+                    let events: Vec<(u32, u64)> = tally
+                        .counts
+                        .iter()
+                        .zip(&tally.last)
+                        .map(|(c, l)| (c.load(Ordering::Acquire), l.load(Ordering::Acquire)))
+                        .collect();
+                    let report = serde_json::json!({
+                        "events": events,
+                        "ended": tally.errors.load(Ordering::Relaxed),
+                    });
+                    let _ = out.write_all(format!("report {report}\n").as_bytes()).await;
+                    let _ = out.flush().await;
+                }
+                Some(_) => {}
+                None => break,
+            },
+        }
+    }
+}

@@ -1,0 +1,704 @@
+//! `broker-bench`: measures Broker, and nginx + nchan the same way.
+//!
+//! Every measurement checks that every event reached every subscriber and
+//! reports losses instead of hiding them. Subscribers run in separate client
+//! processes (this same binary, `client` subcommand), each with its own
+//! source address, so that no process nears the open-file limit and the
+//! ephemeral ports of one address suffice. See BENCHMARKS.md.
+
+mod client;
+mod http;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use http::Conn;
+
+/// Nanoseconds since the UNIX epoch (comparable across processes).
+pub fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+#[derive(Parser)]
+#[command(name = "broker-bench", version, about = "Load generator for Broker and nginx + nchan")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+enum Kind {
+    /// Broker: subscribe to /events, publish with POST /insert and a JWT.
+    Broker,
+    /// nginx + nchan: subscribe to /sub/bench, publish with POST /pub/bench.
+    Nchan,
+}
+
+#[derive(Args, Clone)]
+struct Target {
+    /// What serves the URL.
+    #[arg(long, value_enum, default_value = "broker")]
+    target: Kind,
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// PID whose memory and CPU are measured (for nchan: the worker process).
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Also write the result as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct Subscribers {
+    /// Subscribers to open.
+    #[arg(short = 'n', long, default_value_t = 18_000)]
+    subscribers: usize,
+    /// Client processes to spread them over (default: one per 5,000).
+    #[arg(long)]
+    procs: Option<usize>,
+    /// Source addresses are 127.0.0.<first-source>, <first-source + 1>, …
+    #[arg(long, default_value_t = 2)]
+    first_source: u8,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Opens N SSE connections; reports setup time and server memory per connection.
+    Subscribers {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        subs: Subscribers,
+    },
+    /// With N subscribers, publishes K single events one at a time, then a burst of B.
+    Fanout {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        subs: Subscribers,
+        /// Single events, each published once the previous one reached everyone.
+        #[arg(short = 'k', long, default_value_t = 50)]
+        singles: usize,
+        /// Events in the burst, published all at once.
+        #[arg(short = 'b', long, default_value_t = 100)]
+        burst: usize,
+    },
+    /// C concurrent publishers insert for T seconds (Broker only).
+    Insert {
+        #[command(flatten)]
+        target: Target,
+        /// Concurrent publishers, each on its own connection.
+        #[arg(short = 'c', long, default_value_t = 64)]
+        concurrency: usize,
+        /// Seconds to run.
+        #[arg(short = 't', long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Inserts E future events due across a window; reports publication lateness
+    /// and the server's CPU while nothing is due (Broker only).
+    Schedule {
+        #[command(flatten)]
+        target: Target,
+        /// Future events to insert.
+        #[arg(short = 'e', long, default_value_t = 100_000)]
+        events: usize,
+        /// Seconds across which they fall due.
+        #[arg(long, default_value_t = 30)]
+        window: u64,
+        /// Seconds of idle time measured before the first is due.
+        #[arg(long, default_value_t = 5)]
+        idle: u64,
+    },
+    /// Prints two JSON results side by side with their ratios.
+    Compare {
+        /// Broker's result.
+        broker: PathBuf,
+        /// nchan's result.
+        nchan: PathBuf,
+    },
+    /// Internal: one client process of `subscribers` and `fanout`.
+    #[command(hide = true)]
+    Client {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        path: String,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        source: IpAddr,
+        #[arg(long)]
+        events: usize,
+    },
+}
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Client { addr, path, count, source, events } => {
+            client::run(addr, path, count, source, events).await;
+            return;
+        }
+        Cmd::Compare { broker, nchan } => compare(&broker, &nchan),
+        Cmd::Subscribers { target, subs } => run(&target, subscribers(&target, &subs)).await,
+        Cmd::Fanout { target, subs, singles, burst } => {
+            run(&target, fanout(&target, &subs, singles, burst)).await
+        }
+        Cmd::Insert { target, concurrency, seconds } => {
+            run(&target, insert(&target, concurrency, seconds)).await
+        }
+        Cmd::Schedule { target, events, window, idle } => {
+            run(&target, schedule(&target, events, window, idle)).await
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("broker-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// A measurement: named values with units, printed as a table and JSON.
+struct Report {
+    command: &'static str,
+    rows: Vec<(String, f64, &'static str)>,
+    failures: Vec<String>,
+}
+
+impl Report {
+    fn new(command: &'static str) -> Self {
+        Self { command, rows: Vec::new(), failures: Vec::new() }
+    }
+
+    fn add(&mut self, name: &str, value: f64, unit: &'static str) {
+        self.rows.push((name.to_owned(), value, unit));
+    }
+
+    fn fail(&mut self, what: String) {
+        self.failures.push(what);
+    }
+}
+
+async fn run(
+    target: &Target,
+    work: impl std::future::Future<Output = Result<Report, Error>>,
+) -> Result<(), Error> {
+    let report = work.await?;
+    println!("{} against {:?} at {}", report.command, target.target, target.addr);
+    for (name, value, unit) in &report.rows {
+        println!("  {name:<32} {value:>14.3} {unit}");
+    }
+    for failure in &report.failures {
+        println!("  FAILURE: {failure}");
+    }
+    let metrics: BTreeMap<&str, f64> =
+        report.rows.iter().map(|(n, v, _)| (n.as_str(), *v)).collect();
+    let json = json!({
+        "command": report.command,
+        "target": format!("{:?}", target.target).to_lowercase(),
+        "metrics": metrics,
+        "units": report.rows.iter().map(|(n, _, u)| (n.clone(), *u)).collect::<BTreeMap<_, _>>(),
+        "failures": report.failures,
+        "date": now_ns() / 1_000_000_000,
+    });
+    println!("{json}");
+    if let Some(path) = &target.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&json)?)?;
+    }
+    if report.failures.is_empty() { Ok(()) } else { Err("the measurement found failures".into()) }
+}
+
+/// Publishes bench events to the target.
+struct Publisher {
+    kind: Kind,
+    jwt: Option<String>,
+    collection: String,
+}
+
+impl Publisher {
+    /// For Broker: signs a fresh bench user up and logs in; events go to a
+    /// fresh collection, so subscribers see only this run.
+    async fn new(target: &Target) -> Result<Self, Error> {
+        let collection = uuid_v4();
+        let mut publisher = Self { kind: target.target, jwt: None, collection };
+        if target.target == Kind::Broker {
+            let mut conn = Conn::connect(target.addr).await?;
+            let name = format!("bench-{}", uuid_v4());
+            let user = json!({"username": name, "password": "bench-password", "collection_id": publisher.collection});
+            let created = conn.request("POST", "/users", None, user.to_string().as_bytes()).await?;
+            if created.status != 200 {
+                return Err(
+                    format!("sign-up failed: {}", String::from_utf8_lossy(&created.body)).into()
+                );
+            }
+            let login = json!({"username": name, "password": "bench-password"});
+            let response =
+                conn.request("POST", "/login", None, login.to_string().as_bytes()).await?;
+            let body: Value = serde_json::from_slice(&response.body)?;
+            publisher.jwt = body["jwt"].as_str().map(str::to_owned);
+            if publisher.jwt.is_none() {
+                return Err("login failed".into());
+            }
+        }
+        Ok(publisher)
+    }
+
+    fn subscribe_path(&self) -> String {
+        match self.kind {
+            Kind::Broker => format!("/events?collection_id={}", self.collection),
+            Kind::Nchan => "/sub/bench".to_owned(),
+        }
+    }
+
+    /// Publishes event `n` (due at `timestamp`, Broker only) on `conn`.
+    async fn publish(&self, conn: &mut Conn, n: usize, timestamp: i64) -> Result<(), Error> {
+        let response = match self.kind {
+            Kind::Broker => {
+                let body = json!({"event": "bench", "collection_id": self.collection, "timestamp": timestamp, "data": {"n": n}});
+                conn.request("POST", "/insert", self.jwt.as_deref(), body.to_string().as_bytes())
+                    .await?
+            }
+            Kind::Nchan => {
+                conn.request("POST", "/pub/bench", None, format!("{{\"n\":{n}}}").as_bytes())
+                    .await?
+            }
+        };
+        if !(200..300).contains(&response.status) {
+            return Err(format!(
+                "publishing {n} got {}: {}",
+                response.status,
+                String::from_utf8_lossy(&response.body)
+            )
+            .into());
+        }
+        Ok(())
+    }
+}
+
+/// A random UUID v4 string, from the kernel's generator.
+fn uuid_v4() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| format!("00000000-0000-4000-8000-{:012x}", now_ns() & 0xffff_ffff_ffff))
+}
+
+/// The client processes of one run.
+struct Clients {
+    procs: Vec<(Child, ChildStdin, Lines<BufReader<ChildStdout>>)>,
+    ok: usize,
+    refused: usize,
+    failed: usize,
+    setup: Duration,
+}
+
+impl Clients {
+    async fn start(
+        target: &Target,
+        subs: &Subscribers,
+        path: &str,
+        events: usize,
+    ) -> Result<Self, Error> {
+        let procs = subs.procs.unwrap_or(subs.subscribers.div_ceil(5000)).max(1);
+        let exe = std::env::current_exe()?;
+        let started = Instant::now();
+        let mut clients =
+            Self { procs: Vec::new(), ok: 0, refused: 0, failed: 0, setup: Duration::ZERO };
+        for i in 0..procs {
+            let count = subs.subscribers / procs + usize::from(i < subs.subscribers % procs);
+            let source = Ipv4Addr::new(127, 0, 0, subs.first_source.wrapping_add(i as u8));
+            let mut child = Command::new(&exe)
+                .args(["client", "--addr", &target.addr.to_string(), "--path", path])
+                .args(["--count", &count.to_string(), "--source", &source.to_string()])
+                .args(["--events", &events.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()?;
+            let stdin = child.stdin.take().ok_or("no stdin")?;
+            let stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+            clients.procs.push((child, stdin, stdout));
+        }
+        for (_, _, lines) in &mut clients.procs {
+            let line = lines.next_line().await?.ok_or("a client process died")?;
+            let fields: Vec<usize> =
+                line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+            if !line.starts_with("ready") || fields.len() < 3 {
+                return Err(format!("unexpected client output: {line}").into());
+            }
+            clients.ok += fields[0];
+            clients.refused += fields[1];
+            clients.failed += fields[2];
+        }
+        clients.setup = started.elapsed();
+        Ok(clients)
+    }
+
+    /// Waits until every client process says `done n` for each of `events`,
+    /// or until `timeout`; returns whether all came.
+    async fn wait_done(&mut self, events: &[usize], timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for (_, _, lines) in &mut self.procs {
+            let mut missing: std::collections::HashSet<usize> = events.iter().copied().collect();
+            while !missing.is_empty() {
+                match tokio::time::timeout_at(deadline, lines.next_line()).await {
+                    Ok(Ok(Some(line))) => {
+                        if let Some(n) = line.strip_prefix("done ").and_then(|n| n.parse().ok()) {
+                            missing.remove(&n);
+                        }
+                    }
+                    _ => return false,
+                }
+            }
+        }
+        true
+    }
+
+    /// Per event: how many subscribers got it and when the last one did.
+    async fn report(&mut self, events: usize) -> Result<(Vec<(u64, u64)>, u64), Error> {
+        let mut merged = vec![(0u64, 0u64); events];
+        let mut ended = 0;
+        for (_, stdin, lines) in &mut self.procs {
+            stdin.write_all(b"report\n").await?;
+            stdin.flush().await?;
+            loop {
+                let line = lines.next_line().await?.ok_or("a client process died")?;
+                let Some(json) = line.strip_prefix("report ") else { continue };
+                let report: Value = serde_json::from_str(json)?;
+                ended += report["ended"].as_u64().unwrap_or(0);
+                for (n, pair) in report["events"].as_array().ok_or("bad report")?.iter().enumerate()
+                {
+                    let count = pair[0].as_u64().unwrap_or(0);
+                    let last = pair[1].as_u64().unwrap_or(0);
+                    merged[n].0 += count;
+                    merged[n].1 = merged[n].1.max(last);
+                }
+                break;
+            }
+        }
+        Ok((merged, ended))
+    }
+
+    async fn stop(mut self) {
+        for (child, stdin, _) in &mut self.procs {
+            let _ = stdin.write_all(b"quit\n").await;
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// Resident memory of `pid` in bytes, from /proc.
+fn rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+/// CPU time of `pid` so far, in seconds (user + system).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The `q` quantile (0..=1) of sorted `values`.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (q * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn add_distribution(report: &mut Report, name: &str, mut values: Vec<f64>, unit: &'static str) {
+    values.sort_by(f64::total_cmp);
+    report.add(&format!("{name} p50"), quantile(&values, 0.5), unit);
+    report.add(&format!("{name} p99"), quantile(&values, 0.99), unit);
+    report.add(&format!("{name} max"), quantile(&values, 1.0), unit);
+}
+
+fn check_connections(report: &mut Report, clients: &Clients, wanted: usize) {
+    report.add("subscribers connected", clients.ok as f64, "");
+    report.add("subscribers refused (503)", clients.refused as f64, "");
+    report.add("subscribers failed", clients.failed as f64, "");
+    report.add("setup time", clients.setup.as_secs_f64(), "s");
+    if clients.ok + clients.refused < wanted || clients.failed > 0 {
+        report.fail(format!(
+            "{} of {wanted} connections failed (neither accepted nor refused with 503)",
+            clients.failed
+        ));
+    }
+}
+
+async fn subscribers(target: &Target, subs: &Subscribers) -> Result<Report, Error> {
+    let mut report = Report::new("subscribers");
+    let publisher = Publisher::new(target).await?;
+    let before = target.pid.and_then(rss);
+    let clients = Clients::start(target, subs, &publisher.subscribe_path(), 1).await?;
+    check_connections(&mut report, &clients, subs.subscribers);
+    tokio::time::sleep(Duration::from_secs(1)).await; // let allocations settle
+    if let (Some(before), Some(after)) = (before, target.pid.and_then(rss)) {
+        report.add("server RSS before", before as f64 / 1048576.0, "MiB");
+        report.add("server RSS after", after as f64 / 1048576.0, "MiB");
+        let per = after.saturating_sub(before) as f64 / clients.ok.max(1) as f64;
+        report.add("server memory per connection", per, "bytes");
+    }
+    clients.stop().await;
+    Ok(report)
+}
+
+async fn fanout(
+    target: &Target,
+    subs: &Subscribers,
+    singles: usize,
+    burst: usize,
+) -> Result<Report, Error> {
+    let mut report = Report::new("fanout");
+    let publisher = Arc::new(Publisher::new(target).await?);
+    let total = singles + burst;
+    let mut clients = Clients::start(target, subs, &publisher.subscribe_path(), total).await?;
+    check_connections(&mut report, &clients, subs.subscribers);
+    let mut sent = vec![0u64; total];
+    let mut conn = Conn::connect(target.addr).await?;
+    for (n, sent_at) in sent.iter_mut().enumerate().take(singles) {
+        *sent_at = now_ns();
+        publisher.publish(&mut conn, n, 0).await?;
+        if !clients.wait_done(&[n], Duration::from_secs(10)).await {
+            report.fail(format!("event {n} did not reach every subscriber within 10 s"));
+            break;
+        }
+    }
+    let burst_start = now_ns();
+    let lanes = 8.min(burst.max(1));
+    let mut tasks = Vec::new();
+    for lane in 0..lanes {
+        let publisher = publisher.clone();
+        let addr = target.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::connect(addr).await?;
+            for n in (singles + lane..singles + burst).step_by(lanes) {
+                publisher.publish(&mut conn, n, 0).await?;
+            }
+            Ok::<_, Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let burst_events: Vec<usize> = (singles..total).collect();
+    if !clients.wait_done(&burst_events, Duration::from_secs(60)).await {
+        report.fail("the burst did not reach every subscriber within 60 s".into());
+    }
+    sent[singles..].iter_mut().for_each(|s| *s = burst_start);
+    let (events, ended) = clients.report(total).await?;
+    let latencies: Vec<f64> = (0..singles)
+        .filter(|&n| events[n].1 > 0)
+        .map(|n| events[n].1.saturating_sub(sent[n]) as f64 / 1e6)
+        .collect();
+    add_distribution(&mut report, "single event to last subscriber", latencies, "ms");
+    let burst_end = events[singles..].iter().map(|e| e.1).max().unwrap_or(0);
+    report.add("burst delivered to all", burst_end.saturating_sub(burst_start) as f64 / 1e9, "s");
+    let expected = (clients.ok * total) as u64;
+    let delivered: u64 = events.iter().map(|e| e.0).sum();
+    report.add("deliveries expected", expected as f64, "");
+    report.add("deliveries lost", expected.saturating_sub(delivered) as f64, "");
+    report.add("streams ended early", ended as f64, "");
+    if delivered != expected {
+        report.fail(format!(
+            "{} deliveries lost, {} duplicated",
+            expected.saturating_sub(delivered),
+            delivered.saturating_sub(expected)
+        ));
+    }
+    if ended > 0 {
+        report.fail(format!("{ended} streams ended during the run"));
+    }
+    clients.stop().await;
+    Ok(report)
+}
+
+async fn insert(target: &Target, concurrency: usize, seconds: u64) -> Result<Report, Error> {
+    if target.target != Kind::Broker {
+        return Err("insert measures Broker only".into());
+    }
+    let mut report = Report::new("insert");
+    let publisher = Arc::new(Publisher::new(target).await?);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let cpu_before = target.pid.and_then(cpu_seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let publisher = publisher.clone();
+        let addr = target.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::connect(addr).await?;
+            let mut latencies = Vec::new();
+            let mut n = worker;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                publisher.publish(&mut conn, n, 0).await?;
+                latencies.push(t.elapsed().as_secs_f64() * 1e3);
+                n += concurrency;
+            }
+            Ok::<_, Error>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    report.add("publishers", concurrency as f64, "");
+    report.add("acknowledged inserts", latencies.len() as f64, "");
+    report.add("inserts per second", latencies.len() as f64 / elapsed, "/s");
+    if let (Some(before), Some(after)) = (cpu_before, target.pid.and_then(cpu_seconds)) {
+        report.add("server CPU", (after - before) / elapsed * 100.0, "% of a core");
+    }
+    add_distribution(&mut report, "insert latency", latencies, "ms");
+    Ok(report)
+}
+
+async fn schedule(target: &Target, events: usize, window: u64, idle: u64) -> Result<Report, Error> {
+    if target.target != Kind::Broker {
+        return Err("schedule measures Broker only".into());
+    }
+    let mut report = Report::new("schedule");
+    let publisher = Arc::new(Publisher::new(target).await?);
+    // One subscriber, in this process, records when each event arrives.
+    let mut stream = tokio::net::TcpStream::connect(target.addr).await?;
+    let request = format!("GET {} HTTP/1.1\r\nHost: bench\r\n\r\n", publisher.subscribe_path());
+    stream.write_all(request.as_bytes()).await?;
+    let (status, chunked, rest) = http::read_head(&mut stream).await?;
+    if status != 200 {
+        return Err(format!("subscribing got {status}").into());
+    }
+    let arrivals = Arc::new(std::sync::Mutex::new(vec![0u64; events]));
+    let reader = tokio::spawn({
+        let arrivals = arrivals.clone();
+        async move {
+            use tokio::io::AsyncReadExt;
+            let mut decoder = http::SseDecoder::new(chunked);
+            let seen = std::sync::atomic::AtomicUsize::new(0);
+            let mut on_data = |data: &[u8]| {
+                let mut arrivals = arrivals.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(slot) = http::payload_number(data).and_then(|n| arrivals.get_mut(n)) {
+                    *slot = now_ns();
+                    seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            };
+            decoder.feed(&rest, &mut on_data);
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                decoder.feed(&buf[..n], &mut on_data);
+                if seen.load(std::sync::atomic::Ordering::Relaxed) >= events {
+                    break;
+                }
+            }
+        }
+    });
+    // Due times start after the inserts are done (at ~5,000/s, to be safe) and
+    // the idle period.
+    let now = now_ns() / 1_000_000_000;
+    let first_due = now + events as u64 / 5000 + 3 + idle;
+    let due = move |n: usize| (first_due + n as u64 * window / events.max(1) as u64) as i64;
+    let started = Instant::now();
+    let lanes = 64.min(events.max(1));
+    let mut tasks = Vec::new();
+    for lane in 0..lanes {
+        let publisher = publisher.clone();
+        let addr = target.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::connect(addr).await?;
+            for n in (lane..events).step_by(lanes) {
+                publisher.publish(&mut conn, n, due(n)).await?;
+            }
+            Ok::<_, Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    report.add("future events inserted", events as f64, "");
+    report.add("insert time", started.elapsed().as_secs_f64(), "s");
+    let idle_start = now_ns();
+    let idle_end = (first_due * 1_000_000_000).saturating_sub(500_000_000);
+    if idle_end > idle_start + 1_000_000_000 {
+        let cpu_before = target.pid.and_then(cpu_seconds);
+        tokio::time::sleep(Duration::from_nanos(idle_end - idle_start)).await;
+        if let (Some(before), Some(after)) = (cpu_before, target.pid.and_then(cpu_seconds)) {
+            let secs = (idle_end - idle_start) as f64 / 1e9;
+            report.add("idle seconds measured", secs, "s");
+            report.add("server CPU while idle", (after - before) / secs * 100.0, "% of a core");
+        }
+    } else {
+        report.fail("inserting took too long to leave an idle period; lower --events".into());
+    }
+    let wait = Duration::from_secs(window + 30);
+    let _ = tokio::time::timeout(wait, reader).await;
+    let arrivals = arrivals.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let missing = arrivals.iter().filter(|&&t| t == 0).count();
+    let lateness: Vec<f64> = arrivals
+        .iter()
+        .enumerate()
+        .filter(|&(_, &t)| t > 0)
+        .map(|(n, &t)| (t as f64 - due(n) as f64 * 1e9) / 1e6)
+        .collect();
+    let early = lateness.iter().filter(|&&l| l < 0.0).count();
+    add_distribution(&mut report, "publication lateness", lateness, "ms");
+    report.add("events missing", missing as f64, "");
+    report.add("events published early", early as f64, "");
+    if missing > 0 {
+        report.fail(format!("{missing} events never arrived"));
+    }
+    if early > 0 {
+        report.fail(format!("{early} events arrived before their second"));
+    }
+    Ok(report)
+}
+
+fn compare(broker: &PathBuf, nchan: &PathBuf) -> Result<(), Error> {
+    let read =
+        |p: &PathBuf| -> Result<Value, Error> { Ok(serde_json::from_slice(&std::fs::read(p)?)?) };
+    let (b, n) = (read(broker)?, read(nchan)?);
+    println!(
+        "{} — Broker vs nginx + nchan (ratio = Broker / nchan)",
+        b["command"].as_str().unwrap_or("?")
+    );
+    println!("  {:<32} {:>14} {:>14} {:>8}", "metric", "broker", "nchan", "ratio");
+    if let Some(metrics) = b["metrics"].as_object() {
+        for (name, value) in metrics {
+            let (bv, nv) = (
+                value.as_f64().unwrap_or(f64::NAN),
+                n["metrics"][name].as_f64().unwrap_or(f64::NAN),
+            );
+            let unit = b["units"][name].as_str().unwrap_or("");
+            println!("  {:<32} {:>14.3} {:>14.3} {:>8.3}  {unit}", name, bv, nv, bv / nv);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,283 @@
+//! The accept loop.
+//!
+//! A connection whose first request is `GET /events` is served by the lean
+//! SSE writer: its request head is parsed from a small temporary buffer and
+//! then the stream is written straight to the socket, so an open stream
+//! keeps no HTTP framework buffers (hyper keeps ~16 KB per connection).
+//! Every other connection goes to hyper with the axum router, which also
+//! serves `/events` when it arrives later on a keep-alive connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::response::IntoResponse;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::http::{App, stream};
+
+/// Longest request head accepted on the SSE path (hyper answers longer ones).
+const MAX_HEAD: usize = 16 * 1024;
+/// How long a client may take to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long connections may take to finish once shutdown starts.
+pub const GRACE: Duration = Duration::from_secs(5);
+/// What a request line must start with to take the SSE path.
+const EVENTS: &[u8] = b"GET /events";
+
+/// Accepts connections until `shutdown`, then waits (at most [`GRACE`]) for
+/// open ones to finish.
+pub async fn run(
+    listener: TcpListener,
+    app: Arc<App>,
+    router: Router,
+    shutdown: CancellationToken,
+) {
+    let tasks = TaskTracker::new();
+    loop {
+        let socket = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => socket,
+                Err(e) => {
+                    accept_failed(&e).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let (app, router, shutdown, spawner) =
+            (app.clone(), router.clone(), shutdown.clone(), tasks.clone());
+        tasks.spawn(async move {
+            let _ = socket.set_nodelay(true);
+            match read_head(socket).await {
+                Head::Events(socket, headers, query) => {
+                    // A task of its own, sized for the stream alone.
+                    spawner.spawn(events(socket, app, headers, query));
+                }
+                Head::Other(socket, prefix) => {
+                    spawner.spawn(http(socket, prefix, router, shutdown));
+                }
+                Head::Gone => {}
+            }
+        });
+    }
+    drop(listener);
+    tasks.close();
+    if tokio::time::timeout(GRACE, tasks.wait()).await.is_err() {
+        tracing::warn!("connections still open after {GRACE:?}; closing them");
+    }
+}
+
+async fn accept_failed(error: &std::io::Error) {
+    // Out of file descriptors: wait for some to close rather than spin.
+    tracing::error!(%error, "accept failed");
+    if error.raw_os_error().is_some_and(|code| code == 24 || code == 23) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+enum Head {
+    /// `GET /events…` with its headers and query string.
+    Events(TcpStream, HeaderMap, Option<String>),
+    /// Anything else, with the bytes already read.
+    Other(TcpStream, Vec<u8>),
+    /// The client left or took too long.
+    Gone,
+}
+
+async fn read_head(mut socket: TcpStream) -> Head {
+    let mut buf = Vec::with_capacity(512);
+    let read = tokio::time::timeout(HEAD_TIMEOUT, async {
+        loop {
+            match socket.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+            let seen = buf.len().min(EVENTS.len());
+            let boundary = buf.get(EVENTS.len()).is_none_or(|b| *b == b' ' || *b == b'?');
+            if buf[..seen] != EVENTS[..seen] || !boundary || buf.len() > MAX_HEAD {
+                return Some(None);
+            }
+            match parse_events_head(&buf) {
+                Parsed::Complete(headers, query) => return Some(Some((headers, query))),
+                Parsed::Partial => {}
+                Parsed::Invalid => return Some(None),
+            }
+        }
+    });
+    match read.await {
+        Ok(Some(Some((headers, query)))) => Head::Events(socket, headers, query),
+        Ok(Some(None)) => Head::Other(socket, buf),
+        Ok(None) | Err(_) => Head::Gone,
+    }
+}
+
+enum Parsed {
+    Complete(HeaderMap, Option<String>),
+    Partial,
+    Invalid,
+}
+
+fn parse_events_head(buf: &[u8]) -> Parsed {
+    let mut slots = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut slots);
+    match request.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Invalid,
+    }
+    let Some(target) = request.path else { return Parsed::Invalid };
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query.to_owned())),
+        None => (target, None),
+    };
+    if path != "/events" {
+        return Parsed::Invalid;
+    }
+    let mut headers = HeaderMap::with_capacity(request.headers.len());
+    for h in request.headers.iter() {
+        let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_bytes(h.value))
+        else {
+            return Parsed::Invalid;
+        };
+        headers.append(name, value);
+    }
+    Parsed::Complete(headers, query)
+}
+
+/// Serves one event stream on the lean path.
+async fn events(mut socket: TcpStream, app: Arc<App>, headers: HeaderMap, query: Option<String>) {
+    let cors = cors_headers(&app.origins, &headers);
+    let opened = stream::open(&app, &headers, query.as_deref()).await;
+    drop((headers, query));
+    match opened {
+        Ok(subscriber) => {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+                 x-accel-buffering: no\r\nconnection: close\r\n{cors}\r\n"
+            );
+            drop(cors);
+            if socket.write_all(head.as_bytes()).await.is_ok() {
+                stream::write_to(subscriber, &mut socket).await;
+            }
+        }
+        Err(error) => {
+            let response = error.into_response();
+            let mut head = format!("HTTP/1.1 {}\r\n", response.status());
+            for (name, value) in response.headers() {
+                head.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap_or("")));
+            }
+            let body = axum::body::to_bytes(response.into_body(), 64 * 1024).await;
+            let body = body.unwrap_or_default();
+            head.push_str(&format!(
+                "content-length: {}\r\nconnection: close\r\n{cors}\r\n",
+                body.len()
+            ));
+            let _ = socket.write_all(head.as_bytes()).await;
+            let _ = socket.write_all(&body).await;
+        }
+    }
+    let _ = socket.shutdown().await;
+}
+
+/// The CORS response headers for a simple request from `headers`' origin
+/// (none unless it is one of `origins`), each line ending in CRLF.
+fn cors_headers(origins: &[HeaderValue], headers: &HeaderMap) -> String {
+    match headers.get(header::ORIGIN) {
+        Some(origin) if origins.contains(origin) => format!(
+            "access-control-allow-origin: {}\r\naccess-control-allow-credentials: true\r\nvary: origin\r\n",
+            origin.to_str().unwrap_or("")
+        ),
+        _ => "vary: origin\r\n".to_owned(),
+    }
+}
+
+/// Serves an ordinary HTTP/1.1 connection with hyper.
+async fn http(socket: TcpStream, prefix: Vec<u8>, router: Router, shutdown: CancellationToken) {
+    let io = TokioIo::new(Rewind { prefix, at: 0, inner: socket });
+    let service = TowerToHyperService::new(router);
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .serve_connection(io, service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result { tracing::debug!(error = %e, "connection error") }
+            return;
+        }
+        () = shutdown.cancelled() => connection.as_mut().graceful_shutdown(),
+    }
+    let _ = connection.await;
+}
+
+/// A socket that first replays the bytes read while choosing a path.
+struct Rewind {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.at < self.prefix.len() {
+            let n = (self.prefix.len() - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.prefix[at..at + n]);
+            self.at += n;
+            if self.at == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.at = 0;
+            }
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
