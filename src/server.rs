@@ -57,8 +57,10 @@ pub async fn run(
             let _ = socket.set_nodelay(true);
             match read_head(socket).await {
                 Head::Events(socket, headers, query) => {
-                    // A task of its own, sized for the stream alone.
-                    spawner.spawn(events(socket, app, headers, query));
+                    if let Some((subscriber, socket)) = events(socket, app, headers, query).await {
+                        // A task of its own, sized for the stream alone.
+                        spawner.spawn(stream::write_to(subscriber, socket));
+                    }
                 }
                 Head::Other(socket, prefix) => {
                     spawner.spawn(http(socket, prefix, router, shutdown));
@@ -152,21 +154,44 @@ fn parse_events_head(buf: &[u8]) -> Parsed {
     Parsed::Complete(headers, query)
 }
 
-/// Serves one event stream on the lean path.
-async fn events(mut socket: TcpStream, app: Arc<App>, headers: HeaderMap, query: Option<String>) {
+/// Answers an event-stream request: on success writes the response head
+/// and the first chunk and hands back the stream to write; on failure
+/// writes the error response and closes.
+async fn events(
+    mut socket: TcpStream,
+    app: Arc<App>,
+    headers: HeaderMap,
+    query: Option<String>,
+) -> Option<(stream::Subscriber, TcpStream)> {
+    match Box::pin(open_events(app, headers, query)).await {
+        Ok((mut subscriber, mut head)) => {
+            head.extend_from_slice(&subscriber.take_first().unwrap_or_default());
+            socket.write_all(&head).await.ok()?;
+            Some((subscriber, socket))
+        }
+        Err(response) => {
+            let _ = socket.write_all(&response).await;
+            let _ = socket.shutdown().await;
+            None
+        }
+    }
+}
+
+/// Opens the stream: its subscriber and response head, or the whole error
+/// response.
+async fn open_events(
+    app: Arc<App>,
+    headers: HeaderMap,
+    query: Option<String>,
+) -> Result<(stream::Subscriber, Vec<u8>), Vec<u8>> {
     let cors = cors_headers(&app.origins, &headers);
-    let opened = stream::open(&app, &headers, query.as_deref()).await;
-    drop((headers, query));
-    match opened {
+    match stream::open(&app, &headers, query.as_deref()).await {
         Ok(subscriber) => {
             let head = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
                  x-accel-buffering: no\r\nconnection: close\r\n{cors}\r\n"
             );
-            drop(cors);
-            if socket.write_all(head.as_bytes()).await.is_ok() {
-                stream::write_to(subscriber, &mut socket).await;
-            }
+            Ok((subscriber, head.into_bytes()))
         }
         Err(error) => {
             let response = error.into_response();
@@ -180,11 +205,11 @@ async fn events(mut socket: TcpStream, app: Arc<App>, headers: HeaderMap, query:
                 "content-length: {}\r\nconnection: close\r\n{cors}\r\n",
                 body.len()
             ));
-            let _ = socket.write_all(head.as_bytes()).await;
-            let _ = socket.write_all(&body).await;
+            let mut bytes = head.into_bytes();
+            bytes.extend_from_slice(&body);
+            Err(bytes)
         }
     }
-    let _ = socket.shutdown().await;
 }
 
 /// The CORS response headers for a simple request from `headers`' origin

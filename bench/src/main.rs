@@ -64,7 +64,7 @@ struct Subscribers {
     /// Subscribers to open.
     #[arg(short = 'n', long, default_value_t = 18_000)]
     subscribers: usize,
-    /// Client processes to spread them over (default: one per 5,000).
+    /// Client processes to spread them over (default: one per 9,000).
     #[arg(long)]
     procs: Option<usize>,
     /// Source addresses are 127.0.0.<first-source>, <first-source + 1>, …
@@ -88,7 +88,7 @@ enum Cmd {
         #[command(flatten)]
         subs: Subscribers,
         /// Single events, each published once the previous one reached everyone.
-        #[arg(short = 'k', long, default_value_t = 50)]
+        #[arg(short = 'k', long, default_value_t = 200)]
         singles: usize,
         /// Events in the burst, published all at once.
         #[arg(short = 'b', long, default_value_t = 100)]
@@ -145,10 +145,23 @@ enum Cmd {
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let cli = Cli::parse();
-    let result = match cli.command {
+    // A client process is one thread: the measured server, not the load
+    // generator, should get the machine's cores.
+    let runtime = match cli.command {
+        Cmd::Client { .. } => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        _ => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    };
+    let runtime = runtime.unwrap_or_else(|e| {
+        eprintln!("broker-bench: no runtime: {e}");
+        std::process::exit(1)
+    });
+    runtime.block_on(command(cli.command));
+}
+
+async fn command(command: Cmd) {
+    let result = match command {
         Cmd::Client { addr, path, count, source, events } => {
             client::run(addr, path, count, source, events).await;
             return;
@@ -311,7 +324,7 @@ impl Clients {
         path: &str,
         events: usize,
     ) -> Result<Self, Error> {
-        let procs = subs.procs.unwrap_or(subs.subscribers.div_ceil(5000)).max(1);
+        let procs = subs.procs.unwrap_or(subs.subscribers.div_ceil(9000)).max(1);
         let exe = std::env::current_exe()?;
         let started = Instant::now();
         let mut clients =
@@ -319,7 +332,10 @@ impl Clients {
         for i in 0..procs {
             let count = subs.subscribers / procs + usize::from(i < subs.subscribers % procs);
             let source = Ipv4Addr::new(127, 0, 0, subs.first_source.wrapping_add(i as u8));
-            let mut child = Command::new(&exe)
+            // Niced, so that the server under test gets the CPU first.
+            let mut child = Command::new("nice")
+                .args(["-n", "10"])
+                .arg(&exe)
                 .args(["client", "--addr", &target.addr.to_string(), "--path", path])
                 .args(["--count", &count.to_string(), "--source", &source.to_string()])
                 .args(["--events", &events.to_string()])

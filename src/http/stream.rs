@@ -178,25 +178,31 @@ pub(crate) async fn open(
         replay,
         first: first.take(),
         expiry,
+        pending: Chunk::default(),
+        busy: false,
         closed: false,
         _permit: permit,
     })
 }
 
-/// Writes a stream straight to its socket: the lean path of
+/// Writes a stream straight to its socket, then closes it: the lean path of
 /// [`crate::Broker::serve`], which keeps no HTTP buffers per stream. Ends
 /// when the stream does, when the peer closes, or when the peer has not
 /// taken any data for [`WRITE_STALL`].
-pub(crate) async fn write_to(mut subscriber: Subscriber, socket: &mut TcpStream) {
+pub(crate) async fn write_to(mut subscriber: Subscriber, mut socket: TcpStream) {
     loop {
+        // Readiness is polled directly: the waker lives in the socket's
+        // registration, not in this (per-stream) future.
+        let readable = std::future::poll_fn(|cx| socket.poll_read_ready(cx));
         tokio::select! {
             chunk = subscriber.next_chunk() => match chunk {
-                Some(chunk) => if write(socket, &chunk).await.is_err() { return },
-                None => return,
+                Some(chunk) => if write(&mut socket, &chunk).await.is_err() { break },
+                None => break,
             },
-            ready = socket.readable() => if ready.is_err() || peer_closed(socket) { return },
+            ready = readable => if ready.is_err() || peer_closed(&socket) { break },
         }
     }
+    let _ = socket.shutdown().await;
 }
 
 /// How long a peer may refuse data before it is disconnected.
@@ -265,18 +271,28 @@ pub(crate) struct Subscriber {
     first: Option<Bytes>,
     /// When the subscriber's token expires.
     expiry: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// Frames taken from the ring and not yet handed out.
+    pending: Chunk,
+    /// Whether an event went out since the last heartbeat.
+    busy: bool,
     closed: bool,
     _permit: Permit,
 }
 
 impl Subscriber {
+    /// Takes the first chunk (the `retry:` line and the sync), if not yet sent.
+    pub(crate) fn take_first(&mut self) -> Option<Bytes> {
+        self.first.take()
+    }
+
     /// The next bytes to write, or `None` to end the stream.
     async fn next_chunk(&mut self) -> Option<Bytes> {
         if let Some(first) = self.first.take() {
             return Some(first);
         }
         if let Some(after) = self.replay {
-            if let Some(chunk) = self.replay_page(after).await {
+            // Boxed: a rare state that every stream would otherwise carry.
+            if let Some(chunk) = Box::pin(self.replay_page(after)).await {
                 return Some(chunk);
             }
         }
@@ -302,46 +318,59 @@ impl Subscriber {
     }
 
     /// Waits for at least one live frame, then takes every frame queued.
+    ///
+    /// Cancel-safe: frames taken from the ring wait in `self.pending`. Once
+    /// the first frame is in, the task yields once, so that frames published
+    /// meanwhile (a burst) go out in the same write.
     async fn live(&mut self) -> Option<Bytes> {
-        let mut chunk = Chunk::default();
-        while !self.closed && chunk.len() < MAX_CHUNK {
-            let next = if !chunk.is_empty() {
+        let mut yielded = false;
+        while !self.closed && self.pending.len() < MAX_CHUNK {
+            let next = if self.pending.is_empty() {
+                match &mut self.expiry {
+                    Some(expiry) => tokio::select! {
+                        frame = self.ring.recv() => frame,
+                        () = expiry.as_mut() => {
+                            self.pending.push(Bytes::from_static(b": disconnected: token expired\n\n"));
+                            self.closed = true;
+                            break;
+                        }
+                    },
+                    None => self.ring.recv().await,
+                }
+            } else if !yielded {
+                yielded = true;
+                tokio::task::yield_now().await;
+                continue;
+            } else {
                 match self.ring.try_recv() {
                     Ok(frame) => Ok(frame),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
                     Err(TryRecvError::Closed) => Err(RecvError::Closed),
                 }
-            } else if let Some(expiry) = &mut self.expiry {
-                tokio::select! {
-                    frame = self.ring.recv() => frame,
-                    () = expiry.as_mut() => {
-                        chunk.push(Bytes::from_static(b": disconnected: token expired\n\n"));
-                        self.closed = true;
-                        break;
-                    }
-                }
-            } else {
-                self.ring.recv().await
             };
             match next.as_deref() {
                 Ok(Frame::Event { seq, collection_id, name, bytes }) => {
                     if *seq > self.head && self.filter.matches(collection_id, name) {
-                        chunk.push(bytes.clone());
+                        self.pending.push(bytes.clone());
+                        self.busy = true;
                     }
                 }
-                Ok(Frame::Heartbeat) => chunk.push(Bytes::from_static(HEARTBEAT)),
+                // A stream that carried events since the last heartbeat
+                // needs none: heartbeats cost nothing while traffic flows.
+                Ok(Frame::Heartbeat) if std::mem::take(&mut self.busy) => {}
+                Ok(Frame::Heartbeat) => self.pending.push(Bytes::from_static(HEARTBEAT)),
                 Ok(Frame::Close) | Err(RecvError::Closed) => self.closed = true,
                 Err(RecvError::Lagged(missed)) => {
                     tracing::info!(missed, "disconnecting a subscriber that fell behind");
-                    chunk.push(Bytes::from_static(
+                    self.pending.push(Bytes::from_static(
                         b": disconnected: too slow, fell too far behind; reconnect with Last-Event-ID to resume\n\n",
                     ));
                     self.closed = true;
                 }
             }
         }
-        chunk.take()
+        self.pending.take()
     }
 }
 
