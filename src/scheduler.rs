@@ -17,8 +17,8 @@ use crate::clock::Clock;
 use crate::hub::Hub;
 use crate::store::Store;
 
-/// Most events published in one store transaction.
-const MAX_BATCH: usize = 1000;
+/// Most events published in one store transaction (one fsync).
+const BATCH: usize = 4096;
 /// Pause after a store failure before trying again.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -34,8 +34,9 @@ impl Wake {
 }
 
 /// Starts the scheduler; it stops when `shutdown` is cancelled, after
-/// finishing the publication under way. Events go to the hub at most
-/// `max_lag / 2` at a time, with a yield in between, so that a burst never
+/// finishing the publication under way. Everything due is published in
+/// transactions of up to [`BATCH`] events, then handed to the hub at most
+/// `max_lag / 2` at a time with a yield in between, so that a burst never
 /// overruns a subscriber that keeps up.
 pub fn spawn(
     store: Arc<dyn Store>,
@@ -45,10 +46,10 @@ pub fn spawn(
     max_lag: usize,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
-    let batch = (max_lag / 2).clamp(1, MAX_BATCH);
+    let slice = (max_lag / 2).max(1);
     tokio::spawn(async move {
         loop {
-            let next = match publish_due(&*store, &hub, &clock, batch).await {
+            let next = match publish_due(&*store, &hub, &clock, slice).await {
                 Ok(next) => next,
                 Err(e) => {
                     tracing::error!(error = %e, "publishing due events failed; retrying");
@@ -69,18 +70,20 @@ async fn publish_due(
     store: &dyn Store,
     hub: &Hub,
     clock: &Clock,
-    batch: usize,
+    slice: usize,
 ) -> Result<Option<i64>, crate::store::StoreError> {
     loop {
-        let published = store.publish_due(clock.now_secs(), batch).await?;
-        for p in &published {
+        let published = store.publish_due(clock.now_secs(), BATCH).await?;
+        for (i, p) in published.iter().enumerate() {
+            if i > 0 && i % slice == 0 {
+                tokio::task::yield_now().await;
+            }
             tracing::debug!(seq = p.seq, id = %p.event.id, "published");
             hub.publish(p);
         }
-        if published.len() < batch {
+        if published.len() < BATCH {
             break;
         }
-        tokio::task::yield_now().await;
     }
     Ok(store.next_due().await?.map(|secs| secs.saturating_mul(1000)))
 }

@@ -183,3 +183,18 @@ async fn the_router_mounts_in_another_app() {
     broker.shutdown_token().cancel();
     sse.ended().await;
 }
+
+#[tokio::test]
+async fn the_latest_state_is_right_when_one_batch_publishes_a_name_twice() {
+    let app = TestApp::spawn().await;
+    let user = app.user("alice").await;
+    for (name, value) in [("a", 1), ("b", 2), ("a", 3)] {
+        app.insert(&user, name, NOW + 10, json!(value)).await;
+    }
+    let mut witness = app.subscribe().await;
+    app.set_time(NOW + 10);
+    assert_eq!(names(&witness.take(3).await), ["a", "b", "a"]);
+    let sync = app.subscribe().await.take(2).await;
+    assert_eq!(sync[0], Received { id: 2, event: "b".into(), data: json!(2) });
+    assert_eq!(sync[1], Received { id: 3, event: "a".into(), data: json!(3) });
+}
