@@ -122,11 +122,19 @@ pub struct SseDecoder {
     /// CRLF bytes still to skip after a chunk.
     skip: usize,
     line: Vec<u8>,
+    /// The last `id:` seen, for resuming.
+    pub last_id: Option<String>,
 }
 
 impl SseDecoder {
     pub fn new(chunked: bool) -> Self {
         Self { chunked, ..Self::default() }
+    }
+
+    /// Starts a new response body, keeping the last id.
+    pub fn restart(&mut self, chunked: bool) {
+        let last_id = self.last_id.take();
+        *self = Self { chunked, last_id, ..Self::default() };
     }
 
     /// Feeds body bytes; calls `on_data` with each complete `data:` value.
@@ -181,6 +189,8 @@ impl SseDecoder {
             self.line.extend_from_slice(&bytes[..i]);
             if let Some(data) = self.line.strip_prefix(b"data: ") {
                 on_data(data);
+            } else if let Some(id) = self.line.strip_prefix(b"id: ") {
+                self.last_id = Some(String::from_utf8_lossy(id).into_owned());
             }
             self.line.clear();
             bytes = &bytes[i + 1..];

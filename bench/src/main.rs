@@ -60,7 +60,7 @@ struct Target {
 }
 
 #[derive(Args, Clone)]
-struct Subscribers {
+struct Fleet {
     /// Subscribers to open.
     #[arg(short = 'n', long, default_value_t = 18_000)]
     subscribers: usize,
@@ -79,14 +79,14 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
         #[command(flatten)]
-        subs: Subscribers,
+        subs: Fleet,
     },
     /// With N subscribers, publishes K single events one at a time, then a burst of B.
     Fanout {
         #[command(flatten)]
         target: Target,
         #[command(flatten)]
-        subs: Subscribers,
+        subs: Fleet,
         /// Single events, each published once the previous one reached everyone.
         #[arg(short = 'k', long, default_value_t = 200)]
         singles: usize,
@@ -320,7 +320,7 @@ struct Clients {
 impl Clients {
     async fn start(
         target: &Target,
-        subs: &Subscribers,
+        subs: &Fleet,
         path: &str,
         events: usize,
     ) -> Result<Self, Error> {
@@ -468,7 +468,7 @@ fn check_connections(report: &mut Report, clients: &Clients, wanted: usize) {
     }
 }
 
-async fn subscribers(target: &Target, subs: &Subscribers) -> Result<Report, Error> {
+async fn subscribers(target: &Target, subs: &Fleet) -> Result<Report, Error> {
     let mut report = Report::new("subscribers");
     let publisher = Publisher::new(target).await?;
     let before = target.pid.and_then(rss);
@@ -487,7 +487,7 @@ async fn subscribers(target: &Target, subs: &Subscribers) -> Result<Report, Erro
 
 async fn fanout(
     target: &Target,
-    subs: &Subscribers,
+    subs: &Fleet,
     singles: usize,
     burst: usize,
 ) -> Result<Report, Error> {
@@ -602,41 +602,67 @@ async fn schedule(target: &Target, events: usize, window: u64, idle: u64) -> Res
     }
     let mut report = Report::new("schedule");
     let publisher = Arc::new(Publisher::new(target).await?);
-    // One subscriber, in this process, records when each event arrives.
-    let mut stream = tokio::net::TcpStream::connect(target.addr).await?;
-    let request = format!("GET {} HTTP/1.1\r\nHost: bench\r\n\r\n", publisher.subscribe_path());
-    stream.write_all(request.as_bytes()).await?;
-    let (status, chunked, rest) = http::read_head(&mut stream).await?;
-    if status != 200 {
-        return Err(format!("subscribing got {status}").into());
-    }
+    // One subscriber, in this process, records when each event arrives; like
+    // a browser, it resumes with Last-Event-ID if the server drops it.
+    let path = publisher.subscribe_path();
+    let addr = target.addr;
     let arrivals = Arc::new(std::sync::Mutex::new(vec![0u64; events]));
+    let reconnects = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel::<Result<(), String>>();
     let reader = tokio::spawn({
-        let arrivals = arrivals.clone();
+        let (arrivals, reconnects) = (arrivals.clone(), reconnects.clone());
         async move {
+            use std::sync::atomic::Ordering::Relaxed;
             use tokio::io::AsyncReadExt;
-            let mut decoder = http::SseDecoder::new(chunked);
+            let mut decoder = http::SseDecoder::new(false);
             let seen = std::sync::atomic::AtomicUsize::new(0);
+            let mut subscribed_tx = Some(subscribed_tx);
             let mut on_data = |data: &[u8]| {
                 let mut arrivals = arrivals.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(slot) = http::payload_number(data).and_then(|n| arrivals.get_mut(n)) {
                     *slot = now_ns();
-                    seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    seen.fetch_add(1, Relaxed);
                 }
             };
-            decoder.feed(&rest, &mut on_data);
-            let mut buf = vec![0u8; 65536];
-            while let Ok(n) = stream.read(&mut buf).await {
-                if n == 0 {
-                    break;
+            while seen.load(Relaxed) < events {
+                let resume = decoder.last_id.as_ref().map(|id| format!("Last-Event-ID: {id}\r\n"));
+                let request = format!(
+                    "GET {path} HTTP/1.1\r\nHost: bench\r\n{}\r\n",
+                    resume.unwrap_or_default()
+                );
+                let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else { return };
+                if stream.write_all(request.as_bytes()).await.is_err() {
+                    return;
                 }
-                decoder.feed(&buf[..n], &mut on_data);
-                if seen.load(std::sync::atomic::Ordering::Relaxed) >= events {
-                    break;
+                let (status, chunked, rest) = match http::read_head(&mut stream).await {
+                    Ok(head) => head,
+                    Err(_) => return,
+                };
+                if let Some(tx) = subscribed_tx.take() {
+                    let _ = tx.send(if status == 200 {
+                        Ok(())
+                    } else {
+                        Err(format!("subscribing got {status}"))
+                    });
+                } else {
+                    reconnects.fetch_add(1, Relaxed);
+                }
+                if status != 200 {
+                    return;
+                }
+                decoder.restart(chunked);
+                decoder.feed(&rest, &mut on_data);
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 || seen.load(Relaxed) >= events {
+                        break;
+                    }
+                    decoder.feed(&buf[..n], &mut on_data);
                 }
             }
         }
     });
+    subscribed.await.map_err(|_| "the subscriber failed")??;
     // Due times start after the inserts are done (at ~5,000/s, to be safe) and
     // the idle period.
     let now = now_ns() / 1_000_000_000;
@@ -687,6 +713,11 @@ async fn schedule(target: &Target, events: usize, window: u64, idle: u64) -> Res
     let early = lateness.iter().filter(|&&l| l < 0.0).count();
     add_distribution(&mut report, "publication lateness", lateness, "ms");
     report.add("events missing", missing as f64, "");
+    report.add(
+        "subscriber reconnects",
+        reconnects.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        "",
+    );
     report.add("events published early", early as f64, "");
     if missing > 0 {
         report.fail(format!("{missing} events never arrived"));
