@@ -5,7 +5,7 @@
 #   N subscribers (18000), K single events (50), B events in the burst (100).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${N:-18000} K=${K:-50} B=${B:-100}
+N=${N:-18000} K=${K:-200} B=${B:-100}
 out=target/bench
 mkdir -p "$out"
 cargo build --release --workspace --quiet
@@ -20,9 +20,13 @@ wait_port() {
   return 1
 }
 
-measure() { # name addr pid target
-  "$bench" subscribers --target "$4" --addr "$2" --pid "$3" -n "$N" --json "$out/$1-subscribers.json"
-  "$bench" fanout --target "$4" --addr "$2" --pid "$3" -n "$N" -k "$K" -b "$B" --json "$out/$1-fanout.json"
+# Each run connects from its own source addresses (127.0.0.<first>…), so that
+# no run waits for the ephemeral ports that an earlier one left in TIME_WAIT.
+measure() { # name addr pid target first-source
+  "$bench" subscribers --target "$4" --addr "$2" --pid "$3" -n "$N" --first-source "$5" \
+    --json "$out/$1-subscribers.json"
+  "$bench" fanout --target "$4" --addr "$2" --pid "$3" -n "$N" -k "$K" -b "$B" \
+    --first-source "$(($5 + 10))" --json "$out/$1-fanout.json"
 }
 
 echo "== Broker"
@@ -32,7 +36,7 @@ target/release/broker --host 127.0.0.1 --port 18080 --save-path "$data" --secret
 broker=$!
 trap 'kill $broker 2>/dev/null || true; rm -rf "$data"' EXIT
 wait_port 18080
-measure broker 127.0.0.1:18080 "$broker" broker
+measure broker 127.0.0.1:18080 "$broker" broker 2
 kill "$broker"; wait "$broker" 2>/dev/null || true
 
 echo "== nginx + nchan"
@@ -43,7 +47,7 @@ master=$!
 trap 'kill $master 2>/dev/null || true; rm -rf "$data" "$prefix"' EXIT
 wait_port 18081
 worker=$(pgrep -P "$master" | head -n 1)
-measure nchan 127.0.0.1:18081 "$worker" nchan
+measure nchan 127.0.0.1:18081 "$worker" nchan 100
 kill "$master"; wait "$master" 2>/dev/null || true
 
 echo

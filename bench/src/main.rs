@@ -188,12 +188,14 @@ async fn command(command: Cmd) {
 struct Report {
     command: &'static str,
     rows: Vec<(String, f64, &'static str)>,
+    /// Raw measurements behind a distribution, in the JSON output only.
+    samples: BTreeMap<String, Vec<f64>>,
     failures: Vec<String>,
 }
 
 impl Report {
     fn new(command: &'static str) -> Self {
-        Self { command, rows: Vec::new(), failures: Vec::new() }
+        Self { command, rows: Vec::new(), samples: BTreeMap::new(), failures: Vec::new() }
     }
 
     fn add(&mut self, name: &str, value: f64, unit: &'static str) {
@@ -225,6 +227,7 @@ async fn run(
         "metrics": metrics,
         "units": report.rows.iter().map(|(n, _, u)| (n.clone(), *u)).collect::<BTreeMap<_, _>>(),
         "failures": report.failures,
+        "samples": report.samples,
         "date": now_ns() / 1_000_000_000,
     });
     println!("{json}");
@@ -332,10 +335,7 @@ impl Clients {
         for i in 0..procs {
             let count = subs.subscribers / procs + usize::from(i < subs.subscribers % procs);
             let source = Ipv4Addr::new(127, 0, 0, subs.first_source.wrapping_add(i as u8));
-            // Niced, so that the server under test gets the CPU first.
-            let mut child = Command::new("nice")
-                .args(["-n", "10"])
-                .arg(&exe)
+            let mut child = Command::new(&exe)
                 .args(["client", "--addr", &target.addr.to_string(), "--path", path])
                 .args(["--count", &count.to_string(), "--source", &source.to_string()])
                 .args(["--events", &events.to_string()])
@@ -449,6 +449,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 }
 
 fn add_distribution(report: &mut Report, name: &str, mut values: Vec<f64>, unit: &'static str) {
+    report.samples.insert(name.to_owned(), values.clone());
     values.sort_by(f64::total_cmp);
     report.add(&format!("{name} p50"), quantile(&values, 0.5), unit);
     report.add(&format!("{name} p99"), quantile(&values, 0.99), unit);
