@@ -15,7 +15,7 @@ async fn main() -> ExitCode {
         .init();
     let config = Config::from_args(std::env::args_os());
     let addr = SocketAddr::new(config.host, config.port);
-    let listener = match tokio::net::TcpListener::bind(addr).await {
+    let listener = match listen(addr) {
         Ok(listener) => listener,
         Err(e) => {
             tracing::error!(%addr, error = %e, "cannot listen");
@@ -36,6 +36,18 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Binds with a listen queue deep enough for thousands of EventSources
+/// reconnecting at once (the kernel caps it at `net.core.somaxconn`).
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
