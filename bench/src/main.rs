@@ -304,6 +304,33 @@ impl Publisher {
     }
 }
 
+/// Publishes events `range` over `lanes` concurrent connections, event `n`
+/// due at `due(n)`.
+async fn publish_all(
+    publisher: &Arc<Publisher>,
+    addr: SocketAddr,
+    range: std::ops::Range<usize>,
+    lanes: usize,
+    due: impl Fn(usize) -> i64 + Copy + Send + 'static,
+) -> Result<(), Error> {
+    let lanes = lanes.clamp(1, range.len().max(1));
+    let mut tasks = Vec::new();
+    for lane in 0..lanes {
+        let (publisher, range) = (publisher.clone(), range.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::connect(addr).await?;
+            for n in range.skip(lane).step_by(lanes) {
+                publisher.publish(&mut conn, n, due(n)).await?;
+            }
+            Ok::<_, Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
 /// A random UUID v4 string, from the kernel's generator.
 fn uuid_v4() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/uuid")
@@ -508,22 +535,7 @@ async fn fanout(
         }
     }
     let burst_start = now_ns();
-    let lanes = 8.min(burst.max(1));
-    let mut tasks = Vec::new();
-    for lane in 0..lanes {
-        let publisher = publisher.clone();
-        let addr = target.addr;
-        tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::connect(addr).await?;
-            for n in (singles + lane..singles + burst).step_by(lanes) {
-                publisher.publish(&mut conn, n, 0).await?;
-            }
-            Ok::<_, Error>(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
+    publish_all(&publisher, target.addr, singles..total, 8, |_| 0).await?;
     let burst_events: Vec<usize> = (singles..total).collect();
     if !clients.wait_done(&burst_events, Duration::from_secs(60)).await {
         report.fail("the burst did not reach every subscriber within 60 s".into());
@@ -670,22 +682,7 @@ async fn schedule(target: &Target, events: usize, window: u64, idle: u64) -> Res
     let first_due = now + events as u64 / 5000 + 3 + idle;
     let due = move |n: usize| (first_due + n as u64 * window / events.max(1) as u64) as i64;
     let started = Instant::now();
-    let lanes = 64.min(events.max(1));
-    let mut tasks = Vec::new();
-    for lane in 0..lanes {
-        let publisher = publisher.clone();
-        let addr = target.addr;
-        tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::connect(addr).await?;
-            for n in (lane..events).step_by(lanes) {
-                publisher.publish(&mut conn, n, due(n)).await?;
-            }
-            Ok::<_, Error>(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
+    publish_all(&publisher, target.addr, 0..events, 64, due).await?;
     report.add("future events inserted", events as f64, "");
     report.add("insert time", started.elapsed().as_secs_f64(), "s");
     let idle_start = now_ns();

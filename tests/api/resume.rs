@@ -81,11 +81,7 @@ async fn resume_across_a_restart() {
 async fn an_unknown_id_gets_a_reset_then_the_latest_state() {
     let app = TestApp::spawn().await;
     let user = app.user("alice").await;
-    let mut witness = app.subscribe().await;
-    app.insert(&user, "a", NOW, json!("a1")).await;
-    app.insert(&user, "b", NOW, json!("b1")).await;
-    app.insert(&user, "a", NOW, json!("a2")).await;
-    witness.take(3).await;
+    app.publish(&user, &[("a", json!("a1")), ("b", json!("b1")), ("a", json!("a2"))]).await;
     for bad in ["99", "-1", "yesterday"] {
         let mut sse = app.subscribe_to("/events", &[("last-event-id", bad)]).await;
         let got = sse.take(3).await;

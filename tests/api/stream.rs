@@ -24,11 +24,7 @@ async fn live_events_arrive_in_order_with_sequence_ids() {
 async fn a_new_subscriber_gets_the_latest_event_of_each_name() {
     let app = TestApp::spawn().await;
     let user = app.user("alice").await;
-    let mut witness = app.subscribe().await;
-    app.insert(&user, "a", NOW, json!("a1")).await;
-    app.insert(&user, "b", NOW, json!("b1")).await;
-    app.insert(&user, "a", NOW, json!("a2")).await;
-    witness.take(3).await;
+    app.publish(&user, &[("a", json!("a1")), ("b", json!("b1")), ("a", json!("a2"))]).await;
 
     let mut sse = app.subscribe().await;
     let sync = sse.take(2).await;

@@ -166,6 +166,15 @@ impl TestApp {
         ok_json(self.insert_raw(&user.jwt, &body).await).await["event"].take()
     }
 
+    /// Inserts events due now and waits until they are published.
+    pub async fn publish(&self, user: &TestUser, events: &[(&str, Value)]) {
+        let mut witness = self.subscribe().await;
+        for (name, data) in events {
+            self.insert(user, name, NOW, data.clone()).await;
+        }
+        witness.take(events.len()).await;
+    }
+
     /// The events of a collection, as listed by the API.
     pub async fn collection(&self, user: &TestUser, collection: Uuid) -> Vec<Value> {
         let mut body =
