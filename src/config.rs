@@ -72,10 +72,23 @@ pub struct Config {
     #[arg(long, env = "BROKER_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
+    /// Log format: human-readable text, or one JSON object per line.
+    #[arg(long, env = "BROKER_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
     /// How many events a subscriber may fall behind before it is disconnected
     /// (it can reconnect and resume).
     #[arg(long, env = "BROKER_MAX_LAG", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_lag: u64,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// Long options that Broker 1.x spelled with a single dash.

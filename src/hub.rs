@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::domain::Published;
+use crate::metrics::Metrics;
 
 /// What travels through the hub.
 #[derive(Debug)]
@@ -57,6 +58,8 @@ pub fn sse_frame(p: &Published) -> String {
 #[derive(Debug)]
 pub struct Hub {
     ring: broadcast::Sender<Arc<Frame>>,
+    /// Where publications, deliveries and drops are counted.
+    pub metrics: Arc<Metrics>,
     open: AtomicUsize,
     max_open: usize,
     full: AtomicBool,
@@ -65,6 +68,13 @@ pub struct Hub {
 /// One admitted stream; dropping it frees its place.
 #[derive(Debug)]
 pub struct Permit(Arc<Hub>);
+
+impl Permit {
+    /// The hub this stream belongs to.
+    pub fn hub(&self) -> &Hub {
+        &self.0
+    }
+}
 
 impl Drop for Permit {
     fn drop(&mut self) {
@@ -75,9 +85,10 @@ impl Drop for Permit {
 impl Hub {
     /// A hub for at most `max_open` streams, each allowed to fall `max_lag`
     /// frames behind.
-    pub fn new(max_lag: usize, max_open: usize) -> Self {
+    pub fn new(max_lag: usize, max_open: usize, metrics: Arc<Metrics>) -> Self {
         Self {
             ring: broadcast::Sender::new(max_lag.max(1)),
+            metrics,
             open: AtomicUsize::new(0),
             max_open,
             full: AtomicBool::new(false),
@@ -103,6 +114,7 @@ impl Hub {
 
     /// Fans a published event out to every subscriber.
     pub fn publish(&self, p: &Published) {
+        Metrics::add(&self.metrics.published, 1);
         self.send(Frame::Event {
             seq: p.seq,
             collection_id: p.event.collection_id,

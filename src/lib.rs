@@ -18,6 +18,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod scheduler;
 mod server;
 pub mod store;
@@ -80,11 +81,13 @@ impl Broker {
             .iter()
             .map(|o| o.parse().map_err(|_| Error::Config(format!("invalid origin {o:?}"))))
             .collect::<Result<Vec<_>, _>>()?;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.save_path)?);
+        let metrics = Arc::new(metrics::Metrics::default());
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open_with_metrics(&config.save_path, metrics.clone())?);
         let passwords = Passwords::new().await.map_err(|e| Error::Config(e.to_string()))?;
         let shutdown = CancellationToken::new();
         let max_lag = usize::try_from(config.max_lag).unwrap_or(usize::MAX);
-        let hub = Arc::new(Hub::new(max_lag, stream_limit(config.max_connections)));
+        let hub = Arc::new(Hub::new(max_lag, stream_limit(config.max_connections), metrics));
         hub.spawn_heartbeat(config.heartbeat_interval(), shutdown.clone());
         let wake = Arc::new(Wake::default());
         let scheduler = scheduler::spawn(

@@ -4,16 +4,21 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use broker::Config;
+use broker::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
     let config = Config::from_args(std::env::args_os());
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()));
+    match config.log_format {
+        LogFormat::Text => {
+            logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init()
+        }
+        LogFormat::Json => logs.json().init(),
+    }
     let addr = SocketAddr::new(config.host, config.port);
     let listener = match listen(addr) {
         Ok(listener) => listener,

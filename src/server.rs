@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::http::{App, stream};
+use crate::http::{App, ops, stream};
 
 /// Longest request head accepted on the SSE path (hyper answers longer ones).
 const MAX_HEAD: usize = 16 * 1024;
@@ -163,13 +163,17 @@ async fn events(
     headers: HeaderMap,
     query: Option<String>,
 ) -> Option<(stream::Subscriber, TcpStream)> {
+    let started = std::time::Instant::now();
+    let metrics = app.hub.metrics.clone();
     match Box::pin(open_events(app, headers, query)).await {
         Ok((mut subscriber, mut head)) => {
+            metrics.request("/events", 200, started.elapsed());
             head.extend_from_slice(&subscriber.take_first().unwrap_or_default());
             socket.write_all(&head).await.ok()?;
             Some((subscriber, socket))
         }
-        Err(response) => {
+        Err((status, response)) => {
+            metrics.request("/events", status, started.elapsed());
             let _ = socket.write_all(&response).await;
             let _ = socket.shutdown().await;
             None
@@ -183,8 +187,9 @@ async fn open_events(
     app: Arc<App>,
     headers: HeaderMap,
     query: Option<String>,
-) -> Result<(stream::Subscriber, Vec<u8>), Vec<u8>> {
-    let cors = cors_headers(&app.origins, &headers);
+) -> Result<(stream::Subscriber, Vec<u8>), (u16, Vec<u8>)> {
+    let id = ops::request_id(headers.get(ops::REQUEST_ID));
+    let cors = format!("{}{}: {id}\r\n", cors_headers(&app.origins, &headers), ops::REQUEST_ID);
     match stream::open(&app, &headers, query.as_deref()).await {
         Ok(subscriber) => {
             let head = format!(
@@ -195,6 +200,8 @@ async fn open_events(
         }
         Err(error) => {
             let response = error.into_response();
+            let status = response.status().as_u16();
+            tracing::info!(%id, status, "refused an event stream");
             let mut head = format!("HTTP/1.1 {}\r\n", response.status());
             for (name, value) in response.headers() {
                 head.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap_or("")));
@@ -207,7 +214,7 @@ async fn open_events(
             ));
             let mut bytes = head.into_bytes();
             bytes.extend_from_slice(&body);
-            Err(bytes)
+            Err((status, bytes))
         }
     }
 }

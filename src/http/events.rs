@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::extract::{AuthUser, Json, Path};
 use super::{ApiError, AppState};
 use crate::domain::{Event, EventName, check_timestamp, compact_json};
+use crate::metrics::Metrics;
 use crate::store::Cancel;
 
 /// The body of `POST /insert`.
@@ -57,6 +58,7 @@ pub async fn insert(
     };
     app.store.insert_event(event.clone()).await?;
     app.wake.poke();
+    Metrics::add(&app.hub.metrics.inserted, 1);
     Ok(axum::Json(One { event }))
 }
 
@@ -95,7 +97,10 @@ pub async fn cancel(
     Path(id): Path<Uuid>,
 ) -> Result<axum::Json<One>, ApiError> {
     match app.store.cancel_event(id, user_id).await? {
-        Cancel::Cancelled(event) => Ok(axum::Json(One { event })),
+        Cancel::Cancelled(event) => {
+            Metrics::add(&app.hub.metrics.cancelled, 1);
+            Ok(axum::Json(One { event }))
+        }
         Cancel::NotFound => Err(ApiError::new(StatusCode::NOT_FOUND, "no such event")),
         Cancel::NotOwner => Err(ApiError::new(
             StatusCode::FORBIDDEN,

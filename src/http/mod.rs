@@ -3,6 +3,7 @@
 mod error;
 mod events;
 mod extract;
+pub(crate) mod ops;
 pub(crate) mod stream;
 mod users;
 
@@ -68,11 +69,15 @@ pub fn router(app: AppState, max_body: usize) -> Router {
         .route("/events/user", get(events::user))
         .route("/events/collections/{collection_id}", get(events::collection))
         .route("/events/{id}/cancel", get(events::cancel).post(events::cancel))
+        .route("/healthz", get(ops::health))
+        .route("/readyz", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), ops::track))
         .layer(cors)
         .with_state(app)
 }

@@ -29,6 +29,7 @@ use uuid::Uuid;
 use super::{ApiError, App, AppState};
 use crate::domain::{Filter, Published};
 use crate::hub::{Frame, HEARTBEAT, Permit, sse_frame};
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// Largest chunk assembled from queued frames before it is written.
@@ -181,7 +182,7 @@ pub(crate) async fn open(
         pending: Chunk::default(),
         busy: false,
         closed: false,
-        _permit: permit,
+        permit,
     })
 }
 
@@ -276,7 +277,7 @@ pub(crate) struct Subscriber {
     /// Whether an event went out since the last heartbeat.
     busy: bool,
     closed: bool,
-    _permit: Permit,
+    permit: Permit,
 }
 
 impl Subscriber {
@@ -323,7 +324,7 @@ impl Subscriber {
     /// the first frame is in, the task yields once, so that frames published
     /// meanwhile (a burst) go out in the same write.
     async fn live(&mut self) -> Option<Bytes> {
-        let mut yielded = false;
+        let (mut yielded, mut delivered) = (false, 0);
         while !self.closed && self.pending.len() < MAX_CHUNK {
             let next = if self.pending.is_empty() {
                 match &mut self.expiry {
@@ -354,6 +355,7 @@ impl Subscriber {
                     if *seq > self.head && self.filter.matches(collection_id, name) {
                         self.pending.push(bytes.clone());
                         self.busy = true;
+                        delivered += 1;
                     }
                 }
                 // A stream that carried events since the last heartbeat
@@ -363,6 +365,7 @@ impl Subscriber {
                 Ok(Frame::Close) | Err(RecvError::Closed) => self.closed = true,
                 Err(RecvError::Lagged(missed)) => {
                     tracing::info!(missed, "disconnecting a subscriber that fell behind");
+                    Metrics::add(&self.permit.hub().metrics.slow_dropped, 1);
                     self.pending.push(Bytes::from_static(
                         b": disconnected: too slow, fell too far behind; reconnect with Last-Event-ID to resume\n\n",
                     ));
@@ -370,6 +373,7 @@ impl Subscriber {
                 }
             }
         }
+        Metrics::add(&self.permit.hub().metrics.deliveries, delivered);
         self.pending.take()
     }
 }

@@ -86,6 +86,12 @@ pub trait Store: Send + Sync + 'static {
     /// sequence head, read consistently.
     async fn snapshot(&self, filter: &Filter) -> Result<Snapshot, StoreError>;
 
+    /// How many events wait for their time.
+    async fn pending(&self) -> Result<u64, StoreError>;
+
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
     /// The highest sequence number published so far (0 before the first).
     async fn head(&self) -> Result<i64, StoreError>;
 

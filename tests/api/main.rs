@@ -6,6 +6,7 @@ mod events;
 mod filters;
 mod input;
 mod limits;
+mod ops;
 mod process;
 mod resume;
 mod stream;

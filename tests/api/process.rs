@@ -39,9 +39,9 @@ impl Binary {
         let base = tokio::time::timeout(DEADLINE, async {
             while let Some(line) = lines.next_line().await.unwrap() {
                 if let Some(at) = line.find("listening on ") {
-                    return line[at + "listening on ".len()..]
-                        .trim()
-                        .replace("0.0.0.0", "127.0.0.1");
+                    let rest = &line[at + "listening on ".len()..];
+                    let url = rest.split(|c: char| c == '"' || c.is_whitespace()).next().unwrap();
+                    return url.replace("0.0.0.0", "127.0.0.1");
                 }
             }
             panic!("the binary exited before listening");
@@ -145,6 +145,19 @@ async fn environment_configuration() {
     assert_eq!(anonymous.status(), 401, "BROKER_PRIVATE_STREAM=true");
     let with_token = broker.http.get(broker.url("/events")).bearer_auth(&jwt).send().await.unwrap();
     assert_eq!(with_token.status(), 200);
+}
+
+#[tokio::test]
+async fn json_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = command(dir.path());
+    c.args(["--port", "0", "--secret", "s", "--log-format", "json"]).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = tokio::time::timeout(DEADLINE, lines.next_line()).await.unwrap().unwrap().unwrap();
+    let line: Value = serde_json::from_str(&first).expect("a JSON log line");
+    assert!(line["fields"]["message"].is_string(), "{line}");
+    assert!(line["level"].is_string(), "{line}");
 }
 
 #[tokio::test]

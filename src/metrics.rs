@@ -1,0 +1,146 @@
+//! Counters and histograms, rendered in the Prometheus text format.
+//!
+//! Hand-rolled on atomics and two small maps: Broker needs a dozen series,
+//! not a metrics framework.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 13] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// A latency histogram.
+#[derive(Debug, Default, Clone)]
+pub struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|le| secs <= *le) {
+            self.counts[i] += 1;
+        }
+        self.count += 1;
+        self.sum += secs;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (le, n) in BUCKETS.iter().zip(self.counts) {
+            cumulative += n;
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+    }
+}
+
+/// Every metric Broker exports.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    latency: Mutex<BTreeMap<String, Histogram>>,
+    commits: Mutex<Histogram>,
+    /// Events accepted by `POST /insert`.
+    pub inserted: AtomicU64,
+    /// Events published.
+    pub published: AtomicU64,
+    /// Events cancelled.
+    pub cancelled: AtomicU64,
+    /// Event frames handed to subscribers' connections.
+    pub deliveries: AtomicU64,
+    /// Subscribers disconnected for falling behind.
+    pub slow_dropped: AtomicU64,
+}
+
+/// Gauges read at scrape time.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    /// Open event streams.
+    pub subscribers: usize,
+    /// Events waiting for their time.
+    pub pending: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Metrics {
+    /// Records one HTTP request.
+    pub fn request(&self, route: &str, status: u16, elapsed: Duration) {
+        *lock(&self.requests).entry((route.to_owned(), status)).or_default() += 1;
+        lock(&self.latency).entry(route.to_owned()).or_default().observe(elapsed);
+    }
+
+    /// Records how long a store commit took.
+    pub fn commit(&self, elapsed: Duration) {
+        lock(&self.commits).observe(elapsed);
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::with_capacity(4096);
+        let name = "broker_http_requests_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} HTTP requests by route and status.\n# TYPE {name} counter"
+        );
+        for ((route, status), n) in lock(&self.requests).iter() {
+            let _ = writeln!(out, "{name}{{route=\"{route}\",status=\"{status}\"}} {n}");
+        }
+        let name = "broker_http_request_duration_seconds";
+        let _ =
+            writeln!(out, "# HELP {name} HTTP request latency by route.\n# TYPE {name} histogram");
+        for (route, histogram) in lock(&self.latency).iter() {
+            histogram.render(&mut out, name, &format!("route=\"{route}\""));
+        }
+        let counters = [
+            ("broker_events_inserted_total", "Events inserted.", &self.inserted),
+            ("broker_events_published_total", "Events published.", &self.published),
+            ("broker_events_cancelled_total", "Events cancelled.", &self.cancelled),
+            ("broker_deliveries_total", "Event frames written to subscribers.", &self.deliveries),
+            (
+                "broker_slow_consumers_dropped_total",
+                "Subscribers disconnected for falling behind.",
+                &self.slow_dropped,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        let gauges = [
+            ("broker_subscribers", "Open event streams.", gauges.subscribers as u64),
+            ("broker_scheduled_events_pending", "Events waiting for their time.", gauges.pending),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
+        let name = "broker_store_commit_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Store commit latency (one group commit, fsync included).\n# TYPE {name} histogram"
+        );
+        lock(&self.commits).render(&mut out, name, "");
+        out
+    }
+}
