@@ -26,7 +26,8 @@ grep -q '^User=broker$' /usr/lib/systemd/system/broker.service
 # Start the installed binary as the unit would, on a spare local port.
 port=18765
 mapfile -t settings < <(grep -E '^[A-Z_]+=' /etc/broker/broker.env)
-runuser -u broker -- env "${settings[@]}" BROKER_HOST=127.0.0.1 BROKER_PORT=$port /usr/bin/broker &
+runuser -u broker -- env "${settings[@]}" BROKER_HOST=127.0.0.1 BROKER_PORT=$port /usr/bin/broker \
+  >target/debian/check.log 2>&1 &
 pid=$!
 for _ in $(seq 100); do
   if curl -fsS "http://127.0.0.1:$port/healthz" | grep -q '"ok"'; then
