@@ -150,7 +150,26 @@ impl Broker {
                 }
             }
         });
-        server::run(listener, self.app.clone(), self.router.clone(), token.clone()).await;
+        // Open streams get a runtime of their own (it also accepts), so
+        // that fanning an event out to thousands of them never queues an
+        // insert or a login behind it: the two sets of threads share the
+        // cores through the kernel's scheduler instead of one run queue.
+        let streams = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("broker-stream")
+            .enable_all()
+            .build()?;
+        let api = tokio::runtime::Handle::current();
+        let accepting = streams.spawn(server::run(
+            listener,
+            api,
+            self.app.clone(),
+            self.router.clone(),
+            token.clone(),
+        ));
+        if let Err(e) = accepting.await {
+            tracing::error!(error = %e, "the accept loop failed");
+        }
+        streams.shutdown_background();
         token.cancel();
         if let Err(e) = self.scheduler.await {
             tracing::error!(error = %e, "the scheduler task failed");

@@ -32,9 +32,11 @@ pub const GRACE: Duration = Duration::from_secs(5);
 const EVENTS: &[u8] = b"GET /events";
 
 /// Accepts connections until `shutdown`, then waits (at most [`GRACE`]) for
-/// open ones to finish.
+/// open ones to finish. Runs on the streams' runtime, where event streams
+/// stay; every other connection moves to the `api` runtime.
 pub async fn run(
     listener: TcpListener,
+    api: tokio::runtime::Handle,
     app: Arc<App>,
     router: Router,
     shutdown: CancellationToken,
@@ -51,8 +53,8 @@ pub async fn run(
             },
             () = shutdown.cancelled() => break,
         };
-        let (app, router, shutdown, spawner) =
-            (app.clone(), router.clone(), shutdown.clone(), tasks.clone());
+        let (app, router, shutdown, spawner, api) =
+            (app.clone(), router.clone(), shutdown.clone(), tasks.clone(), api.clone());
         tasks.spawn(async move {
             let _ = socket.set_nodelay(true);
             match read_head(socket).await {
@@ -63,7 +65,13 @@ pub async fn run(
                     }
                 }
                 Head::Other(socket, prefix) => {
-                    spawner.spawn(http(socket, prefix, router, shutdown));
+                    // Ordinary requests run on the API runtime.
+                    let Ok(socket) = socket.into_std() else { return };
+                    api.spawn(spawner.track_future(async move {
+                        if let Ok(socket) = TcpStream::from_std(socket) {
+                            http(socket, prefix, router, shutdown).await;
+                        }
+                    }));
                 }
                 Head::Gone => {}
             }
