@@ -147,6 +147,18 @@ impl Hub {
         None
     }
 
+    /// Waits (at most `PACE` in all) until no subscriber has more than
+    /// `limit` frames left to read, so that a large publication does not
+    /// overrun subscribers that keep up. A stalled subscriber only costs the
+    /// bound.
+    pub async fn drained(&self, limit: usize) {
+        const PACE: Duration = Duration::from_millis(10);
+        let deadline = tokio::time::Instant::now() + PACE;
+        while self.ring.len() > limit && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     /// A new cursor on the ring, seeing every frame sent from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Frame>> {
         self.ring.subscribe()

@@ -36,8 +36,9 @@ impl Wake {
 /// Starts the scheduler; it stops when `shutdown` is cancelled, after
 /// finishing the publication under way. Everything due is published in
 /// transactions of up to [`BATCH`] events, then handed to the hub at most
-/// `max_lag / 2` at a time with a yield in between, so that a burst never
-/// overruns a subscriber that keeps up.
+/// `max_lag / 2` at a time, each slice once subscribers have drained the
+/// previous one (see [`Hub::drained`]), so that a large publication does not
+/// overrun a subscriber that keeps up.
 pub fn spawn(
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
@@ -76,7 +77,7 @@ async fn publish_due(
         let published = store.publish_due(clock.now_secs(), BATCH).await?;
         for (i, p) in published.iter().enumerate() {
             if i > 0 && i % slice == 0 {
-                tokio::task::yield_now().await;
+                hub.drained(slice).await;
             }
             tracing::debug!(seq = p.seq, id = %p.event.id, "published");
             hub.publish(p);
