@@ -45,11 +45,17 @@ impl Histogram {
     }
 }
 
+/// Requests of one route: counts by status, and latency.
+#[derive(Debug, Default)]
+struct Route {
+    statuses: BTreeMap<u16, u64>,
+    latency: Histogram,
+}
+
 /// Every metric Broker exports.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
-    latency: Mutex<BTreeMap<String, Histogram>>,
+    routes: Mutex<BTreeMap<String, Route>>,
     commits: Mutex<Histogram>,
     /// Events accepted by `POST /insert`.
     pub inserted: AtomicU64,
@@ -79,8 +85,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Metrics {
     /// Records one HTTP request.
     pub fn request(&self, route: &str, status: u16, elapsed: Duration) {
-        *lock(&self.requests).entry((route.to_owned(), status)).or_default() += 1;
-        lock(&self.latency).entry(route.to_owned()).or_default().observe(elapsed);
+        let mut routes = lock(&self.routes);
+        // One lock, and no allocation once the route has been seen.
+        if !routes.contains_key(route) {
+            routes.insert(route.to_owned(), Route::default());
+        }
+        if let Some(entry) = routes.get_mut(route) {
+            *entry.statuses.entry(status).or_default() += 1;
+            entry.latency.observe(elapsed);
+        }
     }
 
     /// Records how long a store commit took.
@@ -101,15 +114,19 @@ impl Metrics {
             out,
             "# HELP {name} HTTP requests by route and status.\n# TYPE {name} counter"
         );
-        for ((route, status), n) in lock(&self.requests).iter() {
-            let _ = writeln!(out, "{name}{{route=\"{route}\",status=\"{status}\"}} {n}");
+        let routes = lock(&self.routes);
+        for (route, entry) in routes.iter() {
+            for (status, n) in &entry.statuses {
+                let _ = writeln!(out, "{name}{{route=\"{route}\",status=\"{status}\"}} {n}");
+            }
         }
         let name = "broker_http_request_duration_seconds";
         let _ =
             writeln!(out, "# HELP {name} HTTP request latency by route.\n# TYPE {name} histogram");
-        for (route, histogram) in lock(&self.latency).iter() {
-            histogram.render(&mut out, name, &format!("route=\"{route}\""));
+        for (route, entry) in routes.iter() {
+            entry.latency.render(&mut out, name, &format!("route=\"{route}\""));
         }
+        drop(routes);
         let counters = [
             ("broker_events_inserted_total", "Events inserted.", &self.inserted),
             ("broker_events_published_total", "Events published.", &self.published),

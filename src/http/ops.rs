@@ -53,15 +53,12 @@ pub fn request_id(given: Option<&HeaderValue>) -> String {
 pub async fn track(State(app): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request_id(request.headers().get(REQUEST_ID));
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_owned();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let span = tracing::info_span!("request", %id, method = %request.method(), %route);
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status();
-    app.hub.metrics.request(&route, status.as_u16(), started.elapsed());
+    app.hub.metrics.request(route, status.as_u16(), started.elapsed());
     span.in_scope(|| {
         if status.is_server_error() || status.is_client_error() {
             tracing::info!(status = status.as_u16(), elapsed = ?started.elapsed(), "answered");

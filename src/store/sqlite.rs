@@ -471,14 +471,16 @@ impl Store for SqliteStore {
             let mut seq: i64 = conn.prepare_cached(sql::HEAD)?.query_row([], |r| r.get(0))?;
             let mut mark = conn.prepare_cached(sql::MARK_PUBLISHED)?;
             let mut published = Vec::with_capacity(due.len());
-            // Only the last event of each collection and name sets `latest`.
-            let mut latest = std::collections::HashMap::new();
             for (pos, event) in due {
                 seq += 1;
                 mark.execute(params![seq, pos])?;
-                latest.insert((event.collection_id, event.event.clone()), seq);
                 published.push(Published { seq, event: Event { published: true, ..event } });
             }
+            // Only the last event of each collection and name sets `latest`.
+            let latest: std::collections::HashMap<_, _> = published
+                .iter()
+                .map(|p| ((p.event.collection_id, p.event.event.as_str()), p.seq))
+                .collect();
             let mut set_latest = conn.prepare_cached(sql::SET_LATEST)?;
             for ((collection_id, event), seq) in latest {
                 set_latest.execute(params![collection_id, event, seq])?;
