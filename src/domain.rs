@@ -8,6 +8,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::{PartialSchema, ToSchema};
 use uuid::Uuid;
 
 /// Why client input was refused; the message is shown to the client.
@@ -28,6 +31,21 @@ fn check_text(what: &str, value: &str, max_chars: usize) -> Result<(), Invalid> 
     Ok(())
 }
 
+/// What [`check_text`] accepts, for the API description: no control
+/// character, and something besides white space.
+const TEXT_PATTERN: &str = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$";
+
+/// The API description of a text field checked by [`check_text`].
+fn text_schema(description: &str, max_chars: usize) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(description))
+        .min_length(Some(1))
+        .max_length(Some(max_chars))
+        .pattern(Some(TEXT_PATTERN))
+        .into()
+}
+
 /// A user's login name: 1 to 128 characters, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Username(String);
@@ -45,7 +63,15 @@ impl Username {
     }
 }
 
-/// A clear-text password on its way to the hasher: 1 to 1024 bytes.
+impl PartialSchema for Username {
+    fn schema() -> RefOr<Schema> {
+        text_schema("A login name: 1 to 128 characters, no control characters.", 128)
+    }
+}
+
+impl ToSchema for Username {}
+
+/// A clear-text password on its way to the hasher: 1 to 1024 characters.
 /// Its `Debug` output never shows it.
 #[derive(Clone)]
 pub struct Password(String);
@@ -56,8 +82,8 @@ impl Password {
         if value.is_empty() {
             return Err(Invalid("password must not be empty".into()));
         }
-        if value.len() > 1024 {
-            return Err(Invalid("password must be at most 1024 bytes".into()));
+        if value.chars().count() > 1024 {
+            return Err(Invalid("password must be at most 1024 characters".into()));
         }
         Ok(Self(value))
     }
@@ -67,6 +93,19 @@ impl Password {
         &self.0
     }
 }
+
+impl PartialSchema for Password {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("1 to 1024 characters."))
+            .min_length(Some(1))
+            .max_length(Some(1024))
+            .into()
+    }
+}
+
+impl ToSchema for Password {}
 
 impl fmt::Debug for Password {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -93,6 +132,14 @@ impl EventName {
     }
 }
 
+impl PartialSchema for EventName {
+    fn schema() -> RefOr<Schema> {
+        text_schema("An event name: 1 to 256 characters, no control characters.", 256)
+    }
+}
+
+impl ToSchema for EventName {}
+
 /// Latest timestamp accepted: 9999-12-31T23:59:59Z.
 pub const MAX_TIMESTAMP: i64 = 253_402_300_799;
 
@@ -103,6 +150,16 @@ pub fn check_timestamp(timestamp: i64) -> Result<i64, Invalid> {
     } else {
         Err(Invalid(format!("timestamp must be UNIX seconds between 0 and {MAX_TIMESTAMP}")))
     }
+}
+
+/// Deserializes a JSON integer, also written with a zero fraction (`60.0`),
+/// as JSON Schema counts those as integers too.
+pub fn integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    use serde::de::Error;
+    let n = serde_json::Number::deserialize(d)?;
+    n.as_i64()
+        .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64))
+        .ok_or_else(|| D::Error::custom(format!("{n} is not an integer")))
 }
 
 /// Rewrites already-valid JSON without insignificant white space, so that it
@@ -177,7 +234,7 @@ impl Filter {
 }
 
 /// One event as stored and as returned by the API, in the seed's shape.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Event {
     /// The event's own id.
     pub id: Uuid,
@@ -188,12 +245,14 @@ pub struct Event {
     /// Its name.
     pub event: String,
     /// When it is (or was) due, in UNIX seconds.
+    #[schema(minimum = 0, maximum = 253402300799.0)]
     pub timestamp: i64,
     /// Whether it has been published to the stream.
     pub published: bool,
     /// Whether its owner cancelled it before publication.
     pub cancelled: bool,
     /// Any JSON value, compacted.
+    #[schema(value_type = serde_json::Value)]
     pub data: Box<RawValue>,
 }
 
@@ -246,6 +305,21 @@ mod tests {
         assert!(!f.matches(&a, "z"));
         assert!(Filter::new(vec![], vec![String::new()]).is_err());
         assert!(Filter::new(vec![a; 101], vec![]).is_err());
+    }
+
+    #[test]
+    fn integers_may_have_a_zero_fraction() {
+        #[derive(Deserialize)]
+        struct T {
+            #[serde(deserialize_with = "integer")]
+            t: i64,
+        }
+        let t = |s: &str| serde_json::from_str::<T>(s).map(|t| t.t).ok();
+        assert_eq!(t(r#"{"t": 60}"#), Some(60));
+        assert_eq!(t(r#"{"t": 60.0}"#), Some(60));
+        assert_eq!(t(r#"{"t": -1e3}"#), Some(-1000));
+        assert_eq!(t(r#"{"t": 60.5}"#), None);
+        assert_eq!(t(r#"{"t": "60"}"#), None);
     }
 
     #[test]

@@ -45,13 +45,35 @@ pub enum Frame {
 /// The SSE comment sent as a heartbeat.
 pub const HEARTBEAT: &[u8] = b":\n\n";
 
-/// Serialises a published event as one SSE frame.
+/// Serialises a published event as one SSE frame: `id:` (its sequence
+/// number), `event:` (its name), `data:` (its data). No space follows the
+/// colons: the seed's npm client, `broker-client`, keeps it in the values.
 pub fn sse_frame(p: &Published) -> String {
     let mut text = String::with_capacity(p.event.event.len() + p.event.data.get().len() + 32);
     // Writing to a String cannot fail.
-    let _ =
-        write!(text, "id: {}\nevent: {}\ndata: {}\n\n", p.seq, p.event.event, p.event.data.get());
+    let _ = write!(text, "id:{}\nevent:{}\ndata:{}\n\n", p.seq, p.event.event, p.event.data.get());
     text
+}
+
+/// The same event as an unnamed frame, for subscribers that asked for
+/// `envelope=true`: its data is `{"event", "collection_id", "data"}`, so a
+/// browser's `EventSource.onmessage` sees every event, whatever its name.
+pub fn envelope_frame(seq: i64, collection_id: &Uuid, name: &str, data: &str) -> Bytes {
+    let name = serde_json::Value::from(name);
+    Bytes::from(format!(
+        "id:{seq}\ndata:{{\"event\":{name},\"collection_id\":\"{collection_id}\",\"data\":{data}}}\n\n"
+    ))
+}
+
+impl Frame {
+    /// This event frame as [`envelope_frame`] writes it.
+    pub fn envelope(&self) -> Option<Bytes> {
+        let Frame::Event { seq, collection_id, name, bytes } = self else { return None };
+        // The name cannot hold a line break: the first `data:` line is ours.
+        let at = bytes.windows(6).position(|w| w == b"\ndata:")? + 6;
+        let data = std::str::from_utf8(bytes.get(at..bytes.len() - 2)?).ok()?;
+        Some(envelope_frame(*seq, collection_id, name, data))
+    }
 }
 
 /// The hub; shared behind an `Arc`.

@@ -10,7 +10,6 @@ use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use crate::auth::TokenError;
 use crate::domain::Invalid;
@@ -18,6 +17,14 @@ use crate::store::StoreError;
 
 /// Seconds a client should wait after a 503.
 const RETRY_AFTER_SECS: &str = "5";
+
+/// The body of every error answer: `{"error": "..."}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for a person to read.
+    #[schema(value_type = String)]
+    error: Cow<'static, str>,
+}
 
 /// An error answered to the client.
 #[derive(Debug)]
@@ -51,7 +58,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(json!({ "error": self.message }));
+        let body = Json(ErrorBody { error: self.message });
         match self.status {
             StatusCode::UNAUTHORIZED => {
                 (self.status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
@@ -79,7 +86,7 @@ impl From<TokenError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::UsernameTaken => Self::new(StatusCode::BAD_REQUEST, "username is taken"),
+            StoreError::UsernameTaken => Self::new(StatusCode::CONFLICT, "username is taken"),
             StoreError::Backend(_) => Self::internal(e),
         }
     }

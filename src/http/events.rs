@@ -4,43 +4,58 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::extract::{AuthUser, Json, Path};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorBody};
 use crate::domain::{Event, EventName, check_timestamp, compact_json};
 use crate::metrics::Metrics;
 use crate::store::Cancel;
 
 /// The body of `POST /insert`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct Insert {
+    /// The event's name; the latest published event of each name is the
+    /// current state.
+    #[schema(value_type = EventName)]
     event: String,
+    /// The collection it belongs to.
     collection_id: Uuid,
+    /// When to publish it, in UNIX seconds; a past time means now.
+    #[schema(minimum = 0, maximum = 253402300799.0)]
+    #[serde(deserialize_with = "crate::domain::integer")]
     timestamp: i64,
+    /// Any JSON value.
+    #[schema(value_type = serde_json::Value)]
     data: Box<RawValue>,
 }
 
 /// `{"event": record}`
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct One {
     event: Event,
 }
 
 /// `{"events": [...]}`
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Many {
     events: Vec<Event>,
 }
 
 /// `{"info": [...], "events": [...]}`
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct OfUser {
+    /// The events of the user's own collection.
     info: Vec<Event>,
+    /// The events the user inserted.
     events: Vec<Event>,
 }
 
 /// Stores an event, due at its timestamp, and answers `{"event": record}`.
+#[utoipa::path(post, path = "/insert", tag = "events", request_body = Insert,
+    security(("bearer" = [])),
+    responses((status = 200, description = "The event is stored durably.", body = One)))]
 pub async fn insert(
     State(app): State<AppState>,
     AuthUser(user_id): AuthUser,
@@ -63,6 +78,13 @@ pub async fn insert(
 }
 
 /// `{"events": [...]}`: a collection's events by ascending timestamp.
+#[utoipa::path(get, path = "/events/collections/{collection_id}", tag = "events",
+    params(("collection_id" = Uuid, Path, description = "The collection.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every event of the collection, published or not, by ascending timestamp.", body = Many),
+        (status = 400, description = "The collection id is not a UUID.", body = ErrorBody),
+    ))]
 pub async fn collection(
     State(app): State<AppState>,
     AuthUser(_): AuthUser,
@@ -74,6 +96,8 @@ pub async fn collection(
 
 /// `{"info": [...], "events": [...]}`: the events of the user's own
 /// collection, and the events the user inserted.
+#[utoipa::path(get, path = "/events/user", tag = "events", security(("bearer" = [])),
+    responses((status = 200, description = "The caller's events, by ascending timestamp.", body = OfUser)))]
 pub async fn user(
     State(app): State<AppState>,
     AuthUser(user_id): AuthUser,
@@ -91,6 +115,16 @@ pub async fn user(
 }
 
 /// Cancels a future event of the caller's: `{"event": record}`.
+#[utoipa::path(method(get, post), path = "/events/{id}/cancel", tag = "events",
+    params(("id" = Uuid, Path, description = "The event to cancel.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The event is cancelled and will never be published.", body = One),
+        (status = 400, description = "The id is not a UUID.", body = ErrorBody),
+        (status = 403, description = "The event belongs to another user.", body = ErrorBody),
+        (status = 404, description = "No event has this id.", body = ErrorBody),
+        (status = 409, description = "The event is already published or cancelled.", body = ErrorBody),
+    ))]
 pub async fn cancel(
     State(app): State<AppState>,
     AuthUser(user_id): AuthUser,

@@ -3,6 +3,7 @@
 mod error;
 mod events;
 mod extract;
+mod openapi;
 pub(crate) mod ops;
 pub(crate) mod stream;
 mod users;
@@ -15,7 +16,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::routing::{get, post};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody};
 
 use crate::auth::{Keys, Passwords};
 use crate::clock::Clock;
@@ -72,6 +73,7 @@ pub fn router(app: AppState, max_body: usize) -> Router {
         .route("/healthz", get(ops::health))
         .route("/readyz", get(ops::ready))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::description))
         .fallback(no_route)
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")

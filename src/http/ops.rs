@@ -8,30 +8,46 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use tracing::Instrument;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorBody};
 use crate::metrics::Gauges;
 
 /// The request-id header, read from a proxy if it set one, and answered.
 pub const REQUEST_ID: &str = "x-request-id";
 
+/// `{"status": "..."}`
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Status {
+    status: &'static str,
+}
+
 /// The process is alive.
-pub async fn health() -> axum::Json<serde_json::Value> {
-    axum::Json(json!({ "status": "ok" }))
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Status)))]
+pub async fn health() -> axum::Json<Status> {
+    axum::Json(Status { status: "ok" })
 }
 
 /// The database answers.
-pub async fn ready(State(app): State<AppState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "`{\"status\": \"ready\"}`", body = Status),
+        (status = 503, description = "The database does not answer.", body = ErrorBody,
+            headers(("retry-after" = String))),
+    ))]
+pub async fn ready(State(app): State<AppState>) -> Result<axum::Json<Status>, ApiError> {
     app.store.ping().await.map_err(|e| {
         tracing::warn!(error = %e, "not ready");
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the database does not answer")
     })?;
-    Ok(axum::Json(json!({ "status": "ready" })))
+    Ok(axum::Json(Status { status: "ready" }))
 }
 
 /// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format.",
+        content_type = "text/plain; version=0.0.4", body = String)))]
 pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
     let gauges = Gauges { subscribers: app.hub.subscribers(), pending: app.store.pending().await? };
     let body = app.hub.metrics.render(&gauges);

@@ -26,9 +26,9 @@ use tokio::net::TcpStream;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use uuid::Uuid;
 
-use super::{ApiError, App, AppState};
-use crate::domain::{Filter, Published};
-use crate::hub::{Frame, HEARTBEAT, Permit, sse_frame};
+use super::{ApiError, App, AppState, ErrorBody};
+use crate::domain::{EventName, Filter, Published};
+use crate::hub::{Frame, HEARTBEAT, Permit, envelope_frame, sse_frame};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -46,6 +46,7 @@ struct Query {
     events: Vec<String>,
     last_event_id: Option<String>,
     token: Option<String>,
+    envelope: bool,
 }
 
 fn parse_query(query: Option<&str>) -> Result<(Filter, Query), ApiError> {
@@ -61,9 +62,16 @@ fn parse_query(query: Option<&str>) -> Result<(Filter, Query), ApiError> {
             "event" => q.events.push(value),
             "last_event_id" => q.last_event_id = Some(value),
             "token" => q.token = Some(value),
+            "envelope" => {
+                q.envelope = match value.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(bad(format!("envelope must be true or false, not {value:?}"))),
+                }
+            }
             _ => {
                 return Err(bad(format!(
-                    "unknown parameter {key:?}; /events takes collection_id, event, last_event_id and token"
+                    "unknown parameter {key:?}; /events takes collection_id, event, last_event_id, token and envelope"
                 )));
             }
         }
@@ -97,6 +105,26 @@ fn presented_token<'a>(
 }
 
 /// Opens an event stream.
+#[utoipa::path(get, path = "/events", tag = "stream",
+    description = "Server-Sent Events. On connect: `retry:`, then the latest published event of each selected name, or, with a last event id, every selected event published since. Then each event as it is published: `id:` (its sequence number), `event:` (its name), `data:` (its data). With `envelope=true`, events have no `event:` line and `data:` is `{\"event\", \"collection_id\", \"data\"}`. An unknown last event id gets an `event: reset` first. A comment line every heartbeat interval.",
+    params(
+        ("collection_id" = Option<Vec<Uuid>>, Query, description = "Only these collections (repeatable)."),
+        ("event" = Option<Vec<EventName>>, Query, description = "Only these event names (repeatable)."),
+        ("last_event_id" = Option<String>, Query, description = "Resume after this event id (for clients that cannot set the header)."),
+        ("token" = Option<String>, Query, description = "A token from `/login`, for clients that cannot set a header."),
+        ("envelope" = Option<bool>, Query, description = "Send every event unnamed, its name inside the data, for `EventSource.onmessage`."),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id; wins over the query parameter."),
+    ),
+    security((), ("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "The event stream; it ends when the server shuts down or the token expires.",
+            content_type = "text/event-stream", body = String),
+        (status = 400, description = "An unknown or invalid query parameter.", body = ErrorBody),
+        (status = 401, description = "A bad or expired token, or none on a private stream.", body = ErrorBody,
+            headers(("www-authenticate" = String))),
+        (status = 503, description = "The connection limit is reached.", body = ErrorBody,
+            headers(("retry-after" = String))),
+    ))]
 pub async fn subscribe(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -147,7 +175,7 @@ pub(crate) async fn open(
 
     let ring = app.hub.subscribe();
     let mut first = Chunk::default();
-    first.push(Bytes::from(format!("retry: {}\n\n", app.retry_ms)));
+    first.push(Bytes::from(format!("retry:{}\n\n", app.retry_ms)));
     let mut replay = None;
     let head = match last_event_id {
         Some(id) => {
@@ -157,10 +185,10 @@ pub(crate) async fn open(
                     replay = (seq < head).then_some(seq);
                     head
                 }
-                _ => sync(&*app.store, &filter, &mut first, true).await?,
+                _ => sync(&*app.store, &filter, &mut first, true, query.envelope).await?,
             }
         }
-        None => sync(&*app.store, &filter, &mut first, false).await?,
+        None => sync(&*app.store, &filter, &mut first, false, query.envelope).await?,
     };
     let expiry = expires.map(|exp| {
         let clock = app.clock.clone();
@@ -182,6 +210,7 @@ pub(crate) async fn open(
         pending: Chunk::default(),
         busy: false,
         closed: false,
+        envelope: query.envelope,
         permit,
     })
 }
@@ -245,18 +274,28 @@ async fn sync(
     filter: &Filter,
     chunk: &mut Chunk,
     reset: bool,
+    envelope: bool,
 ) -> Result<i64, ApiError> {
     let snapshot = store.snapshot(filter).await?;
     if reset {
         chunk.push(Bytes::from(format!(
-            "id: {}\nevent: reset\ndata: {{\"reason\":\"unknown last event id\",\"head\":{}}}\n\n",
+            "id:{}\nevent:reset\ndata:{{\"reason\":\"unknown last event id\",\"head\":{}}}\n\n",
             snapshot.head, snapshot.head
         )));
     }
     for published in &snapshot.latest {
-        chunk.push(Bytes::from(sse_frame(published)));
+        chunk.push(frame(published, envelope));
     }
     Ok(snapshot.head)
+}
+
+/// A published event as this subscriber reads it.
+fn frame(p: &Published, envelope: bool) -> Bytes {
+    if envelope {
+        envelope_frame(p.seq, &p.event.collection_id, &p.event.event, p.event.data.get())
+    } else {
+        Bytes::from(sse_frame(p))
+    }
 }
 
 /// One open stream's state.
@@ -277,6 +316,8 @@ pub(crate) struct Subscriber {
     /// Whether an event went out since the last heartbeat.
     busy: bool,
     closed: bool,
+    /// Whether events go out as [`envelope_frame`]s.
+    envelope: bool,
     permit: Permit,
 }
 
@@ -306,7 +347,7 @@ impl Subscriber {
             Ok(page) => {
                 self.replay = page.last().map(|p| p.seq).filter(|_| page.len() == PAGE);
                 let mut chunk = Chunk::default();
-                page.iter().for_each(|p: &Published| chunk.push(Bytes::from(sse_frame(p))));
+                page.iter().for_each(|p| chunk.push(frame(p, self.envelope)));
                 chunk.take()
             }
             Err(e) => {
@@ -351,9 +392,10 @@ impl Subscriber {
                 }
             };
             match next.as_deref() {
-                Ok(Frame::Event { seq, collection_id, name, bytes }) => {
+                Ok(frame @ Frame::Event { seq, collection_id, name, bytes }) => {
                     if *seq > self.head && self.filter.matches(collection_id, name) {
-                        self.pending.push(bytes.clone());
+                        let envelope = self.envelope.then(|| frame.envelope()).flatten();
+                        self.pending.push(envelope.unwrap_or_else(|| bytes.clone()));
                         self.busy = true;
                         delivered += 1;
                     }

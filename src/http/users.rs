@@ -3,36 +3,57 @@
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::extract::Json;
 use super::stream::TOKEN_COOKIE;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorBody};
 use crate::auth::Passwords;
 use crate::domain::{Password, User, Username};
 
 /// The body of `POST /users`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct SignUp {
+    #[schema(value_type = Username)]
     username: String,
+    #[schema(value_type = Password)]
     password: String,
+    /// The collection that holds this user's own ("info") events.
     collection_id: Uuid,
 }
 
 /// The body of `POST /login`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct LogIn {
     username: String,
+    #[schema(value_type = Password)]
     password: String,
 }
 
+/// `{"id": "<uuid>"}`: the new user's id.
+#[derive(Serialize, ToSchema)]
+pub struct Created {
+    id: Uuid,
+}
+
+/// `{"jwt": "..."}`: a bearer token for the other endpoints.
+#[derive(Serialize, ToSchema)]
+pub struct Token {
+    jwt: String,
+}
+
 /// Registers a user and answers `{"id": "<uuid>"}`.
+#[utoipa::path(post, path = "/users", tag = "users", request_body = SignUp,
+    responses(
+        (status = 200, description = "The user is registered.", body = Created),
+        (status = 409, description = "The username is taken.", body = ErrorBody),
+    ))]
 pub async fn sign_up(
     State(app): State<AppState>,
     Json(body): Json<SignUp>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<Created>, ApiError> {
     let username = Username::parse(body.username)?;
     let password = Password::parse(body.password)?;
     let password_hash = Passwords::hash(password).await.map_err(ApiError::internal)?;
@@ -44,12 +65,19 @@ pub async fn sign_up(
         collection_id: body.collection_id,
     };
     app.store.create_user(user).await?;
-    Ok(axum::Json(json!({ "id": id })))
+    Ok(axum::Json(Created { id }))
 }
 
 /// Checks a password and answers `{"jwt": "..."}`, also set as the
 /// `broker_token` cookie for the event stream. An unknown user and a
 /// wrong password get the same answer after the same work.
+#[utoipa::path(post, path = "/login", tag = "users", request_body = LogIn,
+    responses(
+        (status = 200, description = "A token, also set as the `broker_token` cookie for `GET /events`.",
+            body = Token, headers(("set-cookie" = String, description = "`broker_token=<jwt>; Path=/events; HttpOnly`"))),
+        (status = 401, description = "Unknown user or wrong password.", body = ErrorBody,
+            headers(("www-authenticate" = String))),
+    ))]
 pub async fn log_in(
     State(app): State<AppState>,
     Json(body): Json<LogIn>,
@@ -69,5 +97,5 @@ pub async fn log_in(
         "{TOKEN_COOKIE}={jwt}; Path=/events; Max-Age={}; HttpOnly; SameSite=Lax",
         app.keys.lifetime()
     );
-    Ok(([(header::SET_COOKIE, cookie)], axum::Json(json!({ "jwt": jwt }))))
+    Ok(([(header::SET_COOKIE, cookie)], axum::Json(Token { jwt })))
 }

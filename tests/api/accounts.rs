@@ -11,7 +11,7 @@ async fn sign_up_answers_an_id_and_refuses_a_taken_name() {
     let body = ok_json(app.sign_up("alice", Uuid::new_v4()).await).await;
     assert!(body["id"].as_str().and_then(|s| s.parse::<Uuid>().ok()).is_some(), "{body}");
     assert_eq!(body.as_object().map(|o| o.len()), Some(1));
-    let message = error_json(app.sign_up("alice", Uuid::new_v4()).await, 400).await;
+    let message = error_json(app.sign_up("alice", Uuid::new_v4()).await, 409).await;
     assert!(message.contains("taken"), "{message}");
 }
 

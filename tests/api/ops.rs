@@ -70,3 +70,35 @@ async fn every_answer_carries_a_request_id() {
     let stream = app.open_stream("/events", &[("x-request-id", "stream-7")]).await;
     assert_eq!(stream.headers()["x-request-id"], "stream-7");
 }
+
+#[tokio::test]
+async fn the_openapi_description_covers_every_route() {
+    let app = TestApp::spawn().await;
+    let doc = ok_json(app.http.get(app.url("/openapi.json")).send().await.unwrap()).await;
+    assert_eq!(doc["openapi"], "3.1.0");
+    let documented = |path: &str, method: &str| !doc["paths"][path][method].is_null();
+    for (path, methods) in [
+        ("/users", &["post"][..]),
+        ("/login", &["post"]),
+        ("/insert", &["post"]),
+        ("/events", &["get"]),
+        ("/events/user", &["get"]),
+        ("/events/collections/{collection_id}", &["get"]),
+        ("/events/{id}/cancel", &["get", "post"]),
+        ("/healthz", &["get"]),
+        ("/readyz", &["get"]),
+        ("/metrics", &["get"]),
+        ("/openapi.json", &["get"]),
+    ] {
+        for method in methods {
+            assert!(documented(path, method), "{method} {path} is not described");
+        }
+    }
+    assert_eq!(doc["paths"].as_object().map(|p| p.len()), Some(11), "an undescribed path");
+    // Operations that take a token or a body list the errors that brings.
+    let insert = &doc["paths"]["/insert"]["post"]["responses"];
+    for status in ["200", "400", "401", "413", "415", "422"] {
+        assert!(!insert[status].is_null(), "POST /insert lacks {status}");
+    }
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+}

@@ -89,7 +89,7 @@ async fn retry_then_heartbeats() {
     let mut next = async || {
         tokio::time::timeout(crate::support::DEADLINE, body.next()).await.unwrap().unwrap().unwrap()
     };
-    assert_eq!(&next().await[..], b"retry: 1500\n\n");
+    assert_eq!(&next().await[..], b"retry:1500\n\n");
     for _ in 0..2 {
         assert_eq!(&next().await[..], b":\n\n", "a comment heartbeat");
     }
@@ -193,4 +193,35 @@ async fn the_latest_state_is_right_when_one_batch_publishes_a_name_twice() {
     let sync = app.subscribe().await.take(2).await;
     assert_eq!(sync[0], Received { id: 2, event: "b".into(), data: json!(2) });
     assert_eq!(sync[1], Received { id: 3, event: "a".into(), data: json!(3) });
+}
+
+#[tokio::test]
+async fn an_envelope_stream_carries_names_in_the_data_of_unnamed_events() {
+    let app = TestApp::spawn().await;
+    let user = app.user("alice").await;
+    app.publish(&user, &[("a", json!(1)), ("b", json!({"x": [2]}))]).await;
+    let envelope = |id, name: &str, data| Received {
+        id,
+        event: "message".into(),
+        data: json!({"event": name, "collection_id": user.collection, "data": data}),
+    };
+
+    // The sync, then live events.
+    let mut sse = app.subscribe_to("/events?envelope=true", &[]).await;
+    assert_eq!(
+        sse.take(2).await,
+        [envelope(1, "a", json!(1)), envelope(2, "b", json!({"x": [2]}))]
+    );
+    app.insert(&user, "line\u{2028}name \"q\"", NOW, json!("c")).await;
+    assert_eq!(sse.next().await, envelope(3, "line\u{2028}name \"q\"", json!("c")));
+
+    // A replay.
+    let mut sse = app.subscribe_to("/events?envelope=1&last_event_id=1", &[]).await;
+    assert_eq!(sse.next().await, envelope(2, "b", json!({"x": [2]})));
+
+    // Plain streams are unchanged.
+    let mut sse = app.subscribe_to("/events?envelope=false", &[]).await;
+    assert_eq!(sse.next().await, Received { id: 1, event: "a".into(), data: json!(1) });
+    let refused = app.open_stream("/events?envelope=yes", &[]).await;
+    crate::support::error_json(refused, 400).await;
 }
