@@ -39,7 +39,7 @@ async fn malformed_requests_get_json_errors() {
         ),
         (format!("{{\"event\":\"e\",\"collection_id\":\"{c}\",\"timestamp\":-1,\"data\":1}}"), 400),
         (
-            format!("{{\"event\":\"e\",\"collection_id\":\"{c}\",\"timestamp\":1e3,\"data\":1}}"),
+            format!("{{\"event\":\"e\",\"collection_id\":\"{c}\",\"timestamp\":1.5,\"data\":1}}"),
             422,
         ),
         (
