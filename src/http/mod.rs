@@ -1,5 +1,6 @@
 //! The HTTP API: one file per resource, the extractors and the error type.
 
+mod console;
 mod error;
 mod events;
 mod extract;
@@ -74,6 +75,9 @@ pub fn router(app: AppState, max_body: usize) -> Router {
         .route("/readyz", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(openapi::description))
+        .route("/", get(console::page))
+        .route("/console.js", get(console::script))
+        .route("/console.css", get(console::style))
         .fallback(no_route)
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")

@@ -13,7 +13,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{ErrorBody, events, ops, stream, users};
+use super::{ErrorBody, console, events, ops, stream, users};
 use crate::domain::Event;
 
 #[derive(OpenApi)]
@@ -34,6 +34,9 @@ use crate::domain::Event;
         ops::ready,
         ops::metrics,
         description,
+        console::page,
+        console::script,
+        console::style,
     ),
     components(schemas(ErrorBody, Event)),
     modifiers(&CommonErrors),
@@ -42,6 +45,7 @@ use crate::domain::Event;
         (name = "events", description = "Insert, list and cancel events."),
         (name = "stream", description = "The Server-Sent-Events stream."),
         (name = "operations", description = "Health, readiness, metrics and this description."),
+        (name = "console", description = "The live console, for people."),
     )
 )]
 struct ApiDoc;

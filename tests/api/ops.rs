@@ -89,12 +89,15 @@ async fn the_openapi_description_covers_every_route() {
         ("/readyz", &["get"]),
         ("/metrics", &["get"]),
         ("/openapi.json", &["get"]),
+        ("/", &["get"]),
+        ("/console.js", &["get"]),
+        ("/console.css", &["get"]),
     ] {
         for method in methods {
             assert!(documented(path, method), "{method} {path} is not described");
         }
     }
-    assert_eq!(doc["paths"].as_object().map(|p| p.len()), Some(11), "an undescribed path");
+    assert_eq!(doc["paths"].as_object().map(|p| p.len()), Some(14), "an undescribed path");
     // Operations that take a token or a body list the errors that brings.
     let insert = &doc["paths"]["/insert"]["post"]["responses"];
     for status in ["200", "400", "401", "413", "415", "422"] {
