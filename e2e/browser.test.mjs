@@ -1,0 +1,287 @@
+// Broker's console and example apps in a real browser: Debian's chromium,
+// driven by playwright-core, against the real broker binary.
+//
+//   BROKER_BIN (default target/debug/broker), CHROMIUM (default /usr/bin/chromium)
+//
+// Nothing here sleeps to synchronise: every wait is for a condition, with a
+// deadline.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createReadStream, createWriteStream, mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { tmpdir } from 'node:os';
+import { extname, join, normalize } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const BROKER_BIN = process.env.BROKER_BIN || join(ROOT, 'target/debug/broker');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const TARGET = join(ROOT, 'target');
+const DEADLINE = 20_000;
+
+/** Waits until `check()` resolves truthy; fails after the deadline. */
+async function until(what, check, deadline = DEADLINE) {
+  const end = Date.now() + deadline;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/** A free TCP port on 127.0.0.1. */
+function freePort() {
+  return new Promise((resolve) => {
+    const server = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** The broker binary, stopped and started on the same port and database. */
+class Broker {
+  constructor(port, dir, origins) {
+    this.url = `http://127.0.0.1:${port}`;
+    this.args = [
+      '--host', '127.0.0.1', '--port', String(port),
+      '--save-path', join(dir, 'broker.db'), '--secret', 'e2e-secret',
+      '--origin', origins.join(','), '--retry', '500',
+    ];
+    this.log = createWriteStream(join(TARGET, 'e2e-broker.log'));
+  }
+
+  async start() {
+    this.process = spawn(BROKER_BIN, this.args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.process.stdout.pipe(this.log, { end: false });
+    this.process.stderr.pipe(this.log, { end: false });
+    this.exited = new Promise((resolve) => this.process.once('exit', resolve));
+    await until('broker to answer /healthz', () => fetch(`${this.url}/healthz`).then((r) => r.ok, () => false));
+  }
+
+  async stop() {
+    this.process.kill('SIGTERM');
+    await this.exited;
+  }
+}
+
+/** Serves the examples folder, as a developer would with any static server. */
+function serveExamples(port) {
+  const types = { '.html': 'text/html', '.js': 'text/javascript', '.json': 'application/json' };
+  const base = join(ROOT, 'examples');
+  const server = createServer((req, res) => {
+    let path = normalize(join(base, decodeURIComponent(new URL(req.url, 'http://x').pathname)));
+    try {
+      if (!path.startsWith(base)) throw new Error('outside');
+      if (statSync(path).isDirectory()) path = join(path, 'index.html');
+      statSync(path);
+    } catch {
+      res.writeHead(404).end();
+      return;
+    }
+    res.writeHead(200, { 'content-type': types[extname(path)] || 'application/octet-stream' });
+    createReadStream(path).pipe(res);
+  });
+  return new Promise((resolve) => server.listen(port, '127.0.0.1', () => resolve(server)));
+}
+
+let broker;
+let examples;
+let examplesUrl;
+let context;
+let dataDir;
+let profileDir;
+const pageErrors = [];
+
+/** A console page; uncaught errors in it fail the run. */
+async function consolePage() {
+  const page = await context.newPage();
+  page.on('pageerror', (error) => pageErrors.push(error));
+  await page.goto(`${broker.url}/`);
+  await until('the console stream to be live', () => streamState(page).then((s) => s === 'live'));
+  // Records when each event first shows in the feed (browser clock).
+  await page.evaluate(() => {
+    window.seenAt = {};
+    new MutationObserver(() => {
+      for (const li of document.querySelectorAll('#feed li[data-event]')) {
+        window.seenAt[li.dataset.event] ??= Date.now();
+      }
+    }).observe(document.querySelector('#feed'), { childList: true });
+  });
+  return page;
+}
+
+const streamState = (page) => page.$eval('#stream-status', (el) => el.dataset.state);
+const feed = (page) => page.$$eval('#feed li[data-id]', (lis) => lis.map((li) => ({ id: Number(li.dataset.id), event: li.dataset.event, data: li.querySelector('pre').textContent })));
+const shown = (page, event) => feed(page).then((items) => items.filter((i) => i.event === event));
+
+/** Inserts through the console's form; returns the stored event. */
+async function insert(page, { event, data, inSeconds, collection }) {
+  const form = page.locator('#insert-form');
+  await form.locator('[name=event]').fill(event);
+  await form.locator('[name=data]').fill(JSON.stringify(data));
+  if (collection) await form.locator('[name=collection_id]').fill(collection);
+  if (inSeconds) {
+    await form.locator('[name=when][value=in]').check();
+    await form.locator('[name=seconds]').fill(String(inSeconds));
+  } else {
+    await form.locator('[name=when][value=now]').check();
+  }
+  const [response] = await Promise.all([
+    page.waitForResponse((r) => r.url().endsWith('/insert')),
+    form.locator('button[type=submit]').click(),
+  ]);
+  assert.equal(response.status(), 200, await response.text());
+  return (await response.json()).event;
+}
+
+before(async () => {
+  mkdirSync(TARGET, { recursive: true });
+  dataDir = mkdtempSync(join(tmpdir(), 'broker-e2e-'));
+  profileDir = mkdtempSync(join(tmpdir(), 'broker-e2e-chromium-'));
+  const [brokerPort, examplesPort] = await Promise.all([freePort(), freePort()]);
+  examplesUrl = `http://127.0.0.1:${examplesPort}`;
+  examples = await serveExamples(examplesPort);
+  broker = new Broker(brokerPort, dataDir, [examplesUrl]);
+  await broker.start();
+  context = await chromium.launchPersistentContext(profileDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    viewport: { width: 1280, height: 960 },
+    args: [
+      '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
+    ],
+  });
+});
+
+after(async () => {
+  await context?.close();
+  await broker?.stop().catch(() => {});
+  examples?.close();
+  rmSync(dataDir, { recursive: true, force: true });
+  rmSync(profileDir, { recursive: true, force: true });
+});
+
+let writer;
+let watcher;
+
+test('two console pages: one signs up and inserts, the other shows the event live', async () => {
+  watcher = await consolePage();
+  writer = await consolePage();
+  const signup = writer.locator('#signup-form');
+  await signup.locator('[name=username]').fill('alice');
+  await signup.locator('[name=password]').fill('correct horse');
+  await signup.locator('button[type=submit]').click();
+  await until('alice to be logged in', async () => (await writer.textContent('#whoami')) === 'logged in as alice');
+
+  const stored = await insert(writer, { event: 'greeting', data: { hello: 'wörld' } });
+  assert.equal(stored.published, false);
+  const [item] = await until('the greeting on the other page', () => shown(watcher, 'greeting').then((s) => s.length && s));
+  assert.deepEqual(JSON.parse(item.data), { hello: 'wörld' });
+  // The current-state table has it too, and the writer's own list shows it published.
+  await watcher.locator('#state tr[data-event="greeting"]').waitFor({ timeout: DEADLINE });
+  await writer.locator(`#my-events tr[data-id="${stored.id}"][data-status="published"]`).waitFor({ timeout: DEADLINE });
+
+  // The watcher logs in too, and browses alice's collection.
+  await watcher.fill('#login-form [name=username]', 'alice');
+  await watcher.fill('#login-form [name=password]', 'correct horse');
+  await watcher.click('#login-form button[type=submit]');
+  await until('the watcher to be logged in', async () => (await watcher.textContent('#whoami')) === 'logged in as alice');
+  await watcher.fill('#browse-form [name=collection_id]', stored.collection_id);
+  await watcher.click('#browse-form button[type=submit]');
+  await watcher.locator('#collection tbody tr', { hasText: 'greeting' }).waitFor({ timeout: DEADLINE });
+  assert.equal(await watcher.textContent('#browse-message'), '1 event.');
+});
+
+test('a future event appears at its time and not before; a cancelled one never', async () => {
+  const due = await insert(writer, { event: 'reminder', data: { n: 1 }, inSeconds: 2 });
+  const doomed = await insert(writer, { event: 'doomed', data: { n: 2 }, inSeconds: 2 });
+  const marker = await insert(writer, { event: 'marker', data: { n: 3 }, inSeconds: 3 });
+  assert.deepEqual(await shown(watcher, 'reminder'), [], 'published early');
+
+  // Cancel the doomed one from the writer's list of own events.
+  const row = writer.locator(`#my-events tr[data-id="${doomed.id}"]`);
+  await row.locator('button', { hasText: 'Cancel' }).click();
+  await writer.locator(`#my-events tr[data-id="${doomed.id}"][data-status="cancelled"]`).waitFor({ timeout: DEADLINE });
+
+  await until('the reminder', () => shown(watcher, 'reminder').then((s) => s.length));
+  const seenAt = await watcher.evaluate(() => window.seenAt.reminder);
+  assert.ok(seenAt >= due.timestamp * 1000, `shown at ${seenAt}, due at ${due.timestamp * 1000}`);
+
+  // The marker is due after the cancelled event: once it is here, the
+  // cancelled one would have been too.
+  await until('the marker', () => shown(watcher, 'marker').then((s) => s.length));
+  assert.ok(await watcher.evaluate(() => window.seenAt.marker) >= marker.timestamp * 1000);
+  assert.deepEqual(await shown(watcher, 'doomed'), [], 'a cancelled event was published');
+});
+
+test('the stream resumes after a server restart with nothing lost or repeated', async () => {
+  const before = await insert(writer, { event: 'before-restart', data: 1 });
+  await until('before-restart', () => shown(watcher, 'before-restart').then((s) => s.length));
+  // Due while the server is down: published at once when it is back.
+  const due = await insert(writer, { event: 'while-down', data: 2, inSeconds: 1 });
+
+  await broker.stop();
+  await until('the page to notice', () => streamState(watcher).then((s) => s !== 'live'));
+  await until('while-down to fall due', () => Date.now() > due.timestamp * 1000 + 200);
+  await broker.start();
+
+  await until('the page to reconnect', () => streamState(watcher).then((s) => s === 'live'));
+  await until('writer to reconnect', () => streamState(writer).then((s) => s === 'live'));
+  await insert(writer, { event: 'after-restart', data: 3 });
+  await until('after-restart', () => shown(watcher, 'after-restart').then((s) => s.length));
+
+  const ids = (await feed(watcher)).map((i) => i.id).sort((a, b) => a - b);
+  const expected = Array.from({ length: ids.at(-1) }, (_, i) => i + 1);
+  assert.deepEqual(ids, expected, 'every published event exactly once, in a gap-free sequence');
+  assert.equal((await shown(watcher, 'while-down')).length, 1);
+  assert.ok(before.id);
+  assert.deepEqual(pageErrors, []);
+  await writer.screenshot({ path: join(TARGET, 'console.png'), fullPage: true });
+});
+
+test('the EventSource example shows events, named and unnamed', async () => {
+  const named = await context.newPage();
+  named.on('pageerror', (error) => pageErrors.push(error));
+  await named.goto(`${examplesUrl}/eventsource/?broker=${broker.url}&event=score`);
+  const all = await context.newPage();
+  all.on('pageerror', (error) => pageErrors.push(error));
+  await all.goto(`${examplesUrl}/eventsource/?broker=${broker.url}`);
+  for (const page of [named, all]) {
+    await until('the board to be live', async () => (await page.textContent('#status')).startsWith('live'));
+  }
+  // The board syncs the current state on connect.
+  await all.locator('.tile[data-event="greeting"]').waitFor({ timeout: DEADLINE });
+
+  await insert(writer, { event: 'score', data: { home: 2, away: 1 } });
+  for (const page of [named, all]) {
+    const tile = page.locator('.tile[data-event="score"] output');
+    await until('the score', async () => (await tile.textContent()) === '{"home":2,"away":1}');
+  }
+  assert.equal(await named.locator('.tile').count(), 1, 'the named board shows only its event');
+  assert.deepEqual(pageErrors, []);
+});
+
+test('the broker-client example logs in and receives notes', async () => {
+  const page = await context.newPage();
+  await page.goto(`${examplesUrl}/broker-client/?broker=${broker.url}`);
+  await page.fill('#login [name=username]', 'alice');
+  await page.fill('#login [name=password]', 'correct horse');
+  await page.click('#login button');
+  await until('the notes stream', async () => (await page.textContent('#status')).startsWith('live'));
+
+  // A note posted by the page itself, then one inserted from the console.
+  await page.fill('#write [name=text]', 'hello from the example');
+  await page.click('#write button');
+  await page.locator('#notes li', { hasText: 'alice: hello from the example' }).waitFor({ timeout: DEADLINE });
+  await insert(writer, {
+    event: 'note',
+    collection: '3d0f4b1e-8c55-4d0e-9a57-2f1b6a8e4c11',
+    data: { author: 'console', text: 'hi there' },
+  });
+  await page.locator('#notes li', { hasText: 'console: hi there' }).waitFor({ timeout: DEADLINE });
+});
