@@ -187,9 +187,14 @@ impl SseDecoder {
     fn lines(&mut self, mut bytes: &[u8], on_data: &mut impl FnMut(&[u8])) {
         while let Some(i) = bytes.iter().position(|&b| b == b'\n') {
             self.line.extend_from_slice(&bytes[..i]);
-            if let Some(data) = self.line.strip_prefix(b"data: ") {
+            // A field's value follows its colon and one optional space.
+            let value = |field: &[u8]| {
+                let value = self.line.strip_prefix(field)?;
+                Some(value.strip_prefix(b" ").unwrap_or(value))
+            };
+            if let Some(data) = value(b"data:") {
                 on_data(data);
-            } else if let Some(id) = self.line.strip_prefix(b"id: ") {
+            } else if let Some(id) = value(b"id:") {
                 self.last_id = Some(String::from_utf8_lossy(id).into_owned());
             }
             self.line.clear();
@@ -221,7 +226,9 @@ mod tests {
 
     #[test]
     fn plain_and_chunked_bodies_split_anywhere() {
-        let frames = b"retry: 3000\n\nid: 1\nevent: bench\ndata: {\"n\":7}\n\n:\n\nid: 2\ndata: {\"n\":42}\n\n";
+        // Broker writes no space after the colon; nchan writes one.
+        let frames =
+            b"retry:3000\n\nid:1\nevent:bench\ndata:{\"n\":7}\n\n:\n\nid: 2\ndata: {\"n\":42}\n\n";
         for split in 0..frames.len() {
             assert_eq!(decode(false, &[&frames[..split], &frames[split..]]), [7, 42]);
         }
