@@ -104,6 +104,24 @@ fn presented_token<'a>(
     Ok(cookie)
 }
 
+/// One Server-Sent Event of `GET /events`, as the API description shows it
+/// (frames are written by [`sse_frame`] and [`envelope_frame`]).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SseEvent {
+    /// The publication sequence number: resume after it with `Last-Event-ID`.
+    #[schema(pattern = "^[0-9]+$")]
+    id: Option<String>,
+    /// The event's name (none with `envelope=true`); `reset` after an
+    /// unknown last event id.
+    event: Option<String>,
+    /// The event's data, JSON on one line. With `envelope=true`:
+    /// `{"event", "collection_id", "data"}`; for `reset`: `{"reason", "head"}`.
+    data: Option<String>,
+    /// The reconnection delay in milliseconds, sent first.
+    retry: Option<u64>,
+}
+
 /// Opens an event stream.
 #[utoipa::path(get, path = "/events", tag = "stream",
     description = "Server-Sent Events. On connect: `retry:`, then the latest published event of each selected name, or, with a last event id, every selected event published since. Then each event as it is published: `id:` (its sequence number), `event:` (its name), `data:` (its data). With `envelope=true`, events have no `event:` line and `data:` is `{\"event\", \"collection_id\", \"data\"}`. An unknown last event id gets an `event: reset` first. A comment line every heartbeat interval.",
@@ -118,7 +136,7 @@ fn presented_token<'a>(
     security((), ("bearer" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "The event stream; it ends when the server shuts down or the token expires.",
-            content_type = "text/event-stream", body = String),
+            content_type = "text/event-stream", body = SseEvent),
         (status = 400, description = "An unknown or invalid query parameter.", body = ErrorBody),
         (status = 401, description = "A bad or expired token, or none on a private stream.", body = ErrorBody,
             headers(("www-authenticate" = String))),
