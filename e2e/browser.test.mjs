@@ -119,7 +119,7 @@ const feed = (page) => page.$$eval('#feed li[data-id]', (lis) => lis.map((li) =>
 const shown = (page, event) => feed(page).then((items) => items.filter((i) => i.event === event));
 
 /** Inserts through the console's form; returns the stored event. */
-async function insert(page, { event, data, inSeconds, collection }) {
+async function insert(page, { event, data, inSeconds, at, collection }) {
   const form = page.locator('#insert-form');
   await form.locator('[name=event]').fill(event);
   await form.locator('[name=data]').fill(JSON.stringify(data));
@@ -127,6 +127,9 @@ async function insert(page, { event, data, inSeconds, collection }) {
   if (inSeconds) {
     await form.locator('[name=when][value=in]').check();
     await form.locator('[name=seconds]').fill(String(inSeconds));
+  } else if (at) {
+    await form.locator('[name=when][value=at]').check();
+    await form.locator('[name=at]').fill(at);
   } else {
     await form.locator('[name=when][value=now]').check();
   }
@@ -168,6 +171,7 @@ after(async () => {
 
 let writer;
 let watcher;
+let aliceCollection;
 
 test('two console pages: one signs up and inserts, the other shows the event live', async () => {
   watcher = await consolePage();
@@ -180,6 +184,7 @@ test('two console pages: one signs up and inserts, the other shows the event liv
 
   const stored = await insert(writer, { event: 'greeting', data: { hello: 'wörld' } });
   assert.equal(stored.published, false);
+  aliceCollection = stored.collection_id;
   const [item] = await until('the greeting on the other page', () => shown(watcher, 'greeting').then((s) => s.length && s));
   assert.deepEqual(JSON.parse(item.data), { hello: 'wörld' });
   // The current-state table has it too, and the writer's own list shows it published.
@@ -198,7 +203,14 @@ test('two console pages: one signs up and inserts, the other shows the event liv
 });
 
 test('a future event appears at its time and not before; a cancelled one never', async () => {
-  const due = await insert(writer, { event: 'reminder', data: { n: 1 }, inSeconds: 2 });
+  // "At" a date and time, in the browser's time zone, to the second.
+  const at = await writer.evaluate(() => {
+    const d = new Date(Date.now() + 2000);
+    const p = (n) => String(n).padStart(2, '0');
+    return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+  });
+  const due = await insert(writer, { event: 'reminder', data: { n: 1 }, at });
+  assert.equal(due.timestamp * 1000, await writer.evaluate((at) => new Date(at).getTime(), at));
   const doomed = await insert(writer, { event: 'doomed', data: { n: 2 }, inSeconds: 2 });
   const marker = await insert(writer, { event: 'marker', data: { n: 3 }, inSeconds: 3 });
   assert.deepEqual(await shown(watcher, 'reminder'), [], 'published early');
@@ -217,6 +229,30 @@ test('a future event appears at its time and not before; a cancelled one never',
   await until('the marker', () => shown(watcher, 'marker').then((s) => s.length));
   assert.ok(await watcher.evaluate(() => window.seenAt.marker) >= marker.timestamp * 1000);
   assert.deepEqual(await shown(watcher, 'doomed'), [], 'a cancelled event was published');
+});
+
+test('filters select by collection and by event name', async () => {
+  const filtered = await consolePage();
+  const other = '0a0b0c0d-0000-4000-8000-000000000001';
+  await filtered.fill('#filter-form [name=collection_id]', other);
+  await filtered.fill('#filter-form [name=event]', 'wanted, also-wanted');
+  await filtered.click('#filter-form button[type=submit]');
+  await until('the filtered stream', () => streamState(filtered).then((s) => s === 'live'));
+  // A filtered watch starts afresh: nothing here matches yet.
+  assert.deepEqual(await feed(filtered), []);
+
+  await insert(writer, { event: 'wanted', data: 'elsewhere', collection: aliceCollection });
+  await insert(writer, { event: 'unwanted', data: 'no', collection: other });
+  await insert(writer, { event: 'also-wanted', data: 'yes', collection: other });
+  await until('also-wanted', () => shown(filtered, 'also-wanted').then((s) => s.length));
+  // Published in insertion order: had the others passed the filter, they
+  // would be here already.
+  assert.deepEqual((await feed(filtered)).map((i) => i.event), ['also-wanted']);
+  await until('the unfiltered page to have all three', () => shown(watcher, 'also-wanted').then((s) => s.length));
+  assert.equal((await shown(watcher, 'unwanted')).length, 1);
+  await filtered.close();
+  // Back to alice's own collection for what follows.
+  await writer.fill('#insert-form [name=collection_id]', aliceCollection);
 });
 
 test('the stream resumes after a server restart with nothing lost or repeated', async () => {

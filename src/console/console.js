@@ -160,9 +160,13 @@ function watch(resume) {
   if (resume && lastId !== null) {
     params.set('last_event_id', lastId);
   } else {
+    // A new selection starts afresh, from the current state.
     lastId = null;
     state.clear();
     renderState();
+    received = 0;
+    $('#received-count').textContent = received;
+    $('#feed').replaceChildren();
   }
   setStatus('connecting', 'connecting…');
   source = new EventSource(`/events?${params}`);
