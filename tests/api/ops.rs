@@ -105,3 +105,20 @@ async fn the_openapi_description_covers_every_route() {
     }
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
 }
+
+#[tokio::test]
+async fn the_console_is_served_from_the_binary_with_nothing_remote() {
+    let app = TestApp::spawn().await;
+    for (path, content_type) in
+        [("/", "text/html"), ("/console.js", "text/javascript"), ("/console.css", "text/css")]
+    {
+        let response = app.http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let header = |name: &str| response.headers()[name].to_str().unwrap().to_owned();
+        assert!(header("content-type").starts_with(content_type), "{path}");
+        assert!(header("content-security-policy").starts_with("default-src 'none'"), "{path}");
+        let body = response.text().await.unwrap();
+        assert!(body.len() > 1000, "{path}");
+        assert!(!body.contains("http://") && !body.contains("https://"), "{path} loads from afar");
+    }
+}
