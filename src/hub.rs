@@ -10,8 +10,8 @@
 //! shutdown, the close signal that ends every stream.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,6 +35,9 @@ pub enum Frame {
         name: String,
         /// The complete SSE frame.
         bytes: Bytes,
+        /// The same as an [`envelope_frame`], made by the first subscriber
+        /// that wants it and shared by the others.
+        envelope: OnceLock<Bytes>,
     },
     /// Keep-alive comment.
     Heartbeat,
@@ -66,13 +69,21 @@ pub fn envelope_frame(seq: i64, collection_id: &Uuid, name: &str, data: &str) ->
 }
 
 impl Frame {
-    /// This event frame as [`envelope_frame`] writes it.
+    /// This event frame as [`envelope_frame`] writes it, made once.
     pub fn envelope(&self) -> Option<Bytes> {
-        let Frame::Event { seq, collection_id, name, bytes } = self else { return None };
-        // The name cannot hold a line break: the first `data:` line is ours.
-        let at = bytes.windows(6).position(|w| w == b"\ndata:")? + 6;
-        let data = std::str::from_utf8(bytes.get(at..bytes.len() - 2)?).ok()?;
-        Some(envelope_frame(*seq, collection_id, name, data))
+        let Frame::Event { seq, collection_id, name, bytes, envelope } = self else { return None };
+        let made = envelope.get_or_init(|| {
+            // `bytes` comes from `sse_frame`, and a name cannot hold a line
+            // break: the first `data:` line is the event's data.
+            let data = bytes
+                .windows(6)
+                .position(|w| w == b"\ndata:")
+                .and_then(|i| bytes.get(i + 6..bytes.len() - 2))
+                .and_then(|d| std::str::from_utf8(d).ok())
+                .unwrap_or("null");
+            envelope_frame(*seq, collection_id, name, data)
+        });
+        Some(made.clone())
     }
 }
 
@@ -142,6 +153,7 @@ impl Hub {
             collection_id: p.event.collection_id,
             name: p.event.event.clone(),
             bytes: Bytes::from(sse_frame(p)),
+            envelope: OnceLock::new(),
         });
     }
 

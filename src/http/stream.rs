@@ -410,7 +410,7 @@ impl Subscriber {
                 }
             };
             match next.as_deref() {
-                Ok(frame @ Frame::Event { seq, collection_id, name, bytes }) => {
+                Ok(frame @ Frame::Event { seq, collection_id, name, bytes, .. }) => {
                     if *seq > self.head && self.filter.matches(collection_id, name) {
                         let envelope = self.envelope.then(|| frame.envelope()).flatten();
                         self.pending.push(envelope.unwrap_or_else(|| bytes.clone()));
