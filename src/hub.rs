@@ -35,6 +35,9 @@ pub enum Frame {
         name: String,
         /// The complete SSE frame.
         bytes: Bytes,
+        /// Where the event's data starts in `bytes` (it ends before the
+        /// final blank line).
+        data_at: usize,
         /// The same as an [`envelope_frame`], made by the first subscriber
         /// that wants it and shared by the others.
         envelope: OnceLock<Bytes>,
@@ -61,29 +64,25 @@ pub fn sse_frame(p: &Published) -> String {
 /// The same event as an unnamed frame, for subscribers that asked for
 /// `envelope=true`: its data is `{"event", "collection_id", "data"}`, so a
 /// browser's `EventSource.onmessage` sees every event, whatever its name.
-pub fn envelope_frame(seq: i64, collection_id: &Uuid, name: &str, data: &str) -> Bytes {
+pub fn envelope_frame(seq: i64, collection_id: &Uuid, name: &str, data: &[u8]) -> Bytes {
     let name = serde_json::Value::from(name);
-    Bytes::from(format!(
-        "id:{seq}\ndata:{{\"event\":{name},\"collection_id\":\"{collection_id}\",\"data\":{data}}}\n\n"
-    ))
+    let mut frame = format!(
+        "id:{seq}\ndata:{{\"event\":{name},\"collection_id\":\"{collection_id}\",\"data\":"
+    )
+    .into_bytes();
+    frame.extend_from_slice(data);
+    frame.extend_from_slice(b"}\n\n");
+    Bytes::from(frame)
 }
 
 impl Frame {
     /// This event frame as [`envelope_frame`] writes it, made once.
     pub fn envelope(&self) -> Option<Bytes> {
-        let Frame::Event { seq, collection_id, name, bytes, envelope } = self else { return None };
-        let made = envelope.get_or_init(|| {
-            // `bytes` comes from `sse_frame`, and a name cannot hold a line
-            // break: the first `data:` line is the event's data.
-            let data = bytes
-                .windows(6)
-                .position(|w| w == b"\ndata:")
-                .and_then(|i| bytes.get(i + 6..bytes.len() - 2))
-                .and_then(|d| std::str::from_utf8(d).ok())
-                .unwrap_or("null");
-            envelope_frame(*seq, collection_id, name, data)
-        });
-        Some(made.clone())
+        let Frame::Event { seq, collection_id, name, bytes, data_at, envelope } = self else {
+            return None;
+        };
+        let data = &bytes[*data_at..bytes.len() - 2];
+        Some(envelope.get_or_init(|| envelope_frame(*seq, collection_id, name, data)).clone())
     }
 }
 
@@ -148,11 +147,13 @@ impl Hub {
     /// Fans a published event out to every subscriber.
     pub fn publish(&self, p: &Published) {
         Metrics::add(&self.metrics.published, 1);
+        let bytes = Bytes::from(sse_frame(p));
         self.send(Frame::Event {
             seq: p.seq,
             collection_id: p.event.collection_id,
             name: p.event.event.clone(),
-            bytes: Bytes::from(sse_frame(p)),
+            data_at: bytes.len() - 2 - p.event.data.get().len(),
+            bytes,
             envelope: OnceLock::new(),
         });
     }

@@ -177,7 +177,9 @@ async fn events(
         Ok((mut subscriber, mut head)) => {
             metrics.request("/events", 200, started.elapsed());
             head.extend_from_slice(&subscriber.take_first().unwrap_or_default());
-            socket.write_all(&head).await.ok()?;
+            // The sync may be large: a peer that takes none of it is dropped
+            // like any stalled stream.
+            stream::write(&mut socket, &head).await.ok()?;
             Some((subscriber, socket))
         }
         Err((status, response)) => {
@@ -200,10 +202,11 @@ async fn open_events(
     let cors = format!("{}{}: {id}\r\n", cors_headers(&app.origins, &headers), ops::REQUEST_ID);
     match stream::open(&app, &headers, query.as_deref()).await {
         Ok(subscriber) => {
-            let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
-                 x-accel-buffering: no\r\nconnection: close\r\n{cors}\r\n"
-            );
+            let mut head = String::from("HTTP/1.1 200 OK\r\n");
+            for (name, value) in stream::STREAM_HEADERS {
+                head.push_str(&format!("{name}: {value}\r\n"));
+            }
+            head.push_str(&format!("connection: close\r\n{cors}\r\n"));
             Ok((subscriber, head.into_bytes()))
         }
         Err(error) => {

@@ -122,6 +122,13 @@ pub struct SseEvent {
     retry: Option<u64>,
 }
 
+/// The response headers of an event stream, on both serving paths.
+pub(crate) const STREAM_HEADERS: [(header::HeaderName, &str); 3] = [
+    (header::CONTENT_TYPE, "text/event-stream"),
+    (header::CACHE_CONTROL, "no-cache"),
+    (header::HeaderName::from_static("x-accel-buffering"), "no"),
+];
+
 /// Opens an event stream.
 #[utoipa::path(get, path = "/events", tag = "stream",
     description = "Server-Sent Events. On connect: `retry:`, then the latest published event of each selected name, or, with a last event id, every selected event published since. Then each event as it is published: `id:` (its sequence number), `event:` (its name), `data:` (its data). With `envelope=true`, events have no `event:` line and `data:` is `{\"event\", \"collection_id\", \"data\"}`. An unknown last event id gets an `event: reset` first. A comment line every heartbeat interval.",
@@ -152,15 +159,7 @@ pub async fn subscribe(
     let body = futures_util::stream::unfold(subscriber, |mut s| async move {
         s.next_chunk().await.map(|chunk| (Ok::<_, Infallible>(chunk), s))
     });
-    Ok((
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-            (header::HeaderName::from_static("x-accel-buffering"), "no"),
-        ],
-        Body::from_stream(body),
-    )
-        .into_response())
+    Ok((STREAM_HEADERS, Body::from_stream(body)).into_response())
 }
 
 /// Checks a subscription request (query, token, connection limit) and
@@ -256,7 +255,8 @@ pub(crate) async fn write_to(mut subscriber: Subscriber, mut socket: TcpStream) 
 /// How long a peer may refuse data before it is disconnected.
 pub const WRITE_STALL: Duration = Duration::from_secs(30);
 
-async fn write(socket: &mut TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+/// Writes all of `bytes`, failing if the peer takes none for [`WRITE_STALL`].
+pub(crate) async fn write(socket: &mut TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
     // Almost always the socket takes everything at once; the timer only
     // exists (boxed, off the per-stream state) when it does not.
     while !bytes.is_empty() {
@@ -310,7 +310,7 @@ async fn sync(
 /// A published event as this subscriber reads it.
 fn frame(p: &Published, envelope: bool) -> Bytes {
     if envelope {
-        envelope_frame(p.seq, &p.event.collection_id, &p.event.event, p.event.data.get())
+        envelope_frame(p.seq, &p.event.collection_id, &p.event.event, p.event.data.get().as_bytes())
     } else {
         Bytes::from(sse_frame(p))
     }
