@@ -127,6 +127,7 @@ $('#login-form').addEventListener('submit', async (e) => {
 $('#logout').addEventListener('click', () => {
   session.clear();
   showAccount();
+  scheduled = [];
   $('#my-events tbody').replaceChildren();
 });
 
@@ -225,7 +226,10 @@ function receive(envelope, id) {
   const feed = $('#feed');
   feed.prepend(li);
   while (feed.children.length > 500) feed.lastChild.remove();
-  if (session.jwt) refreshMineSoon();
+  // One of the user's scheduled events may just have been published.
+  if (scheduled.some((s) => s.event === envelope.event && s.collection_id === envelope.collection_id)) {
+    refreshMineSoon();
+  }
 }
 
 function renderState() {
@@ -282,6 +286,8 @@ $('#insert-form').addEventListener('submit', async (e) => {
 // ---------------------------------------------------------------- my events
 
 let mineTimer = null;
+/** The user's events still waiting for their time, as last listed. */
+let scheduled = [];
 function refreshMineSoon() {
   clearTimeout(mineTimer);
   mineTimer = setTimeout(refreshMine, 300);
@@ -291,6 +297,7 @@ async function refreshMine() {
   if (!session.jwt) return;
   try {
     const { events } = await api('GET', '/events/user');
+    scheduled = events.filter((event) => status(event) === 'scheduled');
     const rows = events.slice(-100).reverse().map((event) => {
       let action = '';
       if (status(event) === 'scheduled') {
