@@ -255,7 +255,7 @@ test('filters select by collection and by event name', async () => {
 });
 
 test('the stream resumes after a server restart with nothing lost or repeated', async () => {
-  const before = await insert(writer, { event: 'before-restart', data: 1 });
+  await insert(writer, { event: 'before-restart', data: 1 });
   await until('before-restart', () => shown(watcher, 'before-restart').then((s) => s.length));
   // Due while the server is down: published at once when it is back.
   const due = await insert(writer, { event: 'while-down', data: 2, inSeconds: 2 });
@@ -274,7 +274,6 @@ test('the stream resumes after a server restart with nothing lost or repeated', 
   const expected = Array.from({ length: ids.at(-1) }, (_, i) => i + 1);
   assert.deepEqual(ids, expected, 'every published event exactly once, in a gap-free sequence');
   assert.equal((await shown(watcher, 'while-down')).length, 1);
-  assert.ok(before.id);
   assert.deepEqual(pageErrors, []);
   await writer.screenshot({ path: join(TARGET, 'console.png'), fullPage: true });
 });

@@ -102,9 +102,7 @@ async fn an_unknown_id_gets_a_reset_then_the_latest_state() {
 async fn an_up_to_date_client_gets_only_what_is_new() {
     let app = TestApp::spawn().await;
     let user = app.user("alice").await;
-    let mut witness = app.subscribe().await;
-    app.insert(&user, "a", NOW, json!(1)).await;
-    witness.next().await;
+    app.publish(&user, &[("a", json!(1))]).await;
     let mut sse: Sse = app.subscribe_to("/events?last_event_id=1", &[]).await;
     app.insert(&user, "b", NOW, json!(2)).await;
     assert_eq!(sse.next().await, Received { id: 2, event: "b".into(), data: json!(2) });
