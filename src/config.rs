@@ -48,6 +48,17 @@ pub struct Config {
     #[arg(long, env = "SAVE_PATH", default_value = "./broker_data")]
     pub save_path: PathBuf,
 
+    /// PostgreSQL database to use instead of the embedded one
+    /// (`postgres://user:password@host:port/database`); every node given
+    /// the same URL serves the same users and events.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Secret>,
+
+    /// Most PostgreSQL connections this node opens (one more listens for
+    /// other nodes' notifications).
+    #[arg(long, env = "BROKER_DB_POOL", default_value_t = 6, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub db_pool: u64,
+
     /// Seconds between heartbeat comments on open event streams.
     #[arg(long, env = "BROKER_HEARTBEAT", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
     pub heartbeat: u64,

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod feed;
 pub mod http;
 pub mod hub;
 pub mod metrics;
@@ -24,9 +25,8 @@ mod server;
 pub mod store;
 
 use std::future::Future;
-use std::io::Write as _;
-use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
@@ -37,10 +37,11 @@ pub use clock::Clock;
 pub use config::{Config, Secret};
 
 use auth::{Keys, Passwords};
+use feed::Feed;
 use http::App;
 use hub::Hub;
 use scheduler::Wake;
-use store::{SqliteStore, Store};
+use store::Signals;
 
 /// Why Broker could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -71,45 +72,54 @@ impl Broker {
     }
 
     /// Like [`Broker::open`], with another time source (tests use a manual one).
+    ///
+    /// On PostgreSQL the node starts even if the database is down: requests
+    /// that need it answer 503 until it is back (and, without `--secret`,
+    /// until the shared secret could be read from it).
     pub async fn open_with_clock(config: Config, clock: Clock) -> Result<Self, Error> {
-        let secret = match &config.secret {
-            Some(secret) => secret.clone(),
-            None => stored_secret(&config.save_path)?,
-        };
         let origins = config
             .origin
             .iter()
             .map(|o| o.parse().map_err(|_| Error::Config(format!("invalid origin {o:?}"))))
             .collect::<Result<Vec<_>, _>>()?;
         let metrics = Arc::new(metrics::Metrics::default());
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open_with_metrics(&config.save_path, metrics.clone())?);
+        let store = store::open(&config, metrics.clone())?;
         let passwords = Passwords::new().await.map_err(|e| Error::Config(e.to_string()))?;
         let shutdown = CancellationToken::new();
         let max_lag = usize::try_from(config.max_lag).unwrap_or(usize::MAX);
         let hub = Arc::new(Hub::new(max_lag, stream_limit(config.max_connections), metrics));
         hub.spawn_heartbeat(config.heartbeat_interval(), shutdown.clone());
-        let wake = Arc::new(Wake::default());
+        let feed = Arc::new(Feed::new(store.clone(), hub.clone(), max_lag));
+        let signals = Signals::default();
+        let poll = store.listen(signals.clone(), shutdown.clone());
+        if let Some(poll) = poll {
+            feed.clone().spawn_follower(signals.published.clone(), poll, shutdown.clone());
+        }
+        let wake = Arc::new(Wake(signals.inserted));
         let scheduler = scheduler::spawn(
             store.clone(),
-            hub.clone(),
+            feed.clone(),
             clock.clone(),
             wake.clone(),
-            max_lag,
+            poll,
             shutdown.clone(),
         );
         let app = Arc::new(App {
             store,
             hub,
+            feed,
             wake,
-            keys: Keys::new(secret.expose().as_bytes(), config.expiry)
-                .map_err(|e| Error::Config(format!("unusable secret: {e}")))?,
+            keys: OnceLock::new(),
             passwords,
             clock,
             private_stream: config.private_stream,
             retry_ms: config.retry,
             origins,
         });
+        match &config.secret {
+            Some(secret) => set_keys(&app, secret, config.expiry)?,
+            None => keep_secret(&app, config.expiry, shutdown.clone()).await?,
+        }
         let router = http::router(app.clone(), config.max_body);
         Ok(Self { app, router, shutdown, scheduler })
     }
@@ -201,26 +211,50 @@ fn stream_limit(configured: Option<usize>) -> usize {
     limit
 }
 
-/// The JWT secret kept in the data directory, created on first start.
-fn stored_secret(dir: &Path) -> Result<Secret, Error> {
-    let path = dir.join("secret");
-    match std::fs::read_to_string(&path) {
-        Ok(text) if !text.trim().is_empty() => return Ok(Secret::from(text.trim().to_owned())),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e.into()),
-    }
-    std::fs::create_dir_all(dir)?;
+/// Makes the app's JWT keys from `secret`.
+fn set_keys(app: &App, secret: &Secret, expiry: u64) -> Result<(), Error> {
+    let keys = Keys::new(secret.expose().as_bytes(), expiry)
+        .map_err(|e| Error::Config(format!("unusable secret: {e}")))?;
+    let _ = app.keys.set(keys);
+    Ok(())
+}
+
+/// Uses the secret kept by the store (a file beside SQLite, a row of the
+/// shared database), generating one on the very first start. While the
+/// database cannot be reached, keeps trying in the background.
+async fn keep_secret(
+    app: &Arc<App>,
+    expiry: u64,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     let mut random = [0u8; 32];
     getrandom::fill(&mut random).map_err(|e| Error::Config(format!("no randomness: {e}")))?;
-    let secret = auth::hex(&random);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&path)?;
-    file.write_all(secret.as_bytes())?;
-    file.sync_all()?;
-    tracing::info!(path = %path.display(), "generated a new JWT secret");
-    Ok(Secret::from(secret))
+    let candidate = auth::hex(&random);
+    match app.store.keep_secret(candidate.clone()).await {
+        Ok(secret) => return set_keys(app, &Secret::from(secret), expiry),
+        Err(store::StoreError::Unavailable(e)) => {
+            tracing::warn!(error = %e, "the database is unreachable; retrying every second (requests needing it answer 503)");
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let app = app.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = shutdown.cancelled() => return,
+            }
+            match app.store.keep_secret(candidate.clone()).await {
+                Ok(secret) => {
+                    if let Err(e) = set_keys(&app, &Secret::from(secret), expiry) {
+                        tracing::error!(error = %e, "the stored secret is unusable");
+                    }
+                    tracing::info!("the database is reachable");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "the database is still unreachable"),
+            }
+        }
+    });
+    Ok(())
 }

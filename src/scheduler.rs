@@ -3,8 +3,13 @@
 //! It keeps nothing in memory: the store's index of pending events is the
 //! schedule. The task asks the store for everything due, publishes it (the
 //! store assigns sequence numbers, in timestamp then insertion order) and
-//! hands it to the hub, then sleeps until the earliest pending timestamp or
-//! until an insert wakes it. No polling: an idle broker uses no CPU.
+//! hands it to the feed, then sleeps until the earliest pending timestamp or
+//! until an insert wakes it. On embedded SQLite there is no polling: an idle
+//! broker uses no CPU. On a shared database every node runs a scheduler;
+//! the store lets one publication run at a time, so each event is published
+//! once, by whichever node gets there first, and a node also looks every
+//! poll interval, in case it missed another node's insert (so a dead
+//! node's schedule is taken over at once).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::hub::Hub;
+use crate::feed::Feed;
 use crate::store::Store;
 
 /// Most events published in one store transaction (one fsync).
@@ -24,7 +29,7 @@ const RETRY: Duration = Duration::from_secs(1);
 
 /// Wakes the scheduler when the schedule may have changed.
 #[derive(Debug, Default)]
-pub struct Wake(Notify);
+pub struct Wake(pub(crate) Arc<Notify>);
 
 impl Wake {
     /// Tells the scheduler to look again (after an insert).
@@ -35,25 +40,30 @@ impl Wake {
 
 /// Starts the scheduler; it stops when `shutdown` is cancelled, after
 /// finishing the publication under way. Everything due is published in
-/// transactions of up to [`BATCH`] events, then handed to the hub at most
-/// `max_lag / 2` at a time, each slice once subscribers have drained the
-/// previous one (see [`Hub::drained`]), so that a large publication does not
-/// overrun a subscriber that keeps up.
+/// transactions of up to [`BATCH`] events and handed to the feed. With
+/// `poll`, it also looks at least that often.
 pub fn spawn(
     store: Arc<dyn Store>,
-    hub: Arc<Hub>,
+    feed: Arc<Feed>,
     clock: Clock,
     wake: Arc<Wake>,
-    max_lag: usize,
+    poll: Option<Duration>,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
-    let slice = (max_lag / 2).max(1);
     tokio::spawn(async move {
+        let mut failing = false;
         loop {
-            let next = match publish_due(&*store, &hub, &clock, slice).await {
-                Ok(next) => next,
+            let next = match publish_due(&*store, &feed, &clock).await {
+                Ok(next) => {
+                    if std::mem::take(&mut failing) {
+                        tracing::info!("publishing due events again");
+                    }
+                    next
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, "publishing due events failed; retrying");
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::error!(error = %e, "publishing due events failed; retrying");
+                    }
                     Some(clock.now_millis() + RETRY.as_millis() as i64)
                 }
             };
@@ -61,6 +71,7 @@ pub fn spawn(
                 () = shutdown.cancelled() => break,
                 () = wake.0.notified() => {}
                 () = clock.sleep_until(next.unwrap_or(i64::MAX)), if next.is_some() => {}
+                () = tokio::time::sleep(poll.unwrap_or_default()), if poll.is_some() => {}
             }
         }
     })
@@ -69,19 +80,12 @@ pub fn spawn(
 /// Publishes everything due; returns when to look next (UNIX milliseconds).
 async fn publish_due(
     store: &dyn Store,
-    hub: &Hub,
+    feed: &Feed,
     clock: &Clock,
-    slice: usize,
 ) -> Result<Option<i64>, crate::store::StoreError> {
     loop {
         let published = store.publish_due(clock.now_secs(), BATCH).await?;
-        for (i, p) in published.iter().enumerate() {
-            if i > 0 && i % slice == 0 {
-                hub.drained(slice).await;
-            }
-            tracing::debug!(seq = p.seq, id = %p.event.id, "published");
-            hub.publish(p);
-        }
+        feed.published(&published).await?;
         if published.len() < BATCH {
             break;
         }

@@ -87,6 +87,13 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::UsernameTaken => Self::new(StatusCode::CONFLICT, "username is taken"),
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "answering 503");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database is unavailable; retry later",
+                )
+            }
             StoreError::Backend(_) => Self::internal(e),
         }
     }

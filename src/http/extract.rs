@@ -53,6 +53,6 @@ impl FromRequestParts<AppState> for AuthUser {
             .ok_or_else(|| {
                 ApiError::unauthorized("Authorization header must be 'Bearer <token>'")
             })?;
-        Ok(Self(app.keys.verify(token, &app.clock)?.sub))
+        Ok(Self(app.keys()?.verify(token, &app.clock)?.sub))
     }
 }

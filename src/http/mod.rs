@@ -9,7 +9,7 @@ pub(crate) mod ops;
 pub(crate) mod stream;
 mod users;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -21,6 +21,7 @@ pub use error::{ApiError, ErrorBody};
 
 use crate::auth::{Keys, Passwords};
 use crate::clock::Clock;
+use crate::feed::Feed;
 use crate::hub::Hub;
 use crate::scheduler::Wake;
 use crate::store::Store;
@@ -31,10 +32,13 @@ pub struct App {
     pub store: Arc<dyn Store>,
     /// The fan-out hub.
     pub hub: Arc<Hub>,
+    /// What feeds the hub, in sequence order.
+    pub feed: Arc<Feed>,
     /// The scheduler's doorbell.
     pub wake: Arc<Wake>,
-    /// JWT keys.
-    pub keys: Keys,
+    /// JWT keys, once the secret is known (on a shared database, once the
+    /// database has been reached).
+    pub keys: OnceLock<Keys>,
     /// Password hashing.
     pub passwords: Passwords,
     /// The time source.
@@ -45,6 +49,15 @@ pub struct App {
     pub retry_ms: u64,
     /// Origins allowed by CORS.
     pub origins: Vec<HeaderValue>,
+}
+
+impl App {
+    /// The JWT keys, or 503 while the secret is still unknown.
+    pub fn keys(&self) -> Result<&Keys, ApiError> {
+        self.keys.get().ok_or_else(|| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the database is not reachable yet")
+        })
+    }
 }
 
 /// Handler state.

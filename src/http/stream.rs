@@ -171,7 +171,7 @@ pub(crate) async fn open(
 ) -> Result<Subscriber, ApiError> {
     let (filter, query) = parse_query(query)?;
     let expires = match presented_token(headers, query.token.as_deref())? {
-        Some(token) => Some(app.keys.verify(token, &app.clock)?.exp),
+        Some(token) => Some(app.keys()?.verify(token, &app.clock)?.exp),
         None if app.private_stream => {
             return Err(ApiError::unauthorized(
                 "this stream needs a token: Authorization: Bearer, ?token= or the broker_token cookie",
@@ -190,7 +190,7 @@ pub(crate) async fn open(
         .map(str::to_owned)
         .or(query.last_event_id);
 
-    let ring = app.hub.subscribe();
+    let ring = app.feed.subscribe().await?;
     let mut first = Chunk::default();
     first.push(Bytes::from(format!("retry:{}\n\n", app.retry_ms)));
     let mut replay = None;

@@ -90,12 +90,12 @@ pub async fn log_in(
         return Err(refused());
     }
     let user = user.ok_or_else(refused)?;
-    let jwt = app.keys.issue(user.id, &app.clock).map_err(ApiError::internal)?;
+    let jwt = app.keys()?.issue(user.id, &app.clock).map_err(ApiError::internal)?;
     // Lets a same-site browser page open the stream without putting the
     // token in its URL; only `GET /events` reads this cookie.
     let cookie = format!(
         "{TOKEN_COOKIE}={jwt}; Path=/events; Max-Age={}; HttpOnly; SameSite=Lax",
-        app.keys.lifetime()
+        app.keys()?.lifetime()
     );
     Ok(([(header::SET_COOKIE, cookie)], axum::Json(Token { jwt })))
 }

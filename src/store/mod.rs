@@ -5,24 +5,59 @@
 //! only once it is durably committed. The store, not the process, assigns
 //! publication sequence numbers, so several nodes can share one database.
 
+mod postgres;
 mod sqlite;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::config::Config;
 use crate::domain::{Event, Filter, Published, User};
+use crate::metrics::Metrics;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// A storage failure the client did not cause.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The username is already registered.
     #[error("username is taken")]
     UsernameTaken,
+    /// The database cannot be reached for now (down, restarting, connection
+    /// lost, too slow); clients are told to retry.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// The database failed; the detail is for the log only.
     #[error("storage failure: {0}")]
     Backend(String),
+}
+
+/// Opens the store the configuration names: PostgreSQL with
+/// `--database-url`, else embedded SQLite in `--save-path`.
+pub fn open(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match &config.database_url {
+        Some(url) => Arc::new(PostgresStore::open(
+            url.expose(),
+            usize::try_from(config.db_pool).unwrap_or(1),
+            metrics,
+        )?),
+        None => Arc::new(SqliteStore::open_with_metrics(&config.save_path, metrics)?),
+    })
+}
+
+/// What a shared database tells a node about the other nodes' work.
+#[derive(Debug, Clone, Default)]
+pub struct Signals {
+    /// Rung when events may have been published elsewhere.
+    pub published: Arc<Notify>,
+    /// Rung when events may have been inserted elsewhere.
+    pub inserted: Arc<Notify>,
 }
 
 /// What became of a cancellation request.
@@ -104,4 +139,17 @@ pub trait Store: Send + Sync + 'static {
         filter: &Filter,
         limit: usize,
     ) -> Result<Vec<Published>, StoreError>;
+
+    /// The JWT secret of every node on this store: the one kept already,
+    /// else `candidate`, kept from now on.
+    async fn keep_secret(&self, candidate: String) -> Result<String, StoreError>;
+
+    /// Starts telling `signals` what other nodes on the same database do,
+    /// until `shutdown`. Returns how often the caller must look anyway
+    /// (notifications can be lost), or `None` for a store no other node
+    /// shares, where nothing happens that this node does not do itself.
+    fn listen(&self, signals: Signals, shutdown: CancellationToken) -> Option<Duration> {
+        let _ = (signals, shutdown);
+        None
+    }
 }

@@ -39,6 +39,7 @@ impl From<rusqlite::Error> for StoreError {
 pub struct SqliteStore {
     writes: mpsc::Sender<Box<dyn Job>>,
     readers: Arc<Readers>,
+    dir: PathBuf,
 }
 
 impl SqliteStore {
@@ -66,7 +67,7 @@ impl SqliteStore {
             idle: Mutex::new(Vec::new()),
             slots: Arc::new(tokio::sync::Semaphore::new(READERS)),
         });
-        Ok(Self { writes, readers })
+        Ok(Self { writes, readers, dir: dir.to_owned() })
     }
 
     /// Runs `work` in the next group commit; answers once it is durable.
@@ -540,6 +541,36 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn keep_secret(&self, candidate: String) -> Result<String, StoreError> {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || stored_secret(&dir, candidate))
+            .await
+            .map_err(|e| StoreError::Backend(format!("secret task failed: {e}")))?
+            .map_err(|e| StoreError::Backend(format!("cannot keep the secret: {e}")))
+    }
+}
+
+/// The JWT secret kept in the data directory, `candidate` written there
+/// (readable by its owner only) if there is none yet.
+fn stored_secret(dir: &Path, candidate: String) -> std::io::Result<String> {
+    use std::io::Write as _;
+    let path = dir.join("secret");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&path)?;
+    file.write_all(candidate.as_bytes())?;
+    file.sync_all()?;
+    tracing::info!(path = %path.display(), "generated a new JWT secret");
+    Ok(candidate)
 }
 
 #[cfg(test)]

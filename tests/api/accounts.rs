@@ -53,8 +53,7 @@ async fn wrong_password_and_unknown_user_look_the_same() {
 #[tokio::test]
 async fn a_legacy_bcrypt_password_still_logs_in() {
     let app = TestApp::spawn().await;
-    let store = broker::store::SqliteStore::open(app.dir.path()).unwrap();
-    use broker::store::Store;
+    let store = app.store();
     store
         .create_user(broker::domain::User {
             id: Uuid::new_v4(),

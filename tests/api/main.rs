@@ -2,6 +2,7 @@
 //! database each, real HTTP and SSE clients.
 
 mod accounts;
+mod cluster;
 mod events;
 mod filters;
 mod input;

@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
-use crate::support::{DEADLINE, Sse, ok_json};
+use crate::support::{DEADLINE, Sse, TestDb, ok_json};
 
 /// A running `broker` process.
 pub struct Binary {
@@ -178,9 +178,13 @@ async fn sigterm_closes_streams_and_exits_promptly() {
 #[tokio::test]
 async fn kill_9_loses_no_acknowledged_insert() {
     let dir = tempfile::tempdir().unwrap();
+    let db = if crate::support::on_postgres() { Some(TestDb::create().await) } else { None };
     let start = || {
         let mut c = command(dir.path());
         c.args(["--port", "0", "--secret", "s", "--host", "127.0.0.1"]);
+        if let Some(db) = &db {
+            c.args(["--database-url", &db.url]);
+        }
         Binary::start(c)
     };
     let mut broker = start().await;

@@ -25,6 +25,63 @@ pub const NOW: i64 = T0 / 1000;
 /// How long any awaited condition may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
+/// Whether the suite runs on PostgreSQL (`BROKER_TEST_BACKEND=postgres`)
+/// rather than embedded SQLite.
+pub fn on_postgres() -> bool {
+    std::env::var("BROKER_TEST_BACKEND").is_ok_and(|v| v == "postgres")
+}
+
+/// The PostgreSQL server on which tests create their databases.
+pub fn pg_admin_url() -> String {
+    std::env::var("BROKER_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A PostgreSQL database of one test's own, dropped when it is.
+pub struct TestDb {
+    pub url: String,
+    admin: String,
+    name: String,
+}
+
+impl TestDb {
+    /// A new empty database on the server of [`pg_admin_url`].
+    pub async fn create() -> Self {
+        Self::create_on(&pg_admin_url()).await
+    }
+
+    /// A new empty database on the server that `admin` connects to.
+    pub async fn create_on(admin: &str) -> Self {
+        let name = format!("broker_test_{}", Uuid::new_v4().simple());
+        admin_sql(admin, &format!("CREATE DATABASE {name}")).await;
+        let base = admin.rsplit_once('/').expect("a database URL").0;
+        Self { url: format!("{base}/{name}"), admin: admin.to_owned(), name }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (admin, sql) =
+            (self.admin.clone(), format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        // Drop may run inside a runtime: do the work on a thread of its own.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            runtime.expect("a runtime").block_on(admin_sql(&admin, &sql));
+        });
+        let _ = dropped.join();
+    }
+}
+
+/// Runs one statement on the server's administrative database.
+pub async fn admin_sql(admin: &str, sql: &str) {
+    let (client, connection) =
+        tokio_postgres::connect(admin, tokio_postgres::NoTls).await.expect("PostgreSQL for tests");
+    let connection = tokio::spawn(connection);
+    client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    drop(client);
+    let _ = connection.await;
+}
+
 /// A Broker served in-process.
 pub struct TestApp {
     pub base: String,
@@ -32,6 +89,9 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     pub hub: Arc<Hub>,
     pub dir: Arc<TempDir>,
+    /// The test's PostgreSQL database, when the suite runs on PostgreSQL.
+    pub db: Option<Arc<TestDb>>,
+    extra: Vec<String>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), broker::Error>>>,
 }
@@ -43,11 +103,15 @@ pub struct TestUser {
     pub jwt: String,
 }
 
-/// Parses a command line for a test broker keeping its data in `dir`.
-pub fn config(dir: &Path, extra: &[&str]) -> Config {
+/// Parses a command line for a test broker keeping its data in `db`, or
+/// else in `dir`.
+pub fn config(dir: &Path, db: Option<&TestDb>, extra: &[&str]) -> Config {
     let mut args = vec!["broker", "--secret", "test-secret", "--save-path"];
     let dir = dir.to_str().expect("temporary paths are UTF-8");
     args.push(dir);
+    if let Some(db) = db {
+        args.extend_from_slice(&["--database-url", &db.url]);
+    }
     args.extend_from_slice(extra);
     Config::from_args(args)
 }
@@ -60,8 +124,20 @@ impl TestApp {
 
     /// A new broker with extra command-line options.
     pub async fn spawn_with(extra: &[&str]) -> Self {
+        let db = if on_postgres() { Some(Arc::new(TestDb::create().await)) } else { None };
+        Self::spawn_on(db, extra).await
+    }
+
+    /// A new broker on `db` (or on SQLite), its clock at [`T0`].
+    pub async fn spawn_on(db: Option<Arc<TestDb>>, extra: &[&str]) -> Self {
         let dir = Arc::new(tempfile::tempdir().expect("temporary directory"));
-        Self::start(dir, Clock::manual(T0).1.clone(), extra).await
+        Self::start(dir, db, Clock::manual(T0).1.clone(), extra).await
+    }
+
+    /// A new broker with exactly this configuration, its clock at [`T0`].
+    pub async fn start_with_config(config: Config) -> Self {
+        let dir = Arc::new(tempfile::tempdir().expect("temporary directory"));
+        Self::serve(config, dir, Clock::manual(T0).1.clone()).await
     }
 
     /// Stops this broker gracefully, sets the clock to `secs`, and starts a
@@ -69,14 +145,40 @@ impl TestApp {
     pub async fn restart_at(mut self, secs: i64) -> Self {
         self.shut_down().await;
         self.set_time(secs);
-        Self::start(self.dir.clone(), self.clock.clone(), &[]).await
+        Self::start(self.dir.clone(), self.db.clone(), self.clock.clone(), &[]).await
     }
 
-    async fn start(dir: Arc<TempDir>, clock: Arc<ManualClock>, extra: &[&str]) -> Self {
-        let broker =
-            Broker::open_with_clock(config(dir.path(), extra), Clock::Manual(clock.clone()))
-                .await
-                .expect("broker starts");
+    /// Another node on the same database and clock, with the same options
+    /// (PostgreSQL only: SQLite has one node).
+    pub async fn node(&self) -> Self {
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let dir = Arc::new(tempfile::tempdir().expect("temporary directory"));
+        Self::start(dir, self.db.clone(), self.clock.clone(), &extra).await
+    }
+
+    /// The store this broker uses, opened once more (as another process would).
+    pub fn store(&self) -> Arc<dyn broker::store::Store> {
+        let config = config(self.dir.path(), self.db.as_deref(), &[]);
+        broker::store::open(&config, Arc::default()).expect("the store opens")
+    }
+
+    async fn start(
+        dir: Arc<TempDir>,
+        db: Option<Arc<TestDb>>,
+        clock: Arc<ManualClock>,
+        extra: &[&str],
+    ) -> Self {
+        let config = config(dir.path(), db.as_deref(), extra);
+        let mut app = Self::serve(config, dir, clock).await;
+        app.db = db;
+        app.extra = extra.iter().map(|s| s.to_string()).collect();
+        app
+    }
+
+    async fn serve(config: Config, dir: Arc<TempDir>, clock: Arc<ManualClock>) -> Self {
+        let broker = Broker::open_with_clock(config, Clock::Manual(clock.clone()))
+            .await
+            .expect("broker starts");
         let hub = broker.hub();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("address");
@@ -90,6 +192,8 @@ impl TestApp {
             clock,
             hub,
             dir,
+            db: None,
+            extra: Vec::new(),
             stop: Some(stop),
             server: Some(server),
         }

@@ -1,0 +1,643 @@
+//! The PostgreSQL backend: one database shared by every node of a cluster.
+//!
+//! Client crates: `tokio-postgres`, the async client without an ORM, which
+//! hands LISTEN notifications straight out of its connection future, and
+//! `deadpool-postgres`, a small pool that replaces broken connections. No
+//! TLS stack is linked: connect over a local socket or a trusted network.
+//!
+//! Inserts are grouped: concurrent `POST /insert`s queue on a channel and
+//! a few writer tasks each commit whatever has queued as one multi-row
+//! INSERT (one commit, one fsync), answering each insert after it.
+//!
+//! **Sequence numbers become visible in order.** Publication locks the one
+//! row of `head` (`SELECT … FOR UPDATE`), gives the due events the numbers
+//! after it, moves it and commits. The next publication, on any node,
+//! cannot read `head` before that commit is visible, so a transaction that
+//! holds number `n` always commits before any transaction can take `n + 1`.
+//! A reader that sees number `n` therefore already sees every number below
+//! it, and tailing the log with `seq > last` never passes over an event
+//! that becomes visible later (the pitfall of plain sequences, whose values
+//! are taken before their transactions commit).
+//!
+//! NOTIFY is only a wake-up: `broker_published` after a publication,
+//! `broker_inserted` after an insert (so every node's scheduler knows of
+//! new due times). A node that misses notifications catches up from the
+//! last sequence number it delivered, and also looks every
+//! [`POLL`] anyway.
+//!
+//! Every operation gives up after [`OP_TIMEOUT`] with
+//! [`StoreError::Unavailable`], which clients see as 503 + `Retry-After`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use serde_json::value::RawValue;
+use tokio::sync::{OnceCell, Semaphore, mpsc, oneshot};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{Cancel, Signals, Snapshot, Store, StoreError};
+use crate::domain::{Event, Filter, Published, User};
+use crate::metrics::Metrics;
+
+/// Schema migrations, applied in order; `broker_migrations` records those done.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/postgres/0001_init.sql")];
+/// The advisory lock that serialises migrations of nodes starting at once.
+const MIGRATION_LOCK: i64 = 0x6272_6f6b_6572; // "broker"
+/// How long any database operation may take before it is given up.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(4);
+/// How often a node looks for other nodes' work even without notifications.
+pub const POLL: Duration = Duration::from_secs(1);
+/// Most inserts committed in one statement.
+const MAX_BATCH: usize = 1024;
+/// Inserts that may wait for a writer before callers are slowed down.
+const QUEUE: usize = 8192;
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        let lost = e.is_closed()
+            || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>())
+            || e.code().is_some_and(|c| {
+                c.code().starts_with("08")
+                    || c.code().starts_with("57P")
+                    || *c == SqlState::TOO_MANY_CONNECTIONS
+            });
+        // tokio-postgres' own text is only "db error" or "error connecting".
+        let text = match (e.as_db_error(), std::error::Error::source(&e)) {
+            (Some(db), _) => format!("{} ({})", db.message(), db.code().code()),
+            (None, Some(source)) => format!("{e}: {source}"),
+            (None, None) => e.to_string(),
+        };
+        if lost { Self::Unavailable(text) } else { Self::Backend(text) }
+    }
+}
+
+impl From<PoolError> for StoreError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::Backend(e) => e.into(),
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// An insert waiting for its group commit.
+struct Queued {
+    event: Event,
+    reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// PostgreSQL storage, shared by any number of nodes.
+pub struct PostgresStore {
+    pool: Pool,
+    config: tokio_postgres::Config,
+    schema: Arc<OnceCell<()>>,
+    inserts: mpsc::Sender<Queued>,
+    metrics: Arc<Metrics>,
+}
+
+impl PostgresStore {
+    /// A store on the database at `url` with at most `pool_size`
+    /// connections (plus one for notifications). Connects lazily: the
+    /// schema is migrated by the first operation that reaches the database,
+    /// so a node starts while the database is still down.
+    pub fn open(url: &str, pool_size: usize, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e| StoreError::Backend(format!("invalid database URL: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(OP_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("broker");
+        }
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .wait_timeout(Some(OP_TIMEOUT))
+            .create_timeout(Some(OP_TIMEOUT))
+            .recycle_timeout(Some(OP_TIMEOUT))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Backend(format!("cannot build the pool: {e}")))?;
+        let (inserts, queue) = mpsc::channel(QUEUE);
+        // Half the pool commits inserts; the rest serves reads and publication.
+        tokio::spawn(insert_loop(pool.clone(), queue, (pool_size / 2).max(1), metrics.clone()));
+        Ok(Self { pool, config, schema: Arc::default(), inserts, metrics })
+    }
+
+    /// A pooled connection to a migrated database.
+    async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        self.schema.get_or_try_init(|| migrate(&self.pool)).await?;
+        Ok(self.pool.get().await?)
+    }
+
+    /// Runs `work` on a pooled connection, giving up after [`OP_TIMEOUT`].
+    async fn run<T>(
+        &self,
+        work: impl AsyncFnOnce(deadpool_postgres::Client) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        within(async { work(self.client().await?).await }).await
+    }
+
+    /// Like [`PostgresStore::run`] for a write, recording how long it took.
+    async fn write<T>(
+        &self,
+        work: impl AsyncFnOnce(deadpool_postgres::Client) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let started = std::time::Instant::now();
+        let result = self.run(work).await;
+        self.metrics.commit(started.elapsed());
+        result
+    }
+}
+
+/// `work`, or [`StoreError::Unavailable`] if it takes over [`OP_TIMEOUT`].
+async fn within<T>(work: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    tokio::time::timeout(OP_TIMEOUT, work).await.unwrap_or_else(|_| {
+        Err(StoreError::Unavailable(format!("the database did not answer within {OP_TIMEOUT:?}")))
+    })
+}
+
+/// Applies the migrations not yet applied, in one transaction holding an
+/// advisory lock, so that nodes starting together migrate once.
+async fn migrate(pool: &Pool) -> Result<(), StoreError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS broker_migrations (
+             version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await?;
+    let done: i32 =
+        tx.query_one("SELECT COALESCE(MAX(version), 0) FROM broker_migrations", &[]).await?.get(0);
+    let done = usize::try_from(done).unwrap_or(0);
+    if done > MIGRATIONS.len() {
+        return Err(StoreError::Backend(format!(
+            "the database is at schema version {done}, newer than this broker knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+        tx.batch_execute(sql).await?;
+        let version = i32::try_from(version + 1).unwrap_or(i32::MAX);
+        tx.execute("INSERT INTO broker_migrations (version) VALUES ($1)", &[&version]).await?;
+        tracing::info!(version, "applied a database migration");
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Takes queued inserts and commits them in groups, `writers` groups at
+/// a time: while some commit, the next group gathers.
+async fn insert_loop(
+    pool: Pool,
+    mut queue: mpsc::Receiver<Queued>,
+    writers: usize,
+    metrics: Arc<Metrics>,
+) {
+    let slots = Arc::new(Semaphore::new(writers));
+    while let Some(first) = queue.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let (pool, metrics) = (pool.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let result = within(insert_batch(&pool, &batch)).await;
+            metrics.commit(started.elapsed());
+            for queued in batch {
+                let _ = queued.reply.send(result.clone());
+            }
+            drop(slot);
+        });
+    }
+}
+
+async fn insert_batch(pool: &Pool, batch: &[Queued]) -> Result<(), StoreError> {
+    let client = pool.get().await?;
+    let events = batch.iter().map(|q| &q.event);
+    let ids: Vec<Uuid> = events.clone().map(|e| e.id).collect();
+    let users: Vec<Uuid> = events.clone().map(|e| e.user_id).collect();
+    let collections: Vec<Uuid> = events.clone().map(|e| e.collection_id).collect();
+    let names: Vec<&str> = events.clone().map(|e| e.event.as_str()).collect();
+    let timestamps: Vec<i64> = events.clone().map(|e| e.timestamp).collect();
+    let data: Vec<&str> = events.map(|e| e.data.get()).collect();
+    let statement = client.prepare_cached(sql::INSERT_EVENTS).await?;
+    client.query_one(&statement, &[&ids, &users, &collections, &names, &timestamps, &data]).await?;
+    Ok(())
+}
+
+fn event_from_row(row: &Row) -> Result<Event, StoreError> {
+    let data: String = row.try_get(7)?;
+    Ok(Event {
+        id: row.try_get(0)?,
+        user_id: row.try_get(1)?,
+        collection_id: row.try_get(2)?,
+        event: row.try_get(3)?,
+        timestamp: row.try_get(4)?,
+        published: row.try_get(5)?,
+        cancelled: row.try_get(6)?,
+        data: RawValue::from_string(data)
+            .map_err(|e| StoreError::Backend(format!("stored data is not JSON: {e}")))?,
+    })
+}
+
+fn published_from_row(row: &Row) -> Result<Published, StoreError> {
+    Ok(Published { event: event_from_row(row)?, seq: row.try_get(8)? })
+}
+
+fn user_from_row(row: &Row) -> Result<User, StoreError> {
+    Ok(User {
+        id: row.try_get(0)?,
+        username: row.try_get(1)?,
+        password_hash: row.try_get(2)?,
+        collection_id: row.try_get(3)?,
+    })
+}
+
+fn rows<T>(rows: &[Row], from: fn(&Row) -> Result<T, StoreError>) -> Result<Vec<T>, StoreError> {
+    rows.iter().map(from).collect()
+}
+
+/// Every statement, in one place.
+mod sql {
+    macro_rules! event_columns {
+        () => {
+            "id, user_id, collection_id, event, timestamp, published, cancelled, data"
+        };
+    }
+
+    pub const INSERT_USER: &str =
+        "INSERT INTO users (id, username, password_hash, collection_id) VALUES ($1, $2, $3, $4)";
+    pub const USER_BY_NAME: &str =
+        "SELECT id, username, password_hash, collection_id FROM users WHERE username = $1";
+    pub const USER_BY_ID: &str =
+        "SELECT id, username, password_hash, collection_id FROM users WHERE id = $1";
+    /// A group of inserts in one statement, in the order given (which sets
+    /// `pos`), then one notification with the earliest timestamp.
+    pub const INSERT_EVENTS: &str = "WITH added AS (
+            INSERT INTO events (id, user_id, collection_id, event, timestamp, data)
+            SELECT id, user_id, collection_id, event, timestamp, data
+            FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int8[], $6::text[])
+                 WITH ORDINALITY AS t(id, user_id, collection_id, event, timestamp, data, n)
+            ORDER BY n
+            RETURNING timestamp)
+        SELECT pg_notify('broker_inserted', MIN(timestamp)::text) FROM added";
+    pub const EVENT_BY_ID: &str =
+        concat!("SELECT ", event_columns!(), " FROM events WHERE id = $1");
+    /// Cancels only a pending event of the user's: the row lock makes
+    /// cancel and publication of one event exclude each other.
+    pub const CANCEL: &str = concat!(
+        "UPDATE events SET cancelled = true WHERE id = $1 AND user_id = $2",
+        " AND NOT published AND NOT cancelled RETURNING ",
+        event_columns!()
+    );
+    pub const BY_COLLECTION: &str = concat!(
+        "SELECT ",
+        event_columns!(),
+        " FROM events WHERE collection_id = $1 ORDER BY timestamp, pos"
+    );
+    pub const BY_USER: &str = concat!(
+        "SELECT ",
+        event_columns!(),
+        " FROM events WHERE user_id = $1 ORDER BY timestamp, pos"
+    );
+    /// Taken first by every publication: see the module documentation.
+    pub const LOCK_HEAD: &str = "SELECT seq FROM head FOR UPDATE";
+    pub const DUE: &str = concat!(
+        "SELECT ",
+        event_columns!(),
+        ", pos FROM events WHERE NOT published AND NOT cancelled AND timestamp <= $1",
+        " ORDER BY timestamp, pos LIMIT $2 FOR UPDATE"
+    );
+    pub const MARK_PUBLISHED: &str = "UPDATE events e SET published = true, seq = v.seq
+        FROM UNNEST($1::int8[], $2::int8[]) AS v(pos, seq) WHERE e.pos = v.pos";
+    pub const SET_LATEST: &str = "INSERT INTO latest (collection_id, event, seq)
+        SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[])
+        ON CONFLICT (collection_id, event) DO UPDATE SET seq = excluded.seq";
+    pub const SET_HEAD: &str =
+        "UPDATE head SET seq = $1 RETURNING pg_notify('broker_published', seq::text)";
+    pub const HEAD: &str = "SELECT seq FROM head";
+    pub const NEXT_DUE: &str =
+        "SELECT MIN(timestamp) FROM events WHERE NOT published AND NOT cancelled";
+    pub const PENDING: &str = "SELECT COUNT(*) FROM events WHERE NOT published AND NOT cancelled";
+    /// The latest event of each selected name; empty arrays select all.
+    pub const LATEST: &str = concat!(
+        "SELECT ",
+        event_columns!(),
+        ", e.seq FROM (SELECT MAX(seq) AS seq FROM latest",
+        " WHERE (cardinality($1::uuid[]) = 0 OR collection_id = ANY($1))",
+        " AND (cardinality($2::text[]) = 0 OR event = ANY($2)) GROUP BY event) l",
+        " JOIN events e ON e.seq = l.seq ORDER BY e.seq"
+    );
+    /// Published events in `($1, $2]` that the filter selects, by sequence.
+    pub const REPLAY: &str = concat!(
+        "SELECT ",
+        event_columns!(),
+        ", seq FROM events WHERE seq > $1 AND seq <= $2",
+        " AND (cardinality($3::uuid[]) = 0 OR collection_id = ANY($3))",
+        " AND (cardinality($4::text[]) = 0 OR event = ANY($4)) ORDER BY seq LIMIT $5"
+    );
+    pub const SECRET_PUT: &str = "INSERT INTO settings (name, value) VALUES ('jwt_secret', $1) ON CONFLICT (name) DO NOTHING";
+    pub const SECRET_GET: &str = "SELECT value FROM settings WHERE name = 'jwt_secret'";
+}
+
+fn limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn create_user(&self, user: User) -> Result<(), StoreError> {
+        self.write(async |client| {
+            let statement = client.prepare_cached(sql::INSERT_USER).await?;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                [&user.id, &user.username, &user.password_hash, &user.collection_id];
+            match client.execute(&statement, &params).await {
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                    Err(StoreError::UsernameTaken)
+                }
+                other => other.map(|_| ()).map_err(Into::into),
+            }
+        })
+        .await
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
+        self.run(async |client| {
+            let statement = client.prepare_cached(sql::USER_BY_NAME).await?;
+            client
+                .query_opt(&statement, &[&username])
+                .await?
+                .as_ref()
+                .map(user_from_row)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn user_by_id(&self, id: Uuid) -> Result<Option<User>, StoreError> {
+        self.run(async |client| {
+            let statement = client.prepare_cached(sql::USER_BY_ID).await?;
+            client.query_opt(&statement, &[&id]).await?.as_ref().map(user_from_row).transpose()
+        })
+        .await
+    }
+
+    async fn insert_event(&self, event: Event) -> Result<(), StoreError> {
+        within(self.schema.get_or_try_init(|| migrate(&self.pool))).await?;
+        let (reply, answer) = oneshot::channel();
+        self.inserts
+            .send(Queued { event, reply })
+            .await
+            .map_err(|_| StoreError::Backend("the insert writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("the insert writer dropped an insert".into()))?
+    }
+
+    async fn cancel_event(&self, id: Uuid, user_id: Uuid) -> Result<Cancel, StoreError> {
+        self.write(async |client| {
+            let cancel = client.prepare_cached(sql::CANCEL).await?;
+            if let Some(row) = client.query_opt(&cancel, &[&id, &user_id]).await? {
+                return Ok(Cancel::Cancelled(event_from_row(&row)?));
+            }
+            // Refused: the event's final state says why.
+            let find = client.prepare_cached(sql::EVENT_BY_ID).await?;
+            let Some(row) = client.query_opt(&find, &[&id]).await? else {
+                return Ok(Cancel::NotFound);
+            };
+            let event = event_from_row(&row)?;
+            Ok(if event.user_id != user_id {
+                Cancel::NotOwner
+            } else if event.cancelled {
+                Cancel::AlreadyCancelled
+            } else {
+                Cancel::AlreadyPublished
+            })
+        })
+        .await
+    }
+
+    async fn collection_events(&self, collection_id: Uuid) -> Result<Vec<Event>, StoreError> {
+        self.run(async |client| {
+            let statement = client.prepare_cached(sql::BY_COLLECTION).await?;
+            rows(&client.query(&statement, &[&collection_id]).await?, event_from_row)
+        })
+        .await
+    }
+
+    async fn user_events(&self, user_id: Uuid) -> Result<Vec<Event>, StoreError> {
+        self.run(async |client| {
+            let statement = client.prepare_cached(sql::BY_USER).await?;
+            rows(&client.query(&statement, &[&user_id]).await?, event_from_row)
+        })
+        .await
+    }
+
+    async fn publish_due(&self, now: i64, max: usize) -> Result<Vec<Published>, StoreError> {
+        // Timed only when it publishes: every node looks every second.
+        let started = std::time::Instant::now();
+        let published = self
+            .run(async |mut client| {
+                let tx = client.transaction().await?;
+                let mut seq: i64 = tx.query_one(sql::LOCK_HEAD, &[]).await?.get(0);
+                let due = tx.prepare_cached(sql::DUE).await?;
+                let due = tx.query(&due, &[&now, &limit(max)]).await?;
+                if due.is_empty() {
+                    return Ok(Vec::new()); // dropping `tx` rolls back
+                }
+                let mut published = Vec::with_capacity(due.len());
+                let (mut positions, mut seqs) = (Vec::new(), Vec::new());
+                for row in &due {
+                    seq += 1;
+                    positions.push(row.try_get::<_, i64>(8)?);
+                    seqs.push(seq);
+                    published.push(Published {
+                        seq,
+                        event: Event { published: true, ..event_from_row(row)? },
+                    });
+                }
+                let mark = tx.prepare_cached(sql::MARK_PUBLISHED).await?;
+                tx.execute(&mark, &[&positions, &seqs]).await?;
+                // Only the last event of each collection and name sets `latest`.
+                let latest: HashMap<_, _> = published
+                    .iter()
+                    .map(|p| ((p.event.collection_id, p.event.event.as_str()), p.seq))
+                    .collect();
+                let (mut collections, mut names, mut latest_seqs) =
+                    (Vec::new(), Vec::new(), Vec::new());
+                for ((collection, name), seq) in latest {
+                    collections.push(collection);
+                    names.push(name);
+                    latest_seqs.push(seq);
+                }
+                let set_latest = tx.prepare_cached(sql::SET_LATEST).await?;
+                tx.execute(&set_latest, &[&collections, &names, &latest_seqs]).await?;
+                let set_head = tx.prepare_cached(sql::SET_HEAD).await?;
+                tx.query(&set_head, &[&seq]).await?;
+                tx.commit().await?;
+                Ok(published)
+            })
+            .await?;
+        if !published.is_empty() {
+            self.metrics.commit(started.elapsed());
+        }
+        Ok(published)
+    }
+
+    async fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        self.run(async |client| {
+            let statement = client.prepare_cached(sql::NEXT_DUE).await?;
+            Ok(client.query_one(&statement, &[]).await?.try_get(0)?)
+        })
+        .await
+    }
+
+    async fn snapshot(&self, filter: &Filter) -> Result<Snapshot, StoreError> {
+        self.run(async |mut client| {
+            let tx = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let head = tx.query_one(sql::HEAD, &[]).await?.try_get(0)?;
+            let latest = tx.prepare_cached(sql::LATEST).await?;
+            let latest = tx.query(&latest, &[&filter.collections(), &filter.events()]).await?;
+            let latest = rows(&latest, published_from_row)?;
+            tx.commit().await?;
+            Ok(Snapshot { latest, head })
+        })
+        .await
+    }
+
+    async fn pending(&self) -> Result<u64, StoreError> {
+        self.run(async |client| {
+            let count: i64 = client.query_one(sql::PENDING, &[]).await?.try_get(0)?;
+            Ok(u64::try_from(count).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.run(async |client| Ok(client.simple_query("SELECT 1").await.map(|_| ())?)).await
+    }
+
+    async fn head(&self) -> Result<i64, StoreError> {
+        self.run(async |client| {
+            let statement = client.prepare_cached(sql::HEAD).await?;
+            Ok(client.query_one(&statement, &[]).await?.try_get(0)?)
+        })
+        .await
+    }
+
+    async fn replay(
+        &self,
+        after: i64,
+        until: i64,
+        filter: &Filter,
+        max: usize,
+    ) -> Result<Vec<Published>, StoreError> {
+        self.run(async |client| {
+            let statement = client.prepare_cached(sql::REPLAY).await?;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+                [&after, &until, &filter.collections(), &filter.events(), &limit(max)];
+            rows(&client.query(&statement, &params).await?, published_from_row)
+        })
+        .await
+    }
+
+    async fn keep_secret(&self, candidate: String) -> Result<String, StoreError> {
+        self.run(async |client| {
+            client.execute(sql::SECRET_PUT, &[&candidate]).await?;
+            Ok(client.query_one(sql::SECRET_GET, &[]).await?.try_get(0)?)
+        })
+        .await
+    }
+
+    fn listen(&self, signals: Signals, shutdown: CancellationToken) -> Option<Duration> {
+        tokio::spawn(listen(self.config.clone(), signals, shutdown));
+        Some(POLL)
+    }
+}
+
+/// Holds a connection that LISTENs to both channels and rings `signals`
+/// on each notification. After every (re)connection both are rung, since
+/// notifications sent while disconnected are lost.
+async fn listen(config: tokio_postgres::Config, signals: Signals, shutdown: CancellationToken) {
+    const CHANNELS: &str = "LISTEN broker_published; LISTEN broker_inserted";
+    let mut warned = false;
+    while !shutdown.is_cancelled() {
+        let connected = within(async {
+            let (client, mut connection) = config.connect(NoTls).await?;
+            let (tx, rx) = mpsc::unbounded_channel();
+            // tokio-postgres hands out notifications only while its
+            // connection future is polled: this task does nothing else.
+            tokio::spawn(async move {
+                while let Some(message) =
+                    std::future::poll_fn(|cx| connection.poll_message(cx)).await
+                {
+                    match message {
+                        Ok(AsyncMessage::Notification(n)) => {
+                            if tx.send(n.channel().to_owned()).is_err() {
+                                break;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the notification connection failed");
+                            break;
+                        }
+                    }
+                }
+            });
+            client.batch_execute(CHANNELS).await?;
+            Ok((client, rx))
+        })
+        .await;
+        let (_client, mut notifications) = match connected {
+            Ok(connected) => connected,
+            Err(e) => {
+                if !std::mem::replace(&mut warned, true) {
+                    tracing::warn!(error = %e, "cannot listen for other nodes' events; retrying every second");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(POLL) => continue,
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        };
+        if std::mem::take(&mut warned) {
+            tracing::info!("listening for other nodes' events again");
+        }
+        signals.published.notify_one();
+        signals.inserted.notify_one();
+        loop {
+            tokio::select! {
+                channel = notifications.recv() => match channel.as_deref() {
+                    Some("broker_published") => signals.published.notify_one(),
+                    Some(_) => signals.inserted.notify_one(),
+                    None => break,
+                },
+                () = shutdown.cancelled() => return,
+            }
+        }
+        tracing::warn!("lost the notification connection; reconnecting");
+    }
+}

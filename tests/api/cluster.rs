@@ -1,0 +1,317 @@
+//! Several nodes on one PostgreSQL database. These tests always run on
+//! PostgreSQL, whatever the suite's backend.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::support::{
+    NOW, Received, TestApp, TestDb, TestUser, admin_sql, error_json, eventually, ok_json,
+    pg_admin_url,
+};
+
+/// `n` nodes on one new database, sharing a manual clock.
+async fn cluster(n: usize) -> Vec<TestApp> {
+    let first = TestApp::spawn_on(Some(Arc::new(TestDb::create().await)), &[]).await;
+    let mut nodes = vec![first];
+    for _ in 1..n {
+        nodes.push(nodes[0].node().await);
+    }
+    nodes
+}
+
+/// Every subscriber on every node receives every event once, in one order
+/// with the same ids, while eight publishers insert on all nodes at once.
+#[tokio::test]
+async fn every_node_delivers_every_event_once_in_one_order() {
+    const PUBLISHERS: usize = 8;
+    const EACH: usize = 40;
+    let nodes = Arc::new(cluster(3).await);
+    let user = Arc::new(nodes[0].user("alice").await);
+    let mut streams = Vec::new();
+    for node in nodes.iter() {
+        streams.push(node.subscribe().await);
+        streams.push(node.subscribe().await);
+    }
+    let mut publishers = Vec::new();
+    for p in 0..PUBLISHERS {
+        let (nodes, user) = (nodes.clone(), user.clone());
+        publishers.push(tokio::spawn(async move {
+            for n in 0..EACH {
+                let node = &nodes[(p + n) % nodes.len()];
+                node.insert(&user, &format!("p{p}"), NOW, json!(n)).await;
+            }
+        }));
+    }
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    let total = PUBLISHERS * EACH;
+    let mut first: Option<Vec<Received>> = None;
+    for stream in &mut streams {
+        let got = stream.take(total).await;
+        let ids: Vec<i64> = got.iter().map(|r| r.id).collect();
+        assert_eq!(ids, (1..=total as i64).collect::<Vec<_>>(), "every id once, in order");
+        // Each publisher's events in the order it inserted them.
+        for p in 0..PUBLISHERS {
+            let mine: Vec<&Value> =
+                got.iter().filter(|r| r.event == format!("p{p}")).map(|r| &r.data).collect();
+            assert_eq!(
+                mine,
+                (0..EACH).map(|n| json!(n)).collect::<Vec<_>>().iter().collect::<Vec<_>>()
+            );
+        }
+        match &first {
+            Some(first) => assert_eq!(first, &got, "the same stream on every node"),
+            None => first = Some(got),
+        }
+    }
+}
+
+/// A token from one node works on another; a subscriber that saw events on
+/// one node resumes on another with the id it was sent.
+#[tokio::test]
+async fn tokens_and_resume_work_on_any_node() {
+    let nodes = cluster(2).await;
+    let user = nodes[0].user("alice").await;
+    ok_json(nodes[1].get_as(&user.jwt, "/events/user").await).await;
+    let mut on_a = nodes[0].subscribe().await;
+    for n in 0..3 {
+        nodes[1].insert(&user, "tick", NOW, json!(n)).await;
+    }
+    let seen = on_a.take(3).await;
+    drop(on_a);
+    for n in 3..6 {
+        nodes[0].insert(&user, "tick", NOW, json!(n)).await;
+    }
+    let last = seen[1].id.to_string();
+    let mut on_b = nodes[1].subscribe_to("/events", &[("last-event-id", &last)]).await;
+    let resumed = on_b.take(4).await;
+    assert_eq!(resumed.iter().map(|r| r.id).collect::<Vec<_>>(), [3, 4, 5, 6]);
+    assert_eq!(resumed[0], seen[2]);
+    assert_eq!(
+        resumed.iter().map(|r| r.data.clone()).collect::<Vec<_>>(),
+        [2, 3, 4, 5].map(|n| json!(n))
+    );
+}
+
+/// Nodes started without `--secret` share the secret the first one kept in
+/// the database.
+#[tokio::test]
+async fn nodes_without_a_secret_share_one_from_the_database() {
+    let db = TestDb::create().await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let open = |dir: &tempfile::TempDir| {
+        let args =
+            ["broker", "--database-url", &db.url, "--save-path", dir.path().to_str().unwrap()];
+        broker::Broker::open(broker::Config::from_args(args))
+    };
+    let (a, b) = (open(&dir_a).await.unwrap(), open(&dir_b).await.unwrap());
+    let serve = |broker: broker::Broker| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let token = broker.shutdown_token();
+        tokio::spawn(broker.serve(listener, std::future::pending()));
+        (base, token)
+    };
+    let ((a, stop_a), (b, stop_b)) = (serve(a).await, serve(b).await);
+    let http = reqwest::Client::new();
+    let user = json!({"username": "alice", "password": "pw", "collection_id": Uuid::new_v4()});
+    ok_json(http.post(format!("{a}/users")).json(&user).send().await.unwrap()).await;
+    let login = json!({"username": "alice", "password": "pw"});
+    let jwt = ok_json(http.post(format!("{a}/login")).json(&login).send().await.unwrap()).await;
+    let jwt = jwt["jwt"].as_str().unwrap();
+    let mine = http.get(format!("{b}/events/user")).bearer_auth(jwt).send().await.unwrap();
+    ok_json(mine).await;
+    assert!(!dir_a.path().join("secret").exists(), "the secret is in the database, not a file");
+    stop_a.cancel();
+    stop_b.cancel();
+}
+
+/// Every node's scheduler looks at the shared schedule; each due event is
+/// published once, by one of them, also when the node it was inserted on
+/// has stopped.
+#[tokio::test]
+async fn scheduled_events_are_published_once_by_whichever_node_is_alive() {
+    let mut nodes = cluster(3).await;
+    let user = nodes[0].user("alice").await;
+    for n in 0..20 {
+        nodes[n % 3].insert(&user, &format!("e{n}"), NOW + 10 + (n as i64 % 4), json!(n)).await;
+    }
+    let mut streams = Vec::new();
+    for node in &nodes[1..] {
+        streams.push(node.subscribe().await);
+    }
+    nodes[0].shut_down().await;
+    nodes[1].set_time(NOW + 20);
+    for stream in &mut streams {
+        let got = stream.take(20).await;
+        assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
+        let names: BTreeSet<String> = got.iter().map(|r| r.event.clone()).collect();
+        assert_eq!(names.len(), 20, "each event once");
+    }
+    let published = nodes[1].collection(&user, user.collection).await;
+    assert!(published.iter().all(|e| e["published"] == true));
+}
+
+/// Cancel on one node races publication on another: each event is either
+/// cancelled (and never sent) or published (and the cancel is refused with
+/// 409), never both.
+#[tokio::test]
+async fn cancel_and_publication_race_safely_across_nodes() {
+    const EVENTS: usize = 60;
+    let nodes = Arc::new(cluster(2).await);
+    let user = Arc::new(nodes[0].user("alice").await);
+    let mut ids = Vec::new();
+    for n in 0..EVENTS {
+        let record = nodes[0].insert(&user, &format!("e{n}"), NOW + 5, json!(n)).await;
+        ids.push(record["id"].as_str().unwrap().to_owned());
+    }
+    let mut stream = nodes[0].subscribe().await;
+    let cancels = {
+        let (nodes, user, ids) = (nodes.clone(), user.clone(), ids.clone());
+        tokio::spawn(async move {
+            let mut outcome = HashMap::new();
+            for id in ids {
+                let response = nodes[1].get_as(&user.jwt, &format!("/events/{id}/cancel")).await;
+                outcome.insert(id, response.status().as_u16());
+            }
+            outcome
+        })
+    };
+    nodes[0].set_time(NOW + 5);
+    let outcome = cancels.await.unwrap();
+    let cancelled: BTreeSet<&String> = ids.iter().filter(|id| outcome[*id] == 200).collect();
+    assert!(outcome.values().all(|s| *s == 200 || *s == 409), "{outcome:?}");
+    let published = EVENTS - cancelled.len();
+    let got = stream.take(published).await;
+    let names: BTreeSet<String> = got.iter().map(|r| r.event.clone()).collect();
+    for (n, id) in ids.iter().enumerate() {
+        assert_ne!(names.contains(&format!("e{n}")), cancelled.contains(id), "event {n}");
+    }
+    let listing = nodes[1].collection(&user, user.collection).await;
+    for event in listing {
+        let id = event["id"].as_str().unwrap().to_owned();
+        assert_eq!(event["cancelled"] == true, cancelled.contains(&id));
+        assert_eq!(event["published"] == true, !cancelled.contains(&id));
+    }
+}
+
+/// Terminating a node's database connections: requests answer 503 with
+/// `Retry-After` (never 500) until the pool reconnects, and every event
+/// published meanwhile reaches the node's subscribers.
+#[tokio::test]
+async fn lost_connections_are_replaced_and_nothing_is_missed() {
+    let nodes = cluster(2).await;
+    let user = nodes[0].user("alice").await;
+    let mut stream = nodes[0].subscribe().await;
+    nodes[0].insert(&user, "before", NOW, json!(0)).await;
+    assert_eq!(stream.next().await.event, "before");
+    let db = nodes[0].db.as_ref().unwrap();
+    let name = db.url.rsplit('/').next().unwrap();
+    let terminate = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+    );
+    admin_sql(&pg_admin_url(), &terminate).await;
+    let mut sent = 0;
+    for n in 1..=10 {
+        let node = &nodes[n % 2];
+        let body = json!({"event": "during", "collection_id": user.collection, "timestamp": NOW, "data": n});
+        let response = node.insert_raw(&user.jwt, &body).await;
+        match response.status().as_u16() {
+            200 => sent += 1,
+            503 => {
+                assert!(response.headers().contains_key("retry-after"));
+                error_json(response, 503).await;
+            }
+            other => panic!("status {other}"),
+        }
+    }
+    eventually("the nodes to recover", || async {
+        let body = json!({"event": "after", "collection_id": user.collection, "timestamp": NOW, "data": 0});
+        nodes[0].insert_raw(&user.jwt, &body).await.status() == 200
+    })
+    .await;
+    let got = stream.take(sent + 1).await;
+    assert_eq!(got.iter().filter(|r| r.event == "during").count(), sent);
+    assert_eq!(got.last().unwrap().event, "after");
+    let ids: Vec<i64> = got.iter().map(|r| r.id).collect();
+    assert_eq!(ids, (2..=sent as i64 + 2).collect::<Vec<_>>(), "no gap, no repeat");
+}
+
+/// A node whose database does not answer at start still serves: health is
+/// fine, readiness and everything that needs the database answer 503 with
+/// `Retry-After`, promptly.
+#[tokio::test]
+async fn a_node_starts_while_its_database_is_down() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/broker");
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--database-url", url.as_str()];
+    let app = TestApp::start_with_config(crate::support::config(dir.path(), None, &args)).await;
+    ok_json(app.http.get(app.url("/healthz")).send().await.unwrap()).await;
+    let started = std::time::Instant::now();
+    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert!(ready.headers().contains_key("retry-after"));
+    error_json(ready, 503).await;
+    error_json(app.sign_up("alice", Uuid::new_v4()).await, 503).await;
+    let token = TestUser { id: Uuid::nil(), collection: Uuid::nil(), jwt: "x".into() };
+    error_json(app.get_as(&token.jwt, "/events/user").await, 401).await;
+    error_json(app.open_stream("/events", &[]).await, 503).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+/// The guarantee the hub relies on: a reader that tails the log by
+/// sequence number never sees a number before every lower one is visible,
+/// while publishers on several nodes publish at once.
+#[tokio::test]
+async fn sequence_numbers_become_visible_in_order() {
+    const PUBLISHERS: usize = 6;
+    const ROUNDS: usize = 40;
+    let first = TestApp::spawn_on(Some(Arc::new(TestDb::create().await)), &[]).await;
+    let stores: Vec<_> = (0..3).map(|_| first.store()).collect();
+    let user = Uuid::new_v4();
+    let mut publishers = Vec::new();
+    for p in 0..PUBLISHERS {
+        let store = stores[p % stores.len()].clone();
+        publishers.push(tokio::spawn(async move {
+            for n in 0..ROUNDS {
+                let event = broker::domain::Event {
+                    id: Uuid::new_v4(),
+                    user_id: user,
+                    collection_id: user,
+                    event: format!("p{p}"),
+                    timestamp: 0,
+                    published: false,
+                    cancelled: false,
+                    data: serde_json::value::to_raw_value(&n).unwrap(),
+                };
+                store.insert_event(event).await.expect("insert");
+                store.publish_due(NOW, 4).await.expect("publish");
+            }
+        }));
+    }
+    let tailer = {
+        let store = stores[0].clone();
+        tokio::spawn(async move {
+            let (mut last, filter) = (0, broker::domain::Filter::default());
+            while last < (PUBLISHERS * ROUNDS) as i64 {
+                for p in store.replay(last, i64::MAX, &filter, 16).await.expect("replay") {
+                    assert_eq!(p.seq, last + 1, "a number became visible before the one below it");
+                    last = p.seq;
+                }
+            }
+            last
+        })
+    };
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    // Whatever a publisher left behind is published now.
+    while !stores[0].publish_due(NOW, 1024).await.unwrap().is_empty() {}
+    let last = tokio::time::timeout(crate::support::DEADLINE, tailer).await.unwrap().unwrap();
+    assert_eq!(last, (PUBLISHERS * ROUNDS) as i64);
+    assert_eq!(stores[1].head().await.unwrap(), last);
+}
