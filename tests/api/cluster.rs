@@ -248,9 +248,9 @@ async fn lost_connections_are_replaced_and_nothing_is_missed() {
 async fn a_node_starts_while_its_database_is_down() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = format!("postgres://postgres@127.0.0.1:{port}/broker");
-    let dir = tempfile::tempdir().unwrap();
+    let unused = std::path::Path::new("no-sqlite-here");
     let args = ["--database-url", url.as_str()];
-    let app = TestApp::start_with_config(crate::support::config(dir.path(), None, &args)).await;
+    let app = TestApp::start_with_config(crate::support::config(unused, None, &args)).await;
     ok_json(app.http.get(app.url("/healthz")).send().await.unwrap()).await;
     let started = std::time::Instant::now();
     let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
@@ -314,4 +314,145 @@ async fn sequence_numbers_become_visible_in_order() {
     let last = tokio::time::timeout(crate::support::DEADLINE, tailer).await.unwrap().unwrap();
     assert_eq!(last, (PUBLISHERS * ROUNDS) as i64);
     assert_eq!(stores[1].head().await.unwrap(), last);
+}
+
+/// A PostgreSQL server of one test's own (`initdb` and `pg_ctl` in a
+/// temporary directory, on a port of its own), so that stopping it costs
+/// no other test its database.
+struct OwnServer {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl OwnServer {
+    /// A new cluster, not started yet.
+    async fn init() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let server = Self { dir, port };
+        if as_root() {
+            // PostgreSQL refuses to run as root: its files are postgres's.
+            let status = std::process::Command::new("chown")
+                .args(["postgres", server.dir.path().to_str().unwrap()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        server
+            .pg("initdb", &["-D", &server.data(), "-A", "trust", "-U", "postgres", "--no-sync"])
+            .await;
+        server
+    }
+
+    fn data(&self) -> String {
+        format!("{}/data", self.dir.path().display())
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    async fn start(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = format!("{}/log", self.dir.path().display());
+        self.pg("pg_ctl", &["-D", &self.data(), "-o", &options, "-l", &log, "-w", "start"]).await;
+    }
+
+    async fn stop(&self) {
+        self.pg("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]).await;
+    }
+
+    /// Runs a PostgreSQL program, as the postgres user when we are root.
+    async fn pg(&self, program: &str, args: &[&str]) {
+        let bin = std::process::Command::new("pg_config").arg("--bindir").output().unwrap();
+        let path = format!("{}/{program}", String::from_utf8_lossy(&bin.stdout).trim());
+        let mut command = if as_root() {
+            let mut c = tokio::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--", &path]);
+            c
+        } else {
+            tokio::process::Command::new(&path)
+        };
+        let output = command.args(args).output().await.unwrap();
+        assert!(output.status.success(), "{program}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let bin = std::process::Command::new("pg_config").arg("--bindir").output().unwrap();
+        let pg_ctl = format!("{}/pg_ctl", String::from_utf8_lossy(&bin.stdout).trim());
+        let data = self.data();
+        let mut command = std::process::Command::new(if as_root() { "runuser" } else { &pg_ctl });
+        if as_root() {
+            command.args(["-u", "postgres", "--", &pg_ctl]);
+        }
+        let _ = command.args(["-D", &data, "-m", "immediate", "stop"]).output();
+    }
+}
+
+fn as_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// The database down at start, up, down while serving, up again: each node
+/// answers 503 with `Retry-After` while it is down, recovers by itself, and
+/// its subscribers receive every event published in the meantime.
+#[tokio::test]
+async fn nodes_ride_out_a_database_restart() {
+    let server = OwnServer::init().await;
+    let url = server.url();
+    let node = || {
+        let unused = std::path::Path::new("no-sqlite-here");
+        TestApp::start_with_config(crate::support::config(unused, None, &["--database-url", &url]))
+    };
+    let nodes = [node().await, node().await];
+    for node in &nodes {
+        let ready = node.http.get(node.url("/readyz")).send().await.unwrap();
+        assert!(ready.headers().contains_key("retry-after"));
+        error_json(ready, 503).await;
+    }
+    server.start().await;
+    for node in &nodes {
+        eventually("readiness", || async {
+            node.http.get(node.url("/readyz")).send().await.unwrap().status() == 200
+        })
+        .await;
+    }
+    let user = nodes[0].user("alice").await;
+    let mut streams = [nodes[0].subscribe().await, nodes[1].subscribe().await];
+    nodes[1].insert(&user, "before", NOW, json!(0)).await;
+
+    server.stop().await;
+    for node in &nodes {
+        let started = std::time::Instant::now();
+        let body =
+            json!({"event": "x", "collection_id": user.collection, "timestamp": NOW, "data": 0});
+        let response = node.insert_raw(&user.jwt, &body).await;
+        assert!(response.headers().contains_key("retry-after"));
+        error_json(response, 503).await;
+        error_json(node.http.get(node.url("/readyz")).send().await.unwrap(), 503).await;
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    server.start().await;
+    eventually("inserts to succeed again", || async {
+        let body = json!({"event": "after", "collection_id": user.collection, "timestamp": NOW, "data": 1});
+        nodes[0].insert_raw(&user.jwt, &body).await.status() == 200
+    })
+    .await;
+    nodes[1].insert(&user, "last", NOW, json!(2)).await;
+    for stream in &mut streams {
+        let got = stream.take(3).await;
+        let names: Vec<&str> = got.iter().map(|r| r.event.as_str()).collect();
+        assert_eq!(names, ["before", "after", "last"]);
+        assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2, 3]);
+    }
 }
