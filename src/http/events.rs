@@ -1,17 +1,19 @@
 //! `POST /insert`, the event listings and `GET|POST /events/{id}/cancel`.
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::extract::{AuthUser, Json, Path};
+use super::listing::{self, Paging};
 use super::{ApiError, AppState, ErrorBody};
 use crate::domain::{Event, EventName, check_timestamp, compact_json};
 use crate::metrics::Metrics;
-use crate::store::Cancel;
+use crate::store::{Cancel, ListOf};
 
 /// The body of `POST /insert`.
 #[derive(Deserialize, ToSchema)]
@@ -37,19 +39,26 @@ pub struct One {
     event: Event,
 }
 
-/// `{"events": [...]}`
-#[derive(Serialize, ToSchema)]
+/// `{"events": [...]}`, and `"cursor"` with `limit` (written by
+/// [`listing`], page by page).
+#[derive(ToSchema)]
+#[allow(dead_code)]
 pub struct Many {
     events: Vec<Event>,
+    /// With `limit` only: where the next page starts, or null at the end.
+    cursor: Option<String>,
 }
 
-/// `{"info": [...], "events": [...]}`
-#[derive(Serialize, ToSchema)]
+/// `{"info": [...], "events": [...]}`, and `"cursor"` with `limit`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
 pub struct OfUser {
     /// The events of the user's own collection.
     info: Vec<Event>,
     /// The events the user inserted.
     events: Vec<Event>,
+    /// With `limit` only: where the next pages start, or null at the end.
+    cursor: Option<String>,
 }
 
 /// Stores an event, due at its timestamp, and answers `{"event": record}`.
@@ -77,41 +86,58 @@ pub async fn insert(
     Ok(axum::Json(One { event }))
 }
 
+/// The paging parameters of the listings, for the API description.
+const PAGING: &str = "With `limit` (1 to 1000), one page of each list is answered, and `cursor`: pass it back, with `limit`, for the next page; it is null once every list is exhausted. Without `limit`, everything, as Broker 1.x answered.";
+
 /// `{"events": [...]}`: a collection's events by ascending timestamp.
 #[utoipa::path(get, path = "/events/collections/{collection_id}", tag = "events",
-    params(("collection_id" = Uuid, Path, description = "The collection.")),
+    description = PAGING,
+    params(
+        ("collection_id" = Uuid, Path, description = "The collection."),
+        ("limit" = Option<u16>, Query, minimum = 1, maximum = 1000, description = "Answer one page of at most this many events, and a cursor."),
+        ("cursor" = Option<String>, Query, description = "Where the page starts: the cursor of the previous page (with `limit`)."),
+    ),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Every event of the collection, published or not, by ascending timestamp.", body = Many),
-        (status = 400, description = "The collection id is not a UUID.", body = ErrorBody),
+        (status = 200, description = "The collection's events, published or not, by ascending timestamp.", body = Many),
+        (status = 400, description = "The collection id is not a UUID, or `limit` or `cursor` is invalid.", body = ErrorBody),
     ))]
 pub async fn collection(
     State(app): State<AppState>,
     AuthUser(_): AuthUser,
     Path(collection_id): Path<Uuid>,
-) -> Result<axum::Json<Many>, ApiError> {
-    let events = app.store.collection_events(collection_id).await?;
-    Ok(axum::Json(Many { events }))
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let paging = Paging::parse(query.as_deref())?;
+    listing::respond(app.store.clone(), &[("events", ListOf::Collection(collection_id))], paging)
 }
 
 /// `{"info": [...], "events": [...]}`: the events of the user's own
 /// collection, and the events the user inserted.
 #[utoipa::path(get, path = "/events/user", tag = "events", security(("bearer" = [])),
-    responses((status = 200, description = "The caller's events, by ascending timestamp.", body = OfUser)))]
+    description = PAGING,
+    params(
+        ("limit" = Option<u16>, Query, minimum = 1, maximum = 1000, description = "Answer one page of at most this many events of each list, and a cursor."),
+        ("cursor" = Option<String>, Query, description = "Where the pages start: the cursor of the previous answer (with `limit`)."),
+    ),
+    responses(
+        (status = 200, description = "The caller's events, by ascending timestamp.", body = OfUser),
+        (status = 400, description = "`limit` or `cursor` is invalid.", body = ErrorBody),
+    ))]
 pub async fn user(
     State(app): State<AppState>,
     AuthUser(user_id): AuthUser,
-) -> Result<axum::Json<OfUser>, ApiError> {
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let paging = Paging::parse(query.as_deref())?;
     let user = app
         .store
         .user_by_id(user_id)
         .await?
         .ok_or_else(|| ApiError::unauthorized("the token's user no longer exists"))?;
-    let (info, events) = tokio::try_join!(
-        app.store.collection_events(user.collection_id),
-        app.store.user_events(user_id)
-    )?;
-    Ok(axum::Json(OfUser { info, events }))
+    let lists =
+        [("info", ListOf::Collection(user.collection_id)), ("events", ListOf::User(user_id))];
+    listing::respond(app.store.clone(), &lists, paging)
 }
 
 /// Cancels a future event of the caller's: `{"event": record}`.

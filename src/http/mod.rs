@@ -4,6 +4,7 @@ mod console;
 mod error;
 mod events;
 mod extract;
+mod listing;
 mod openapi;
 pub(crate) mod ops;
 pub(crate) mod stream;

@@ -75,6 +75,38 @@ pub enum Cancel {
     AlreadyCancelled,
 }
 
+/// Which events a listing holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListOf {
+    /// The events of a collection.
+    Collection(Uuid),
+    /// The events a user inserted.
+    User(Uuid),
+}
+
+/// A place in a listing: an event's timestamp and insertion position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// The event's timestamp.
+    pub timestamp: i64,
+    /// Its insertion position (unique, increasing).
+    pub pos: i64,
+}
+
+impl Position {
+    /// Before every event.
+    pub const START: Self = Self { timestamp: i64::MIN, pos: i64::MIN };
+}
+
+/// An event of a listing, with its place.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    /// The event.
+    pub event: Event,
+    /// Where it stands; the next page starts after it.
+    pub position: Position,
+}
+
 /// The latest published state, as sent to a subscriber on connect.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -103,11 +135,14 @@ pub trait Store: Send + Sync + 'static {
     /// Cancels `id` on behalf of `user_id` if it is theirs and still pending.
     async fn cancel_event(&self, id: Uuid, user_id: Uuid) -> Result<Cancel, StoreError>;
 
-    /// Every event of a collection, by ascending timestamp then insertion.
-    async fn collection_events(&self, collection_id: Uuid) -> Result<Vec<Event>, StoreError>;
-
-    /// Every event inserted by a user, by ascending timestamp then insertion.
-    async fn user_events(&self, user_id: Uuid) -> Result<Vec<Event>, StoreError>;
+    /// Up to `limit` events of a listing after `after` (from the start
+    /// without), by ascending timestamp then insertion.
+    async fn list(
+        &self,
+        of: ListOf,
+        after: Option<Position>,
+        limit: usize,
+    ) -> Result<Vec<Listed>, StoreError>;
 
     /// Marks up to `limit` pending events due at `now` (UNIX seconds) as
     /// published, in timestamp then insertion order, giving each the next

@@ -41,7 +41,7 @@ use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Cancel, Signals, Snapshot, Store, StoreError};
+use super::{Cancel, ListOf, Listed, Position, Signals, Snapshot, Store, StoreError};
 use crate::domain::{Event, Filter, Published, User};
 use crate::metrics::Metrics;
 
@@ -307,15 +307,19 @@ mod sql {
         " AND NOT published AND NOT cancelled RETURNING ",
         event_columns!()
     );
+    /// A page of a collection's events after a (timestamp, pos) position.
     pub const BY_COLLECTION: &str = concat!(
         "SELECT ",
         event_columns!(),
-        " FROM events WHERE collection_id = $1 ORDER BY timestamp, pos"
+        ", pos FROM events WHERE collection_id = $1 AND (timestamp, pos) > ($2, $3)",
+        " ORDER BY timestamp, pos LIMIT $4"
     );
+    /// A page of a user's events after a (timestamp, pos) position.
     pub const BY_USER: &str = concat!(
         "SELECT ",
         event_columns!(),
-        " FROM events WHERE user_id = $1 ORDER BY timestamp, pos"
+        ", pos FROM events WHERE user_id = $1 AND (timestamp, pos) > ($2, $3)",
+        " ORDER BY timestamp, pos LIMIT $4"
     );
     /// Taken first by every publication: see the module documentation.
     pub const LOCK_HEAD: &str = "SELECT seq FROM head FOR UPDATE";
@@ -434,18 +438,29 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn collection_events(&self, collection_id: Uuid) -> Result<Vec<Event>, StoreError> {
+    async fn list(
+        &self,
+        of: ListOf,
+        after: Option<Position>,
+        max: usize,
+    ) -> Result<Vec<Listed>, StoreError> {
+        let (statement, key) = match of {
+            ListOf::Collection(id) => (sql::BY_COLLECTION, id),
+            ListOf::User(id) => (sql::BY_USER, id),
+        };
+        let after = after.unwrap_or(Position::START);
         self.run(async |client| {
-            let statement = client.prepare_cached(sql::BY_COLLECTION).await?;
-            rows(&client.query(&statement, &[&collection_id]).await?, event_from_row)
-        })
-        .await
-    }
-
-    async fn user_events(&self, user_id: Uuid) -> Result<Vec<Event>, StoreError> {
-        self.run(async |client| {
-            let statement = client.prepare_cached(sql::BY_USER).await?;
-            rows(&client.query(&statement, &[&user_id]).await?, event_from_row)
+            let statement = client.prepare_cached(statement).await?;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                [&key, &after.timestamp, &after.pos, &limit(max)];
+            let rows = client.query(&statement, &params).await?;
+            rows.iter()
+                .map(|row| {
+                    let event = event_from_row(row)?;
+                    let position = Position { timestamp: event.timestamp, pos: row.try_get(8)? };
+                    Ok(Listed { event, position })
+                })
+                .collect()
         })
         .await
     }

@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{Cancel, Snapshot, Store, StoreError};
+use super::{Cancel, ListOf, Listed, Position, Snapshot, Store, StoreError};
 use crate::domain::{Event, Filter, Published, User};
 use crate::metrics::Metrics;
 
@@ -273,10 +273,6 @@ fn filter_params(filter: &Filter) -> Vec<rusqlite::types::Value> {
     collections.chain(events).collect()
 }
 
-fn events_where(conn: &Connection, sql: &str, key: Uuid) -> rusqlite::Result<Vec<Event>> {
-    conn.prepare_cached(sql)?.query_map([key], event_from_row)?.collect()
-}
-
 /// Every statement Broker runs, in one place so a test can check that each
 /// is served by an index.
 mod sql {
@@ -302,16 +298,29 @@ mod sql {
     pub const EVENT_BY_ID: &str =
         concat!("SELECT ", event_columns!(), " FROM events WHERE id = ?1");
     pub const CANCEL: &str = "UPDATE events SET cancelled = 1 WHERE id = ?1";
-    pub const BY_COLLECTION: &str = concat!(
-        "SELECT ",
-        event_columns!(),
-        " FROM events WHERE collection_id = ?1 ORDER BY timestamp, pos"
-    );
-    pub const BY_USER: &str = concat!(
-        "SELECT ",
-        event_columns!(),
-        " FROM events WHERE user_id = ?1 ORDER BY timestamp, pos"
-    );
+    /// A page of a listing after a (timestamp, pos) position: the rest of
+    /// that timestamp, then later ones, each an index seek (SQLite does not
+    /// seek on the row value `(timestamp, pos) > (?, ?)`, and a page would
+    /// then cost every earlier event of the same second).
+    macro_rules! page_by {
+        ($key:literal) => {
+            concat!(
+                "SELECT * FROM (SELECT ",
+                event_columns!(),
+                ", pos FROM events WHERE ",
+                $key,
+                " = ?1 AND timestamp = ?2 AND pos > ?3 ORDER BY pos LIMIT ?4)",
+                " UNION ALL SELECT * FROM (SELECT ",
+                event_columns!(),
+                ", pos FROM events WHERE ",
+                $key,
+                " = ?1 AND timestamp > ?2 ORDER BY timestamp, pos LIMIT ?4)",
+                " ORDER BY timestamp, pos LIMIT ?4"
+            )
+        };
+    }
+    pub const BY_COLLECTION: &str = page_by!("collection_id");
+    pub const BY_USER: &str = page_by!("user_id");
     pub const DUE: &str = concat!(
         "SELECT ",
         event_columns!(),
@@ -451,12 +460,28 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn collection_events(&self, collection_id: Uuid) -> Result<Vec<Event>, StoreError> {
-        self.read(move |conn| events_where(conn, sql::BY_COLLECTION, collection_id)).await
-    }
-
-    async fn user_events(&self, user_id: Uuid) -> Result<Vec<Event>, StoreError> {
-        self.read(move |conn| events_where(conn, sql::BY_USER, user_id)).await
+    async fn list(
+        &self,
+        of: ListOf,
+        after: Option<Position>,
+        limit: usize,
+    ) -> Result<Vec<Listed>, StoreError> {
+        let (statement, key) = match of {
+            ListOf::Collection(id) => (sql::BY_COLLECTION, id),
+            ListOf::User(id) => (sql::BY_USER, id),
+        };
+        let after = after.unwrap_or(Position::START);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            conn.prepare_cached(statement)?
+                .query_map(params![key, after.timestamp, after.pos, limit], |row| {
+                    let event = event_from_row(row)?;
+                    let position = Position { timestamp: event.timestamp, pos: row.get(8)? };
+                    Ok(Listed { event, position })
+                })?
+                .collect()
+        })
+        .await
     }
 
     async fn publish_due(&self, now: i64, limit: usize) -> Result<Vec<Published>, StoreError> {

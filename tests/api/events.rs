@@ -114,6 +114,75 @@ async fn listings_are_in_timestamp_then_insertion_order() {
     assert_eq!(data, [json!("Alice"), json!(4), json!(2), json!(0)]);
 }
 
+/// Follows a listing's cursor with `limit` until it is null; returns each
+/// answer.
+async fn pages(app: &TestApp, jwt: &str, path: &str, limit: usize) -> Vec<Value> {
+    let mut answers = Vec::new();
+    let mut url = format!("{path}?limit={limit}");
+    loop {
+        let page = ok_json(app.get_as(jwt, &url).await).await;
+        let next = page["cursor"].as_str().map(str::to_owned);
+        assert!(page.as_object().unwrap().contains_key("cursor"));
+        answers.push(page);
+        let Some(cursor) = next else { return answers };
+        url = format!("{path}?limit={limit}&cursor={cursor}");
+    }
+}
+
+#[tokio::test]
+async fn listings_page_with_a_cursor_in_the_same_order() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("alice").await;
+    // Several events share a second, so pages must split ties by insertion.
+    // All are in the future: nothing changes while the pages are read.
+    for n in 0..11 {
+        app.insert(&alice, "e", NOW + [6, 1, 6, 6, 1, 9, 6, 6, 2, 6, 6][n], json!(n)).await;
+    }
+    let path = format!("/events/collections/{}", alice.collection);
+    let whole = ok_json(app.get_as(&alice.jwt, &path).await).await;
+    assert_eq!(whole.as_object().unwrap().len(), 1, "no cursor without limit: {whole}");
+    for limit in [1, 3, 11, 20] {
+        let answers = pages(&app, &alice.jwt, &path, limit).await;
+        assert_eq!(answers.len(), 11usize.div_ceil(limit).max(1), "limit {limit}");
+        let paged: Vec<Value> =
+            answers.iter().flat_map(|a| a["events"].as_array().unwrap().clone()).collect();
+        assert_eq!(&paged, whole["events"].as_array().unwrap(), "limit {limit}");
+    }
+
+    // /events/user pages both lists with one cursor.
+    for n in 0..3 {
+        app.insert(&alice, "other", NOW + 3, json!(n)).await; // her own collection: info too
+    }
+    let whole = ok_json(app.get_as(&alice.jwt, "/events/user").await).await;
+    let answers = pages(&app, &alice.jwt, "/events/user", 4).await;
+    for list in ["info", "events"] {
+        let paged: Vec<Value> =
+            answers.iter().flat_map(|a| a[list].as_array().unwrap().clone()).collect();
+        assert_eq!(&paged, whole[list].as_array().unwrap(), "{list}");
+    }
+
+    // Pages larger than the store's reads (64 events).
+    let bob = app.user("bob").await;
+    for n in 0..150 {
+        app.insert(&bob, "many", NOW + 1 + n % 2, json!(n)).await;
+    }
+    let path = format!("/events/collections/{}", bob.collection);
+    let whole = ok_json(app.get_as(&bob.jwt, &path).await).await;
+    assert_eq!(whole["events"].as_array().unwrap().len(), 150);
+    let answers = pages(&app, &bob.jwt, &path, 100).await;
+    assert_eq!(answers.len(), 2);
+    let paged: Vec<Value> =
+        answers.iter().flat_map(|a| a["events"].as_array().unwrap().clone()).collect();
+    assert_eq!(&paged, whole["events"].as_array().unwrap());
+
+    let path = format!("/events/collections/{}", alice.collection);
+    for bad in ["?limit=0", "?limit=1001", "?limit=x", "?cursor=1.2", "?limit=2&cursor=nope"] {
+        error_json(app.get_as(&alice.jwt, &format!("{path}{bad}")).await, 400).await;
+    }
+    let user_cursor = "?limit=2&cursor=1.2";
+    error_json(app.get_as(&alice.jwt, &format!("/events/user{user_cursor}")).await, 400).await;
+}
+
 #[tokio::test]
 async fn cancellation_rules() {
     let app = TestApp::spawn().await;

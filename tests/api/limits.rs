@@ -1,7 +1,12 @@
-//! The connection limit.
+//! The connection limit and what bounds the server's memory.
 
-use crate::support::{Sse, TestApp, error_json, eventually};
+use crate::support::{Sse, TestApp, TestDb, error_json, eventually};
 use serde_json::json;
+
+/// Held by the tests that move tens of megabytes, so that they do not run
+/// at once: each measures memory, and the stalled-subscriber test must
+/// finish within the server's 30-second write stall.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test]
 async fn beyond_the_limit_a_subscriber_gets_503_at_once() {
@@ -26,6 +31,7 @@ async fn a_stalled_subscriber_costs_the_others_nothing() {
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    let _alone = HEAVY.lock().await;
     const EVENTS: usize = 3000;
     const SIZE: usize = 32 * 1024;
     /// Publishers stay at most this many events ahead of the normal
@@ -111,4 +117,57 @@ pub fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: 0 kB");
     line.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0) * 1024
+}
+
+/// A listing is written as it is read from the store: 64 MiB of events go
+/// out while the server's memory grows by a small fraction of that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_listing_streams_in_bounded_memory() {
+    use futures_util::StreamExt;
+    let _alone = HEAVY.lock().await;
+    const EVENTS: usize = 4096;
+    const SIZE: usize = 16 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let db = if crate::support::on_postgres() { Some(TestDb::create().await) } else { None };
+    let mut command = crate::process::command(dir.path());
+    command.args(["--port", "0", "--host", "127.0.0.1", "--secret", "s"]);
+    if let Some(db) = &db {
+        command.args(["--database-url", &db.url]);
+    }
+    let broker = crate::process::Binary::start(command).await;
+    let (jwt, collection) = broker.user("alice").await;
+    let padding = "x".repeat(SIZE);
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let (http, url, jwt, padding) =
+                (broker.http.clone(), broker.url("/insert"), jwt.clone(), padding.clone());
+            tokio::spawn(async move {
+                for n in (w..EVENTS).step_by(16) {
+                    // Far in the future: nothing is published meanwhile.
+                    let body = json!({"event": "big", "collection_id": collection, "timestamp": 4_000_000_000i64, "data": [n, padding]});
+                    let response = http.post(&url).bearer_auth(&jwt).json(&body).send().await;
+                    assert_eq!(response.unwrap().status(), 200);
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let baseline = broker.rss();
+    let url = broker.url(&format!("/events/collections/{collection}"));
+    let response = broker.http.get(url).bearer_auth(&jwt).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let (mut body, mut bytes, mut peak, mut tail) = (response.bytes_stream(), 0, baseline, vec![]);
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.expect("the whole listing");
+        bytes += chunk.len();
+        tail = chunk[chunk.len().saturating_sub(2)..].to_vec();
+        peak = peak.max(broker.rss());
+    }
+    assert!(bytes > EVENTS * SIZE, "{bytes} bytes");
+    assert_eq!(tail, b"]}");
+    let growth = peak.saturating_sub(baseline);
+    println!("server RSS grew by {} KiB while {} MiB went out", growth >> 10, bytes >> 20);
+    assert!(growth < 24 << 20, "server memory grew by {growth} bytes");
 }
