@@ -45,13 +45,13 @@ pub struct Config {
     pub secret: Option<Secret>,
 
     /// Directory of the embedded database.
-    #[arg(long, env = "SAVE_PATH", default_value = "./broker_data")]
+    #[arg(long, env = "SAVE_PATH", default_value = "./broker_data", global = true)]
     pub save_path: PathBuf,
 
     /// PostgreSQL database to use instead of the embedded one
     /// (`postgres://user:password@host:port/database`); every node given
     /// the same URL serves the same users and events.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<Secret>,
 
     /// Most PostgreSQL connections this node opens (one more listens for
@@ -87,10 +87,26 @@ pub struct Config {
     #[arg(long, env = "BROKER_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// How many events a subscriber may fall behind before it is disconnected
     /// (it can reconnect and resume).
     #[arg(long, env = "BROKER_MAX_LAG", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_lag: u64,
+}
+
+/// The subcommands: work on the store (given by `--database-url` or
+/// `--save-path`) instead of serving.
+#[derive(clap::Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Write every user and event of the store to standard output, as JSON
+    /// Lines (to move to another backend, or as a backup).
+    Export,
+    /// Read what `broker export` wrote, from standard input, into the store;
+    /// the store must be empty.
+    Import,
 }
 
 /// How log lines are written.

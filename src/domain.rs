@@ -265,8 +265,8 @@ pub struct Published {
     pub event: Event,
 }
 
-/// A registered user as the store keeps it.
-#[derive(Debug, Clone)]
+/// A registered user as the store keeps it (and `broker export` writes it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct User {
     /// The user's id.
     pub id: Uuid,

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod scheduler;
 mod server;
 pub mod store;
+pub mod transfer;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use broker::Config;
-use broker::config::LogFormat;
+use broker::config::{Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -18,6 +18,9 @@ async fn main() -> ExitCode {
             logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init()
         }
         LogFormat::Json => logs.json().init(),
+    }
+    if let Some(command) = config.command {
+        return transfer(command, &config).await;
     }
     let addr = SocketAddr::new(config.host, config.port);
     let listener = match listen(addr) {
@@ -38,6 +41,30 @@ async fn main() -> ExitCode {
         }
         Err(e) => {
             tracing::error!(error = %e, "broker failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `broker export` and `broker import`, on standard output and input.
+async fn transfer(command: Command, config: &Config) -> ExitCode {
+    let result = async {
+        let store = broker::store::open(config, Default::default())?;
+        match command {
+            Command::Export => {
+                let out = std::io::BufWriter::new(std::io::stdout().lock());
+                broker::transfer::export(&*store, out).await
+            }
+            Command::Import => broker::transfer::import(&*store, std::io::stdin().lock()).await,
+        }
+    };
+    match result.await {
+        Ok(records) => {
+            tracing::info!(records, "{command:?} done");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "{command:?} failed");
             ExitCode::FAILURE
         }
     }

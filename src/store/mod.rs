@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::config::Config;
 use crate::domain::{Event, Filter, Published, User};
 use crate::metrics::Metrics;
+use crate::transfer::Record;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -174,6 +175,25 @@ pub trait Store: Send + Sync + 'static {
         filter: &Filter,
         limit: usize,
     ) -> Result<Vec<Published>, StoreError>;
+
+    /// Up to `limit` users with ids above `after`, by id (for export).
+    async fn users_after(&self, after: Option<Uuid>, limit: usize)
+    -> Result<Vec<User>, StoreError>;
+
+    /// Up to `limit` events inserted after position `after`, in insertion
+    /// order, each with its position and sequence number (for export).
+    async fn events_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Event, Option<i64>)>, StoreError>;
+
+    /// Whether the store holds no user and no event.
+    async fn is_empty(&self) -> Result<bool, StoreError>;
+
+    /// Stores exported records as they are (ids, states, sequence numbers),
+    /// events after every event already stored, in one transaction.
+    async fn import(&self, records: Vec<Record>) -> Result<(), StoreError>;
 
     /// The JWT secret of every node on this store: the one kept already,
     /// else `candidate`, kept from now on.

@@ -44,6 +44,7 @@ use uuid::Uuid;
 use super::{Cancel, ListOf, Listed, Position, Signals, Snapshot, Store, StoreError};
 use crate::domain::{Event, Filter, Published, User};
 use crate::metrics::Metrics;
+use crate::transfer::Record;
 
 /// Schema migrations, applied in order; `broker_migrations` records those done.
 const MIGRATIONS: &[&str] = &[include_str!("migrations/postgres/0001_init.sql")];
@@ -357,6 +358,28 @@ mod sql {
         " AND (cardinality($3::uuid[]) = 0 OR collection_id = ANY($3))",
         " AND (cardinality($4::text[]) = 0 OR event = ANY($4)) ORDER BY seq LIMIT $5"
     );
+    pub const USERS_AFTER: &str = "SELECT id, username, password_hash, collection_id FROM users
+        WHERE id > $1 ORDER BY id LIMIT $2";
+    pub const EVENTS_AFTER: &str = concat!(
+        "SELECT ",
+        event_columns!(),
+        ", seq, pos FROM events WHERE pos > $1 ORDER BY pos LIMIT $2"
+    );
+    pub const IS_EMPTY: &str =
+        "SELECT NOT EXISTS (SELECT 1 FROM users) AND NOT EXISTS (SELECT 1 FROM events)";
+    /// Exported events as they were, in the order given.
+    pub const IMPORT_EVENTS: &str = "INSERT INTO events
+            (id, user_id, collection_id, event, timestamp, published, cancelled, data, seq)
+        SELECT id, user_id, collection_id, event, timestamp, published, cancelled, data, seq
+        FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int8[], $6::bool[],
+                    $7::bool[], $8::text[], $9::int8[])
+             WITH ORDINALITY AS t(id, user_id, collection_id, event, timestamp, published,
+                                  cancelled, data, seq, n)
+        ORDER BY n";
+    pub const IMPORT_LATEST: &str = "INSERT INTO latest (collection_id, event, seq)
+        SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[])
+        ON CONFLICT (collection_id, event) DO UPDATE SET seq = GREATEST(latest.seq, excluded.seq)";
+    pub const IMPORT_HEAD: &str = "UPDATE head SET seq = GREATEST(seq, $1)";
     pub const SECRET_PUT: &str = "INSERT INTO settings (name, value) VALUES ('jwt_secret', $1) ON CONFLICT (name) DO NOTHING";
     pub const SECRET_GET: &str = "SELECT value FROM settings WHERE name = 'jwt_secret'";
 }
@@ -574,6 +597,94 @@ impl Store for PostgresStore {
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
                 [&after, &until, &filter.collections(), &filter.events(), &limit(max)];
             rows(&client.query(&statement, &params).await?, published_from_row)
+        })
+        .await
+    }
+
+    async fn users_after(&self, after: Option<Uuid>, max: usize) -> Result<Vec<User>, StoreError> {
+        let after = after.unwrap_or(Uuid::nil());
+        self.run(async |client| {
+            rows(&client.query(sql::USERS_AFTER, &[&after, &limit(max)]).await?, user_from_row)
+        })
+        .await
+    }
+
+    async fn events_after(
+        &self,
+        after: i64,
+        max: usize,
+    ) -> Result<Vec<(i64, Event, Option<i64>)>, StoreError> {
+        self.run(async |client| {
+            let rows = client.query(sql::EVENTS_AFTER, &[&after, &limit(max)]).await?;
+            rows.iter()
+                .map(|row| Ok((row.try_get(9)?, event_from_row(row)?, row.try_get(8)?)))
+                .collect()
+        })
+        .await
+    }
+
+    async fn is_empty(&self) -> Result<bool, StoreError> {
+        self.run(async |client| Ok(client.query_one(sql::IS_EMPTY, &[]).await?.try_get(0)?)).await
+    }
+
+    async fn import(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        let mut users = Vec::new();
+        let mut events: Vec<(Event, Option<i64>)> = Vec::new();
+        for record in records {
+            match record {
+                Record::User(user) => users.push(user),
+                Record::Event { event, seq } => events.push((event, seq)),
+            }
+        }
+        let column =
+            |f: fn(&(Event, Option<i64>)) -> Uuid| events.iter().map(f).collect::<Vec<_>>();
+        let (ids, user_ids, collections) =
+            (column(|e| e.0.id), column(|e| e.0.user_id), column(|e| e.0.collection_id));
+        let names: Vec<&str> = events.iter().map(|e| e.0.event.as_str()).collect();
+        let timestamps: Vec<i64> = events.iter().map(|e| e.0.timestamp).collect();
+        let published: Vec<bool> = events.iter().map(|e| e.0.published).collect();
+        let cancelled: Vec<bool> = events.iter().map(|e| e.0.cancelled).collect();
+        let data: Vec<&str> = events.iter().map(|e| e.0.data.get()).collect();
+        let seqs: Vec<Option<i64>> = events.iter().map(|e| e.1).collect();
+        // The latest published event of each collection and name.
+        let mut latest: HashMap<(Uuid, &str), i64> = HashMap::new();
+        for (event, seq) in &events {
+            if let Some(seq) = *seq {
+                let at = latest.entry((event.collection_id, event.event.as_str())).or_insert(seq);
+                *at = (*at).max(seq);
+            }
+        }
+        let latest: Vec<((Uuid, &str), i64)> = latest.into_iter().collect();
+        let latest_collections: Vec<Uuid> = latest.iter().map(|((c, _), _)| *c).collect();
+        let latest_names: Vec<&str> = latest.iter().map(|((_, n), _)| *n).collect();
+        let latest_seqs: Vec<i64> = latest.iter().map(|(_, s)| *s).collect();
+        let head = latest_seqs.iter().copied().max().unwrap_or(0);
+        self.write(async |mut client| {
+            let tx = client.transaction().await?;
+            for u in &users {
+                tx.execute(
+                    sql::INSERT_USER,
+                    &[&u.id, &u.username, &u.password_hash, &u.collection_id],
+                )
+                .await?;
+            }
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+                &ids,
+                &user_ids,
+                &collections,
+                &names,
+                &timestamps,
+                &published,
+                &cancelled,
+                &data,
+                &seqs,
+            ];
+            tx.execute(sql::IMPORT_EVENTS, &params).await?;
+            tx.execute(sql::IMPORT_LATEST, &[&latest_collections, &latest_names, &latest_seqs])
+                .await?;
+            tx.execute(sql::IMPORT_HEAD, &[&head]).await?;
+            tx.commit().await?;
+            Ok(())
         })
         .await
     }

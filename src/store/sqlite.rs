@@ -19,6 +19,7 @@ use uuid::Uuid;
 use super::{Cancel, ListOf, Listed, Position, Snapshot, Store, StoreError};
 use crate::domain::{Event, Filter, Published, User};
 use crate::metrics::Metrics;
+use crate::transfer::Record;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those done.
 const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite/0001_init.sql")];
@@ -328,6 +329,24 @@ mod sql {
         " ORDER BY timestamp, pos LIMIT ?2"
     );
     pub const HEAD: &str = "SELECT COALESCE(MAX(seq), 0) FROM events";
+    pub const USERS_AFTER: &str = "SELECT id, username, password_hash, collection_id FROM users
+        WHERE id > ?1 ORDER BY id LIMIT ?2";
+    pub const EVENTS_AFTER: &str = concat!(
+        "SELECT ",
+        event_columns!(),
+        ", seq, pos FROM events WHERE pos > ?1 ORDER BY pos LIMIT ?2"
+    );
+    /// Reads at most one row of each table (not in [`ALL`]: it scans, and stops at once).
+    pub const IS_EMPTY: &str =
+        "SELECT NOT EXISTS (SELECT 1 FROM users) AND NOT EXISTS (SELECT 1 FROM events)";
+    pub const IMPORT_EVENT: &str = concat!(
+        "INSERT INTO events (",
+        event_columns!(),
+        ", seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+    );
+    pub const IMPORT_LATEST: &str =
+        "INSERT INTO latest (collection_id, event, seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT (collection_id, event) DO UPDATE SET seq = MAX(seq, excluded.seq)";
     pub const MARK_PUBLISHED: &str = "UPDATE events SET published = 1, seq = ?1 WHERE pos = ?2";
     pub const SET_LATEST: &str =
         "INSERT INTO latest (collection_id, event, seq) VALUES (?1, ?2, ?3)
@@ -374,7 +393,11 @@ mod sql {
     }
 
     #[cfg(test)]
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 18] = [
+        USERS_AFTER,
+        EVENTS_AFTER,
+        IMPORT_EVENT,
+        IMPORT_LATEST,
         INSERT_USER,
         USER_BY_NAME,
         USER_BY_ID,
@@ -563,6 +586,74 @@ impl Store for SqliteStore {
             conn.prepare_cached(&statement)?
                 .query_map(rusqlite::params_from_iter(params), published_from_row)?
                 .collect()
+        })
+        .await
+    }
+
+    async fn users_after(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<User>, StoreError> {
+        let (after, limit) =
+            (after.unwrap_or(Uuid::nil()), i64::try_from(limit).unwrap_or(i64::MAX));
+        self.read(move |conn| {
+            conn.prepare_cached(sql::USERS_AFTER)?
+                .query_map(params![after, limit], user_from_row)?
+                .collect()
+        })
+        .await
+    }
+
+    async fn events_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Event, Option<i64>)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            conn.prepare_cached(sql::EVENTS_AFTER)?
+                .query_map(params![after, limit], |row| {
+                    Ok((row.get(9)?, event_from_row(row)?, row.get(8)?))
+                })?
+                .collect()
+        })
+        .await
+    }
+
+    async fn is_empty(&self) -> Result<bool, StoreError> {
+        self.read(|conn| conn.prepare_cached(sql::IS_EMPTY)?.query_row([], |r| r.get(0))).await
+    }
+
+    async fn import(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let mut user = conn.prepare_cached(sql::INSERT_USER)?;
+            let mut event = conn.prepare_cached(sql::IMPORT_EVENT)?;
+            let mut latest = conn.prepare_cached(sql::IMPORT_LATEST)?;
+            for record in records {
+                match record {
+                    Record::User(u) => {
+                        user.execute(params![u.id, u.username, u.password_hash, u.collection_id])?;
+                    }
+                    Record::Event { event: e, seq } => {
+                        event.execute(params![
+                            e.id,
+                            e.user_id,
+                            e.collection_id,
+                            e.event,
+                            e.timestamp,
+                            e.published,
+                            e.cancelled,
+                            e.data.get(),
+                            seq
+                        ])?;
+                        if let Some(seq) = seq {
+                            latest.execute(params![e.collection_id, e.event, seq])?;
+                        }
+                    }
+                }
+            }
+            Ok(())
         })
         .await
     }

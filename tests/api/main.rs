@@ -12,3 +12,4 @@ mod process;
 mod resume;
 mod stream;
 mod support;
+mod transfer;

@@ -72,6 +72,14 @@ impl Binary {
         assert!(status.success());
     }
 
+    /// Logs a user in; returns (jwt, status) — the jwt empty if refused.
+    pub async fn user_login(&self, name: &str, password: &str) -> (String, u16) {
+        let response = self.post("/login", &json!({"username": name, "password": password})).await;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        (body["jwt"].as_str().unwrap_or_default().to_owned(), status)
+    }
+
     /// Signs a user up and logs in; returns (jwt, collection).
     pub async fn user(&self, name: &str) -> (String, Uuid) {
         let collection = Uuid::new_v4();

@@ -1,0 +1,120 @@
+//! `broker export` and `broker import`: a store's users and events as JSON
+//! Lines, to move between backends (SQLite ⇄ PostgreSQL) or to back up.
+//!
+//! One record per line: `{"user": {...}}` for each user (with its password
+//! hash), then `{"event": {"event": {...}, "seq": n}}` for each event in
+//! insertion order, with its publication sequence number (`null` while it is
+//! pending). Ids, states, sequence numbers and hashes survive, so users log
+//! in with their passwords and subscribers resume with their last event
+//! ids. The JWT secret is not exported: give the new store's nodes the old
+//! `--secret` to keep issued tokens valid.
+
+use std::io::{BufRead, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Event, User};
+use crate::store::{Store, StoreError};
+
+/// Records read or written at a time.
+const BATCH: usize = 1000;
+
+/// One line of an export.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Record {
+    /// A user.
+    User(User),
+    /// An event with its sequence number, if published.
+    Event {
+        /// The event as the API shows it.
+        event: Event,
+        /// Its publication sequence number.
+        seq: Option<i64>,
+    },
+}
+
+/// Why an export or import failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Reading or writing the stream failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A line is not a record.
+    #[error("line {line}: {error}")]
+    Invalid {
+        /// Its number, from 1.
+        line: usize,
+        /// What is wrong with it.
+        error: String,
+    },
+    /// Import only fills an empty store.
+    #[error("the store already holds users or events; import needs an empty one")]
+    NotEmpty,
+}
+
+/// Writes every user, then every event, of `store` to `out`; returns how
+/// many records were written.
+pub async fn export(store: &dyn Store, mut out: impl Write) -> Result<usize, TransferError> {
+    let mut written = 0;
+    let mut after = None;
+    loop {
+        let users = store.users_after(after, BATCH).await?;
+        for user in &users {
+            write_line(&mut out, &Record::User(user.clone()))?;
+        }
+        written += users.len();
+        match users.last() {
+            Some(last) if users.len() == BATCH => after = Some(last.id),
+            _ => break,
+        }
+    }
+    let mut after = 0;
+    loop {
+        let events = store.events_after(after, BATCH).await?;
+        for (_, event, seq) in &events {
+            write_line(&mut out, &Record::Event { event: event.clone(), seq: *seq })?;
+        }
+        written += events.len();
+        match events.last() {
+            Some((pos, _, _)) if events.len() == BATCH => after = *pos,
+            _ => break,
+        }
+    }
+    out.flush()?;
+    Ok(written)
+}
+
+fn write_line(out: &mut impl Write, record: &Record) -> Result<(), TransferError> {
+    serde_json::to_writer(&mut *out, record).map_err(std::io::Error::from)?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
+/// Reads an export into `store`, which must be empty; returns how many
+/// records were imported.
+pub async fn import(store: &dyn Store, input: impl BufRead) -> Result<usize, TransferError> {
+    if !store.is_empty().await? {
+        return Err(TransferError::NotEmpty);
+    }
+    let (mut batch, mut imported) = (Vec::with_capacity(BATCH), 0);
+    for (n, line) in input.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record = serde_json::from_str(&line)
+            .map_err(|e| TransferError::Invalid { line: n + 1, error: e.to_string() })?;
+        batch.push(record);
+        if batch.len() == BATCH {
+            imported += batch.len();
+            store.import(std::mem::take(&mut batch)).await?;
+        }
+    }
+    imported += batch.len();
+    store.import(batch).await?;
+    Ok(imported)
+}
