@@ -48,12 +48,14 @@ struct Target {
     /// What serves the URL.
     #[arg(long, value_enum, default_value = "broker")]
     target: Kind,
-    /// Server address.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    addr: SocketAddr,
-    /// PID whose memory and CPU are measured (for nchan: the worker process).
-    #[arg(long)]
-    pid: Option<u32>,
+    /// Server addresses: several nodes of one cluster, comma-separated or
+    /// repeated. Subscriber processes and publishers are spread over them.
+    #[arg(long, default_value = "127.0.0.1:8080", value_delimiter = ',', required = true)]
+    addr: Vec<SocketAddr>,
+    /// PIDs whose memory and CPU are measured, added up (for nchan: the
+    /// worker processes).
+    #[arg(long, value_delimiter = ',')]
+    pid: Vec<u32>,
     /// Also write the result as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -93,6 +95,21 @@ enum Cmd {
         /// Events in the burst, published all at once.
         #[arg(short = 'b', long, default_value_t = 100)]
         burst: usize,
+    },
+    /// Publishes R events a second for T seconds on the first address while
+    /// N subscribers listen on the others (all of them if there is one):
+    /// latency from the insert to the last subscriber (Broker only).
+    Rate {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        subs: Fleet,
+        /// Events per second.
+        #[arg(short = 'r', long, default_value_t = 1000)]
+        rate: usize,
+        /// Seconds to publish.
+        #[arg(short = 't', long, default_value_t = 10)]
+        seconds: u64,
     },
     /// C concurrent publishers insert for T seconds (Broker only).
     Insert {
@@ -171,6 +188,9 @@ async fn command(command: Cmd) {
         Cmd::Fanout { target, subs, singles, burst } => {
             run(&target, fanout(&target, &subs, singles, burst)).await
         }
+        Cmd::Rate { target, subs, rate: r, seconds } => {
+            run(&target, rate(&target, &subs, r, seconds)).await
+        }
         Cmd::Insert { target, concurrency, seconds } => {
             run(&target, insert(&target, concurrency, seconds)).await
         }
@@ -212,7 +232,8 @@ async fn run(
     work: impl std::future::Future<Output = Result<Report, Error>>,
 ) -> Result<(), Error> {
     let report = work.await?;
-    println!("{} against {:?} at {}", report.command, target.target, target.addr);
+    let addrs: Vec<String> = target.addr.iter().map(ToString::to_string).collect();
+    println!("{} against {:?} at {}", report.command, target.target, addrs.join(","));
     for (name, value, unit) in &report.rows {
         println!("  {name:<32} {value:>14.3} {unit}");
     }
@@ -251,7 +272,7 @@ impl Publisher {
         let collection = uuid_v4();
         let mut publisher = Self { kind: target.target, jwt: None, collection };
         if target.target == Kind::Broker {
-            let mut conn = Conn::connect(target.addr).await?;
+            let mut conn = Conn::connect(target.addr[0]).await?;
             let name = format!("bench-{}", uuid_v4());
             let user = json!({"username": name, "password": "bench-password", "collection_id": publisher.collection});
             let created = conn.request("POST", "/users", None, user.to_string().as_bytes()).await?;
@@ -304,11 +325,11 @@ impl Publisher {
     }
 }
 
-/// Publishes events `range` over `lanes` concurrent connections, event `n`
-/// due at `due(n)`.
+/// Publishes events `range` over `lanes` concurrent connections, spread
+/// over `addrs`, event `n` due at `due(n)`.
 async fn publish_all(
     publisher: &Arc<Publisher>,
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     range: std::ops::Range<usize>,
     lanes: usize,
     due: impl Fn(usize) -> i64 + Copy + Send + 'static,
@@ -316,7 +337,8 @@ async fn publish_all(
     let lanes = lanes.clamp(1, range.len().max(1));
     let mut tasks = Vec::new();
     for lane in 0..lanes {
-        let (publisher, range) = (publisher.clone(), range.clone());
+        let (publisher, range, addr) =
+            (publisher.clone(), range.clone(), addrs[lane % addrs.len()]);
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::connect(addr).await?;
             for n in range.skip(lane).step_by(lanes) {
@@ -348,13 +370,14 @@ struct Clients {
 }
 
 impl Clients {
+    /// Starts the client processes, spread over `addrs`.
     async fn start(
-        target: &Target,
+        addrs: &[SocketAddr],
         subs: &Fleet,
         path: &str,
         events: usize,
     ) -> Result<Self, Error> {
-        let procs = subs.procs.unwrap_or(subs.subscribers.div_ceil(9000)).max(1);
+        let procs = subs.procs.unwrap_or(subs.subscribers.div_ceil(9000)).max(addrs.len());
         let exe = std::env::current_exe()?;
         let started = Instant::now();
         let mut clients =
@@ -363,7 +386,7 @@ impl Clients {
             let count = subs.subscribers / procs + usize::from(i < subs.subscribers % procs);
             let source = Ipv4Addr::new(127, 0, 0, subs.first_source.wrapping_add(i as u8));
             let mut child = Command::new(&exe)
-                .args(["client", "--addr", &target.addr.to_string(), "--path", path])
+                .args(["client", "--addr", &addrs[i % addrs.len()].to_string(), "--path", path])
                 .args(["--count", &count.to_string(), "--source", &source.to_string()])
                 .args(["--events", &events.to_string()])
                 .stdin(Stdio::piped())
@@ -442,6 +465,22 @@ impl Clients {
     }
 }
 
+/// Resident memory of all `pids` in bytes, if they are all there.
+fn rss_of(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| rss(p)).sum()
+}
+
+/// CPU time of all `pids` so far, in seconds, if they are all there.
+fn cpu_of(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| cpu_seconds(p)).sum()
+}
+
 /// Resident memory of `pid` in bytes, from /proc.
 fn rss(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -499,11 +538,11 @@ fn check_connections(report: &mut Report, clients: &Clients, wanted: usize) {
 async fn subscribers(target: &Target, subs: &Fleet) -> Result<Report, Error> {
     let mut report = Report::new("subscribers");
     let publisher = Publisher::new(target).await?;
-    let before = target.pid.and_then(rss);
-    let clients = Clients::start(target, subs, &publisher.subscribe_path(), 1).await?;
+    let before = rss_of(&target.pid);
+    let clients = Clients::start(&target.addr, subs, &publisher.subscribe_path(), 1).await?;
     check_connections(&mut report, &clients, subs.subscribers);
     tokio::time::sleep(Duration::from_secs(1)).await; // let allocations settle
-    if let (Some(before), Some(after)) = (before, target.pid.and_then(rss)) {
+    if let (Some(before), Some(after)) = (before, rss_of(&target.pid)) {
         report.add("server RSS before", before as f64 / 1048576.0, "MiB");
         report.add("server RSS after", after as f64 / 1048576.0, "MiB");
         let per = after.saturating_sub(before) as f64 / clients.ok.max(1) as f64;
@@ -522,10 +561,11 @@ async fn fanout(
     let mut report = Report::new("fanout");
     let publisher = Arc::new(Publisher::new(target).await?);
     let total = singles + burst;
-    let mut clients = Clients::start(target, subs, &publisher.subscribe_path(), total).await?;
+    let mut clients =
+        Clients::start(&target.addr, subs, &publisher.subscribe_path(), total).await?;
     check_connections(&mut report, &clients, subs.subscribers);
     let mut sent = vec![0u64; total];
-    let mut conn = Conn::connect(target.addr).await?;
+    let mut conn = Conn::connect(target.addr[0]).await?;
     for (n, sent_at) in sent.iter_mut().enumerate().take(singles) {
         *sent_at = now_ns();
         publisher.publish(&mut conn, n, 0).await?;
@@ -535,7 +575,7 @@ async fn fanout(
         }
     }
     let burst_start = now_ns();
-    publish_all(&publisher, target.addr, singles..total, 8, |_| 0).await?;
+    publish_all(&publisher, &target.addr, singles..total, 8, |_| 0).await?;
     let burst_events: Vec<usize> = (singles..total).collect();
     if !clients.wait_done(&burst_events, Duration::from_secs(60)).await {
         report.fail("the burst did not reach every subscriber within 60 s".into());
@@ -568,6 +608,64 @@ async fn fanout(
     Ok(report)
 }
 
+async fn rate(target: &Target, subs: &Fleet, rate: usize, seconds: u64) -> Result<Report, Error> {
+    if target.target != Kind::Broker {
+        return Err("rate measures Broker only".into());
+    }
+    let mut report = Report::new("rate");
+    let publisher = Arc::new(Publisher::new(target).await?);
+    let total = rate * seconds as usize;
+    let listen = if target.addr.len() > 1 { &target.addr[1..] } else { &target.addr[..] };
+    let mut clients = Clients::start(listen, subs, &publisher.subscribe_path(), total).await?;
+    check_connections(&mut report, &clients, subs.subscribers);
+    // Sixteen lanes on the first node, each sending on its own schedule.
+    const LANES: usize = 16;
+    let sent = Arc::new(std::sync::Mutex::new(vec![0u64; total]));
+    let start = Instant::now() + Duration::from_millis(100);
+    let mut tasks = Vec::new();
+    for lane in 0..LANES {
+        let (publisher, sent, addr) = (publisher.clone(), sent.clone(), target.addr[0]);
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::connect(addr).await?;
+            for n in (lane..total).step_by(LANES) {
+                let at = start + Duration::from_secs_f64(n as f64 / rate as f64);
+                tokio::time::sleep_until(at.into()).await;
+                sent.lock().unwrap_or_else(|e| e.into_inner())[n] = now_ns();
+                publisher.publish(&mut conn, n, 0).await?;
+            }
+            Ok::<_, Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    report.add("publish time", start.elapsed().as_secs_f64(), "s");
+    report.add("events per second", total as f64 / start.elapsed().as_secs_f64(), "/s");
+    let all: Vec<usize> = (0..total).collect();
+    if !clients.wait_done(&all, Duration::from_secs(30)).await {
+        report.fail("not every event reached every subscriber within 30 s".into());
+    }
+    let (events, ended) = clients.report(total).await?;
+    let sent = sent.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let latencies: Vec<f64> = (0..total)
+        .filter(|&n| events[n].1 > 0)
+        .map(|n| events[n].1.saturating_sub(sent[n]) as f64 / 1e6)
+        .collect();
+    add_distribution(&mut report, "insert to last subscriber", latencies, "ms");
+    let expected = (clients.ok * total) as u64;
+    let delivered: u64 = events.iter().map(|e| e.0).sum();
+    report.add("deliveries expected", expected as f64, "");
+    report.add("deliveries lost", expected.saturating_sub(delivered) as f64, "");
+    if delivered != expected || ended > 0 {
+        report.fail(format!(
+            "{} deliveries lost, {ended} streams ended",
+            expected.saturating_sub(delivered)
+        ));
+    }
+    clients.stop().await;
+    Ok(report)
+}
+
 async fn insert(target: &Target, concurrency: usize, seconds: u64) -> Result<Report, Error> {
     if target.target != Kind::Broker {
         return Err("insert measures Broker only".into());
@@ -575,12 +673,12 @@ async fn insert(target: &Target, concurrency: usize, seconds: u64) -> Result<Rep
     let mut report = Report::new("insert");
     let publisher = Arc::new(Publisher::new(target).await?);
     let deadline = Instant::now() + Duration::from_secs(seconds);
-    let cpu_before = target.pid.and_then(cpu_seconds);
+    let cpu_before = cpu_of(&target.pid);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
         let publisher = publisher.clone();
-        let addr = target.addr;
+        let addr = target.addr[worker % target.addr.len()];
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::connect(addr).await?;
             let mut latencies = Vec::new();
@@ -602,7 +700,7 @@ async fn insert(target: &Target, concurrency: usize, seconds: u64) -> Result<Rep
     report.add("publishers", concurrency as f64, "");
     report.add("acknowledged inserts", latencies.len() as f64, "");
     report.add("inserts per second", latencies.len() as f64 / elapsed, "/s");
-    if let (Some(before), Some(after)) = (cpu_before, target.pid.and_then(cpu_seconds)) {
+    if let (Some(before), Some(after)) = (cpu_before, cpu_of(&target.pid)) {
         report.add("server CPU", (after - before) / elapsed * 100.0, "% of a core");
     }
     add_distribution(&mut report, "insert latency", latencies, "ms");
@@ -618,12 +716,13 @@ async fn schedule(target: &Target, events: usize, window: u64, idle: u64) -> Res
     // One subscriber, in this process, records when each event arrives; like
     // a browser, it resumes with Last-Event-ID if the server drops it.
     let path = publisher.subscribe_path();
-    let addr = target.addr;
+    let addr = target.addr[0];
     let arrivals = Arc::new(std::sync::Mutex::new(vec![0u64; events]));
     let reconnects = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let twice = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel::<Result<(), String>>();
     let reader = tokio::spawn({
-        let (arrivals, reconnects) = (arrivals.clone(), reconnects.clone());
+        let (arrivals, reconnects, twice) = (arrivals.clone(), reconnects.clone(), twice.clone());
         async move {
             use std::sync::atomic::Ordering::Relaxed;
             use tokio::io::AsyncReadExt;
@@ -633,8 +732,12 @@ async fn schedule(target: &Target, events: usize, window: u64, idle: u64) -> Res
             let mut on_data = |data: &[u8]| {
                 let mut arrivals = arrivals.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(slot) = http::payload_number(data).and_then(|n| arrivals.get_mut(n)) {
-                    *slot = now_ns();
-                    seen.fetch_add(1, Relaxed);
+                    if *slot == 0 {
+                        *slot = now_ns();
+                        seen.fetch_add(1, Relaxed);
+                    } else {
+                        twice.fetch_add(1, Relaxed);
+                    }
                 }
             };
             while seen.load(Relaxed) < events {
@@ -682,15 +785,15 @@ async fn schedule(target: &Target, events: usize, window: u64, idle: u64) -> Res
     let first_due = now + events as u64 / 5000 + 3 + idle;
     let due = move |n: usize| (first_due + n as u64 * window / events.max(1) as u64) as i64;
     let started = Instant::now();
-    publish_all(&publisher, target.addr, 0..events, 64, due).await?;
+    publish_all(&publisher, &target.addr, 0..events, 64, due).await?;
     report.add("future events inserted", events as f64, "");
     report.add("insert time", started.elapsed().as_secs_f64(), "s");
     let idle_start = now_ns();
     let idle_end = (first_due * 1_000_000_000).saturating_sub(500_000_000);
     if idle_end > idle_start + 1_000_000_000 {
-        let cpu_before = target.pid.and_then(cpu_seconds);
+        let cpu_before = cpu_of(&target.pid);
         tokio::time::sleep(Duration::from_nanos(idle_end - idle_start)).await;
-        if let (Some(before), Some(after)) = (cpu_before, target.pid.and_then(cpu_seconds)) {
+        if let (Some(before), Some(after)) = (cpu_before, cpu_of(&target.pid)) {
             let secs = (idle_end - idle_start) as f64 / 1e9;
             report.add("idle seconds measured", secs, "s");
             report.add("server CPU while idle", (after - before) / secs * 100.0, "% of a core");
@@ -717,6 +820,11 @@ async fn schedule(target: &Target, events: usize, window: u64, idle: u64) -> Res
         "",
     );
     report.add("events published early", early as f64, "");
+    let twice = twice.load(std::sync::atomic::Ordering::Relaxed);
+    report.add("events received twice", twice as f64, "");
+    if twice > 0 {
+        report.fail(format!("{twice} events arrived twice"));
+    }
     if missing > 0 {
         report.fail(format!("{missing} events never arrived"));
     }

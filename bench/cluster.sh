@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Broker as a cluster on PostgreSQL: NODES nodes (3) of the release binary on
+# one fresh database of the machine's server, then
+#   1. durable inserts: 64 publishers spread over the nodes, and pgbench
+#      inserting one row of the same table (same columns and indexes) per
+#      transaction with 64 clients, against the same server, in the same run;
+#   2. insert on the first node to delivery on the others, at RATE/s (1000);
+#   3. the scheduler: EVENTS (100000) future events inserted over the nodes,
+#      their publication lateness, none twice.
+# Results go to target/bench/cluster-*.json. PG (postgres://postgres@127.0.0.1:5432)
+# names the server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NODES=${NODES:-3} RATE=${RATE:-1000} EVENTS=${EVENTS:-100000} SECONDS_=${SECONDS_:-10}
+PG=${PG:-postgres://postgres@127.0.0.1:5432}
+out=target/bench
+mkdir -p "$out"
+cargo build --release --workspace --quiet
+bench=target/release/broker-bench
+db=broker_bench_$$
+psql "$PG/postgres" -qc "CREATE DATABASE $db"
+psql "$PG/postgres" -qc "CREATE DATABASE ${db}_pgbench"
+pids=() addrs=()
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
+  psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS ${db}_pgbench WITH (FORCE)" || true
+}
+trap cleanup EXIT
+for i in $(seq 1 "$NODES"); do
+  port=$((18180 + i))
+  target/release/broker --host 127.0.0.1 --port "$port" --database-url "$PG/$db" \
+    2>"$out/cluster-node-$i.log" &
+  pids+=($!) addrs+=("127.0.0.1:$port")
+done
+for a in "${addrs[@]}"; do
+  for _ in $(seq 100); do curl -fsS "http://$a/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+done
+all=$(IFS=,; echo "${addrs[*]}") pidlist=$(IFS=,; echo "${pids[*]}")
+
+echo "== durable inserts: $NODES nodes, 64 publishers"
+"$bench" insert --addr "$all" --pid "$pidlist" -c 64 -t "$SECONDS_" --json "$out/cluster-insert.json"
+
+echo "== pgbench: one row per transaction, 64 clients, same server"
+psql "$PG/${db}_pgbench" -q -f src/store/migrations/postgres/0001_init.sql
+cat >"$out/pgbench-insert.sql" <<'SQL'
+INSERT INTO events (id, user_id, collection_id, event, timestamp, data)
+VALUES (gen_random_uuid(), '9b2f1c4e-0a4d-4c8e-9d67-3f1f0b5a6c11', '5d6f3a2e-8b1c-4f0a-a9e2-7c3b1d0e4f55',
+        'bench', 0, '{"n":12345}');
+SQL
+pgbench -n -c 64 -j 2 -T "$SECONDS_" -f "$out/pgbench-insert.sql" "$PG/${db}_pgbench" | tee "$out/cluster-pgbench.txt"
+
+echo "== insert on one node, delivery on the others: $RATE/s"
+"$bench" rate --addr "$all" -n 1000 -r "$RATE" -t "$SECONDS_" --first-source 30 --json "$out/cluster-rate.json"
+
+echo "== scheduler: $EVENTS pending events over $NODES nodes"
+"$bench" schedule --addr "$all" --pid "$pidlist" -e "$EVENTS" --window 30 --json "$out/cluster-schedule.json"
