@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -42,7 +43,6 @@ use feed::Feed;
 use http::App;
 use hub::Hub;
 use scheduler::Wake;
-use store::Signals;
 
 /// Why Broker could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -91,12 +91,12 @@ impl Broker {
         let hub = Arc::new(Hub::new(max_lag, stream_limit(config.max_connections), metrics));
         hub.spawn_heartbeat(config.heartbeat_interval(), shutdown.clone());
         let feed = Arc::new(Feed::new(store.clone(), hub.clone(), max_lag));
-        let signals = Signals::default();
-        let poll = store.listen(signals.clone(), shutdown.clone());
+        let published = Arc::new(Notify::new());
+        let poll = store.listen(published.clone(), shutdown.clone());
         if let Some(poll) = poll {
-            feed.clone().spawn_follower(signals.published.clone(), poll, shutdown.clone());
+            feed.clone().spawn_follower(published, poll, shutdown.clone());
         }
-        let wake = Arc::new(Wake(signals.inserted));
+        let wake = Arc::new(Wake::default());
         let scheduler = scheduler::spawn(
             store.clone(),
             feed.clone(),

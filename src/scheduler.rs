@@ -7,9 +7,9 @@
 //! until an insert wakes it. On embedded SQLite there is no polling: an idle
 //! broker uses no CPU. On a shared database every node runs a scheduler;
 //! the store lets one publication run at a time, so each event is published
-//! once, by whichever node gets there first, and a node also looks every
-//! poll interval, in case it missed another node's insert (so a dead
-//! node's schedule is taken over at once).
+//! once, by whichever node gets there first. Each node also looks every
+//! poll interval, which is how it learns of future events inserted on other
+//! nodes: a dead node's schedule is taken over within that interval.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +29,7 @@ const RETRY: Duration = Duration::from_secs(1);
 
 /// Wakes the scheduler when the schedule may have changed.
 #[derive(Debug, Default)]
-pub struct Wake(pub(crate) Arc<Notify>);
+pub struct Wake(Notify);
 
 impl Wake {
     /// Tells the scheduler to look again (after an insert).

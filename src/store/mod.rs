@@ -52,15 +52,6 @@ pub fn open(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<dyn Store>, St
     })
 }
 
-/// What a shared database tells a node about the other nodes' work.
-#[derive(Debug, Clone, Default)]
-pub struct Signals {
-    /// Rung when events may have been published elsewhere.
-    pub published: Arc<Notify>,
-    /// Rung when events may have been inserted elsewhere.
-    pub inserted: Arc<Notify>,
-}
-
 /// What became of a cancellation request.
 #[derive(Debug)]
 pub enum Cancel {
@@ -199,12 +190,13 @@ pub trait Store: Send + Sync + 'static {
     /// else `candidate`, kept from now on.
     async fn keep_secret(&self, candidate: String) -> Result<String, StoreError>;
 
-    /// Starts telling `signals` what other nodes on the same database do,
-    /// until `shutdown`. Returns how often the caller must look anyway
-    /// (notifications can be lost), or `None` for a store no other node
+    /// Starts ringing `published` when other nodes on the same database
+    /// publish, until `shutdown`. Returns how often the caller must look
+    /// anyway (notifications can be lost, and future events inserted
+    /// elsewhere are not notified), or `None` for a store no other node
     /// shares, where nothing happens that this node does not do itself.
-    fn listen(&self, signals: Signals, shutdown: CancellationToken) -> Option<Duration> {
-        let _ = (signals, shutdown);
+    fn listen(&self, published: Arc<Notify>, shutdown: CancellationToken) -> Option<Duration> {
+        let _ = (published, shutdown);
         None
     }
 }

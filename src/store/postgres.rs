@@ -19,11 +19,21 @@
 //! that becomes visible later (the pitfall of plain sequences, whose values
 //! are taken before their transactions commit).
 //!
-//! NOTIFY is only a wake-up: `broker_published` after a publication,
-//! `broker_inserted` after an insert (so every node's scheduler knows of
-//! new due times). A node that misses notifications catches up from the
-//! last sequence number it delivered, and also looks every
-//! [`POLL`] anyway.
+//! NOTIFY is only a wake-up: `broker_published` after each publication. A
+//! node that misses notifications catches up from the last sequence number
+//! it delivered, and also looks every [`POLL`] anyway. Inserts notify
+//! nobody: the inserting node's scheduler publishes what is due at once, and
+//! the other nodes' schedulers see future events when they next look (every
+//! [`POLL`]), which is all a takeover needs; a NOTIFY per insert would
+//! serialise the commits (PostgreSQL takes one lock to queue notifications).
+//!
+//! Each event records the node it was inserted on. Whoever publishes takes
+//! every due event, in timestamp then insertion order (so an event inserted
+//! after another was acknowledged, through any node, never goes out before
+//! it), but a node's scheduler only wakes for its own events, and for other
+//! nodes' once they are [`TAKEOVER`] seconds overdue: nodes do not all
+//! contend for the head lock on every publication, and a dead node's
+//! events still go out within two seconds.
 //!
 //! Every operation gives up after [`OP_TIMEOUT`] with
 //! [`StoreError::Unavailable`], which clients see as 503 + `Retry-After`.
@@ -35,25 +45,31 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use serde_json::value::RawValue;
-use tokio::sync::{OnceCell, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OnceCell, Semaphore, mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Cancel, ListOf, Listed, Position, Signals, Snapshot, Store, StoreError};
+use super::{Cancel, ListOf, Listed, Position, Snapshot, Store, StoreError};
 use crate::domain::{Event, Filter, Published, User};
 use crate::metrics::Metrics;
 use crate::transfer::Record;
 
 /// Schema migrations, applied in order; `broker_migrations` records those done.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/postgres/0001_init.sql"),
+    include_str!("migrations/postgres/0002_node.sql"),
+];
 /// The advisory lock that serialises migrations of nodes starting at once.
 const MIGRATION_LOCK: i64 = 0x6272_6f6b_6572; // "broker"
 /// How long any database operation may take before it is given up.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(4);
 /// How often a node looks for other nodes' work even without notifications.
 pub const POLL: Duration = Duration::from_secs(1);
+/// Seconds an event inserted on another node may be overdue before this
+/// node wakes to publish it: the other node is then taken to be gone.
+const TAKEOVER: i64 = 1;
 /// Most inserts committed in one statement.
 const MAX_BATCH: usize = 1024;
 /// Inserts that may wait for a writer before callers are slowed down.
@@ -100,6 +116,8 @@ pub struct PostgresStore {
     schema: Arc<OnceCell<()>>,
     inserts: mpsc::Sender<Queued>,
     metrics: Arc<Metrics>,
+    /// This node's id, recorded on the events it inserts.
+    node: Uuid,
 }
 
 impl PostgresStore {
@@ -131,8 +149,10 @@ impl PostgresStore {
             .map_err(|e| StoreError::Backend(format!("cannot build the pool: {e}")))?;
         let (inserts, queue) = mpsc::channel(QUEUE);
         // Half the pool commits inserts; the rest serves reads and publication.
-        tokio::spawn(insert_loop(pool.clone(), queue, (pool_size / 2).max(1), metrics.clone()));
-        Ok(Self { pool, config, schema: Arc::default(), inserts, metrics })
+        let node = Uuid::new_v4();
+        let writers = (pool_size / 2).max(1);
+        tokio::spawn(insert_loop(pool.clone(), queue, writers, node, metrics.clone()));
+        Ok(Self { pool, config, schema: Arc::default(), inserts, metrics, node })
     }
 
     /// A pooled connection to a migrated database.
@@ -204,6 +224,7 @@ async fn insert_loop(
     pool: Pool,
     mut queue: mpsc::Receiver<Queued>,
     writers: usize,
+    node: Uuid,
     metrics: Arc<Metrics>,
 ) {
     let slots = Arc::new(Semaphore::new(writers));
@@ -219,7 +240,7 @@ async fn insert_loop(
         let (pool, metrics) = (pool.clone(), metrics.clone());
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let result = within(insert_batch(&pool, &batch)).await;
+            let result = within(insert_batch(&pool, &batch, node)).await;
             metrics.commit(started.elapsed());
             for queued in batch {
                 let _ = queued.reply.send(result.clone());
@@ -229,7 +250,7 @@ async fn insert_loop(
     }
 }
 
-async fn insert_batch(pool: &Pool, batch: &[Queued]) -> Result<(), StoreError> {
+async fn insert_batch(pool: &Pool, batch: &[Queued], node: Uuid) -> Result<(), StoreError> {
     let client = pool.get().await?;
     let events = batch.iter().map(|q| &q.event);
     let ids: Vec<Uuid> = events.clone().map(|e| e.id).collect();
@@ -239,7 +260,9 @@ async fn insert_batch(pool: &Pool, batch: &[Queued]) -> Result<(), StoreError> {
     let timestamps: Vec<i64> = events.clone().map(|e| e.timestamp).collect();
     let data: Vec<&str> = events.map(|e| e.data.get()).collect();
     let statement = client.prepare_cached(sql::INSERT_EVENTS).await?;
-    client.query_one(&statement, &[&ids, &users, &collections, &names, &timestamps, &data]).await?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+        [&ids, &users, &collections, &names, &timestamps, &data, &node];
+    client.execute(&statement, &params).await?;
     Ok(())
 }
 
@@ -290,15 +313,14 @@ mod sql {
     pub const USER_BY_ID: &str =
         "SELECT id, username, password_hash, collection_id FROM users WHERE id = $1";
     /// A group of inserts in one statement, in the order given (which sets
-    /// `pos`), then one notification with the earliest timestamp.
-    pub const INSERT_EVENTS: &str = "WITH added AS (
-            INSERT INTO events (id, user_id, collection_id, event, timestamp, data)
-            SELECT id, user_id, collection_id, event, timestamp, data
-            FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int8[], $6::text[])
-                 WITH ORDINALITY AS t(id, user_id, collection_id, event, timestamp, data, n)
-            ORDER BY n
-            RETURNING timestamp)
-        SELECT pg_notify('broker_inserted', MIN(timestamp)::text) FROM added";
+    /// `pos`).
+    pub const INSERT_EVENTS: &str = "INSERT INTO events
+            (id, user_id, collection_id, event, timestamp, data, node, due)
+        SELECT id, user_id, collection_id, event, timestamp, data, $7,
+               GREATEST(timestamp, EXTRACT(EPOCH FROM now())::bigint)
+        FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int8[], $6::text[])
+             WITH ORDINALITY AS t(id, user_id, collection_id, event, timestamp, data, n)
+        ORDER BY n";
     pub const EVENT_BY_ID: &str =
         concat!("SELECT ", event_columns!(), " FROM events WHERE id = $1");
     /// Cancels only a pending event of the user's: the row lock makes
@@ -324,6 +346,9 @@ mod sql {
     );
     /// Taken first by every publication: see the module documentation.
     pub const LOCK_HEAD: &str = "SELECT seq FROM head FOR UPDATE";
+    /// Every due event, whichever node inserted it: publishing in one
+    /// order keeps cause before effect (an event inserted after another
+    /// was acknowledged, through any node, has a later `pos`).
     pub const DUE: &str = concat!(
         "SELECT ",
         event_columns!(),
@@ -338,8 +363,12 @@ mod sql {
     pub const SET_HEAD: &str =
         "UPDATE head SET seq = $1 RETURNING pg_notify('broker_published', seq::text)";
     pub const HEAD: &str = "SELECT seq FROM head";
-    pub const NEXT_DUE: &str =
-        "SELECT MIN(timestamp) FROM events WHERE NOT published AND NOT cancelled";
+    /// When node `$1` should next publish: when its own (or no node's) next
+    /// event is due, or `$2` seconds after anyone's.
+    pub const NEXT_DUE: &str = "SELECT LEAST(
+        (SELECT MIN(due) FROM events WHERE NOT published AND NOT cancelled AND node = $1),
+        (SELECT MIN(due) FROM events WHERE NOT published AND NOT cancelled AND node IS NULL),
+        (SELECT MIN(due) FROM events WHERE NOT published AND NOT cancelled) + $2)";
     pub const PENDING: &str = "SELECT COUNT(*) FROM events WHERE NOT published AND NOT cancelled";
     /// The latest event of each selected name; empty arrays select all.
     pub const LATEST: &str = concat!(
@@ -369,8 +398,9 @@ mod sql {
         "SELECT NOT EXISTS (SELECT 1 FROM users) AND NOT EXISTS (SELECT 1 FROM events)";
     /// Exported events as they were, in the order given.
     pub const IMPORT_EVENTS: &str = "INSERT INTO events
-            (id, user_id, collection_id, event, timestamp, published, cancelled, data, seq)
-        SELECT id, user_id, collection_id, event, timestamp, published, cancelled, data, seq
+            (id, user_id, collection_id, event, timestamp, published, cancelled, data, seq, due)
+        SELECT id, user_id, collection_id, event, timestamp, published, cancelled, data, seq,
+               timestamp
         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int8[], $6::bool[],
                     $7::bool[], $8::text[], $9::int8[])
              WITH ORDINALITY AS t(id, user_id, collection_id, event, timestamp, published,
@@ -542,7 +572,7 @@ impl Store for PostgresStore {
     async fn next_due(&self) -> Result<Option<i64>, StoreError> {
         self.run(async |client| {
             let statement = client.prepare_cached(sql::NEXT_DUE).await?;
-            Ok(client.query_one(&statement, &[]).await?.try_get(0)?)
+            Ok(client.query_one(&statement, &[&self.node, &TAKEOVER]).await?.try_get(0)?)
         })
         .await
     }
@@ -697,17 +727,20 @@ impl Store for PostgresStore {
         .await
     }
 
-    fn listen(&self, signals: Signals, shutdown: CancellationToken) -> Option<Duration> {
-        tokio::spawn(listen(self.config.clone(), signals, shutdown));
+    fn listen(&self, published: Arc<Notify>, shutdown: CancellationToken) -> Option<Duration> {
+        tokio::spawn(listen(self.config.clone(), published, shutdown));
         Some(POLL)
     }
 }
 
-/// Holds a connection that LISTENs to both channels and rings `signals`
-/// on each notification. After every (re)connection both are rung, since
+/// Holds a connection that LISTENs for publications and rings
+/// `published` on each. After every (re)connection it rings once, since
 /// notifications sent while disconnected are lost.
-async fn listen(config: tokio_postgres::Config, signals: Signals, shutdown: CancellationToken) {
-    const CHANNELS: &str = "LISTEN broker_published; LISTEN broker_inserted";
+async fn listen(
+    config: tokio_postgres::Config,
+    published: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
     let mut warned = false;
     while !shutdown.is_cancelled() {
         let connected = within(async {
@@ -720,8 +753,8 @@ async fn listen(config: tokio_postgres::Config, signals: Signals, shutdown: Canc
                     std::future::poll_fn(|cx| connection.poll_message(cx)).await
                 {
                     match message {
-                        Ok(AsyncMessage::Notification(n)) => {
-                            if tx.send(n.channel().to_owned()).is_err() {
+                        Ok(AsyncMessage::Notification(_)) => {
+                            if tx.send(()).is_err() {
                                 break;
                             }
                         }
@@ -733,7 +766,7 @@ async fn listen(config: tokio_postgres::Config, signals: Signals, shutdown: Canc
                     }
                 }
             });
-            client.batch_execute(CHANNELS).await?;
+            client.batch_execute("LISTEN broker_published").await?;
             Ok((client, rx))
         })
         .await;
@@ -752,13 +785,11 @@ async fn listen(config: tokio_postgres::Config, signals: Signals, shutdown: Canc
         if std::mem::take(&mut warned) {
             tracing::info!("listening for other nodes' events again");
         }
-        signals.published.notify_one();
-        signals.inserted.notify_one();
+        published.notify_one();
         loop {
             tokio::select! {
-                channel = notifications.recv() => match channel.as_deref() {
-                    Some("broker_published") => signals.published.notify_one(),
-                    Some(_) => signals.inserted.notify_one(),
+                notification = notifications.recv() => match notification {
+                    Some(()) => published.notify_one(),
                     None => break,
                 },
                 () = shutdown.cancelled() => return,
