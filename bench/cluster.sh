@@ -4,14 +4,16 @@
 #   1. durable inserts: 64 publishers spread over the nodes, and pgbench
 #      inserting one row of the same table (same columns and indexes) per
 #      transaction with 64 clients, against the same server, in the same run;
-#   2. insert on the first node to delivery on the others, at RATE/s (1000);
-#   3. the scheduler: EVENTS (100000) future events inserted over the nodes,
+#   2. insert on the first node to delivery on 100 subscribers of the others,
+#      at RATE/s (1000);
+#   3. the scheduler: EVENTS (100000) future events due over WINDOW (100) s,
+#      inserted over the nodes;
 #      their publication lateness, none twice.
 # Results go to target/bench/cluster-*.json. PG (postgres://postgres@127.0.0.1:5432)
 # names the server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NODES=${NODES:-3} RATE=${RATE:-1000} EVENTS=${EVENTS:-100000} SECONDS_=${SECONDS_:-10}
+NODES=${NODES:-3} RATE=${RATE:-1000} EVENTS=${EVENTS:-100000} WINDOW=${WINDOW:-100} SECONDS_=${SECONDS_:-10}
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
 out=target/bench
 mkdir -p "$out"
@@ -52,7 +54,7 @@ SQL
 pgbench -n -c 64 -j 2 -T "$SECONDS_" -f "$out/pgbench-insert.sql" "$PG/${db}_pgbench" | tee "$out/cluster-pgbench.txt"
 
 echo "== insert on one node, delivery on the others: $RATE/s"
-"$bench" rate --addr "$all" -n 1000 -r "$RATE" -t "$SECONDS_" --first-source 30 --json "$out/cluster-rate.json"
+"$bench" rate --addr "$all" -n 100 -r "$RATE" -t "$SECONDS_" --first-source 30 --json "$out/cluster-rate.json"
 
 echo "== scheduler: $EVENTS pending events over $NODES nodes"
-"$bench" schedule --addr "$all" --pid "$pidlist" -e "$EVENTS" --window 30 --json "$out/cluster-schedule.json"
+"$bench" schedule --addr "$all" --pid "$pidlist" -e "$EVENTS" --window "$WINDOW" --json "$out/cluster-schedule.json"

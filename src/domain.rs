@@ -190,7 +190,7 @@ pub fn compact_json(raw: &RawValue) -> Box<RawValue> {
 }
 
 /// Which published events a subscriber wants. Empty lists select all.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Filter {
     collections: Vec<Uuid>,
     events: Vec<String>,

@@ -9,28 +9,41 @@
 //! or events before them not yet seen here) is read from the store first.
 //! On a shared database the feed also catches up when notified and every
 //! poll interval, so no event depends on a notification arriving.
+//!
+//! The feed also reads the latest state for new subscribers, once for all
+//! those with the same filter that arrive together: a thousand browsers
+//! reconnecting at once cost one query, not a thousand.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{Mutex, Notify, broadcast};
+use tokio::sync::{Mutex, Notify, OnceCell, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Filter, Published};
 use crate::hub::{Frame, Hub};
-use crate::store::{Store, StoreError};
+use crate::store::{Snapshot, Store, StoreError};
 
 /// Events read from the store at a time while catching up.
 const PAGE: usize = 1024;
+
+/// A snapshot being read, shared by the subscribers that wait for it.
+type Flight = Arc<OnceCell<Result<Arc<Snapshot>, StoreError>>>;
 
 /// The hub's supplier; shared behind an `Arc`.
 pub struct Feed {
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
-    /// The last sequence number handed to the hub, once read from the store.
+    /// The last sequence number handed to the hub, once read from the store;
+    /// held while handing over, so that events go out one batch at a time.
     delivered: Mutex<Option<i64>>,
-    started: AtomicBool,
+    /// The same number, readable at once: set before each event goes to the
+    /// hub; −1 until the feed has started.
+    seen: AtomicI64,
+    /// Snapshots being read, by filter, with `seen` when each began.
+    flights: std::sync::Mutex<HashMap<Filter, (i64, Flight)>>,
     /// Events handed over between waits for subscribers to drain.
     slice: usize,
 }
@@ -45,19 +58,50 @@ impl Feed {
             store,
             hub,
             delivered: Mutex::new(None),
-            started: AtomicBool::new(false),
+            seen: AtomicI64::new(-1),
+            flights: std::sync::Mutex::default(),
             slice: (max_lag / 2).max(1),
         }
     }
 
-    /// A hub cursor that will see every event published after the store's
-    /// head as read from now on. Fails only while the store cannot say
-    /// where the log stands (before the first subscriber is admitted).
-    pub async fn subscribe(&self) -> Result<broadcast::Receiver<Arc<Frame>>, StoreError> {
-        if !self.started.load(Ordering::Acquire) {
+    /// A hub cursor, and the last sequence number handed to the hub when it
+    /// was taken: the cursor sees every event after that number. Fails only
+    /// while the store cannot say where the log stands (before the first
+    /// subscriber is admitted).
+    pub async fn subscribe(&self) -> Result<(broadcast::Receiver<Arc<Frame>>, i64), StoreError> {
+        if self.seen.load(Ordering::SeqCst) < 0 {
             self.start(&mut *self.delivered.lock().await).await?;
         }
-        Ok(self.hub.subscribe())
+        let ring = self.hub.subscribe();
+        // Read after subscribing: `hand_over` sets it before sending, so an
+        // event above it cannot have been sent before the cursor existed.
+        Ok((ring, self.seen.load(Ordering::SeqCst)))
+    }
+
+    /// The latest state for `filter`, read after the feed had handed over
+    /// `after` (a subscriber's [`Feed::subscribe`] number), so that its head
+    /// covers everything the subscriber's cursor may have missed. Shared by
+    /// every subscriber with the same filter that can use the same read.
+    pub async fn snapshot(&self, filter: &Filter, after: i64) -> Result<Arc<Snapshot>, StoreError> {
+        let flight = {
+            let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+            match flights.get(filter) {
+                Some((began, flight)) if *began >= after => flight.clone(),
+                _ => {
+                    let flight = Flight::default();
+                    let began = self.seen.load(Ordering::SeqCst);
+                    flights.insert(filter.clone(), (began, flight.clone()));
+                    flight
+                }
+            }
+        };
+        let read = flight.get_or_init(|| async { self.store.snapshot(filter).await.map(Arc::new) });
+        let snapshot = read.await.clone();
+        let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        if flights.get(filter).is_some_and(|(_, f)| Arc::ptr_eq(f, &flight)) {
+            flights.remove(filter); // done: later subscribers read anew
+        }
+        snapshot
     }
 
     /// The last delivered number, read from the store's head the first time.
@@ -67,7 +111,7 @@ impl Feed {
         }
         let head = self.store.head().await?;
         *delivered = Some(head);
-        self.started.store(true, Ordering::Release);
+        self.seen.store(head, Ordering::SeqCst);
         Ok(head)
     }
 
@@ -115,6 +159,7 @@ impl Feed {
                 self.hub.drained(self.slice).await;
             }
             tracing::debug!(seq = p.seq, id = %p.event.id, "delivered");
+            self.seen.store(p.seq, Ordering::SeqCst);
             self.hub.publish(p);
             *delivered = Some(p.seq);
         }
@@ -148,5 +193,63 @@ impl Feed {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Event;
+    use crate::store::SqliteStore;
+
+    async fn publish(store: &SqliteStore, feed: &Feed, n: i64) {
+        let id = uuid::Uuid::new_v4();
+        let data = serde_json::value::to_raw_value(&n).unwrap();
+        let event = Event {
+            id,
+            user_id: id,
+            collection_id: id,
+            event: "e".into(),
+            timestamp: 0,
+            published: false,
+            cancelled: false,
+            data,
+        };
+        store.insert_event(event).await.unwrap();
+        feed.published(&store.publish_due(0, 10).await.unwrap()).await.unwrap();
+    }
+
+    /// A subscriber never shares a snapshot read that began before its
+    /// cursor: that read's head could miss what was sent before the cursor.
+    #[tokio::test]
+    async fn a_subscriber_shares_only_a_snapshot_begun_after_its_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let hub = Arc::new(Hub::new(16, 16, Arc::default()));
+        let feed = Feed::new(store.clone(), hub, 16);
+        let (_ring, start) = feed.subscribe().await.unwrap();
+        assert_eq!(start, 0);
+        publish(&store, &feed, 1).await;
+        // A read that began when the feed had handed over event 1.
+        let filter = Filter::default();
+        let began_at_1 = || {
+            let flight = Flight::default();
+            flight.set(Ok(Arc::new(Snapshot { latest: Vec::new(), head: 1 }))).unwrap();
+            (1, flight)
+        };
+        feed.flights.lock().unwrap().insert(filter.clone(), began_at_1());
+        assert_eq!(
+            feed.snapshot(&filter, 1).await.unwrap().head,
+            1,
+            "shared: it began late enough"
+        );
+
+        feed.flights.lock().unwrap().insert(filter.clone(), began_at_1());
+        publish(&store, &feed, 2).await;
+        let (_ring, after) = feed.subscribe().await.unwrap();
+        assert_eq!(after, 2);
+        let snapshot = feed.snapshot(&filter, after).await.unwrap();
+        assert_eq!(snapshot.head, 2, "read anew: the shared read began before the cursor");
+        assert_eq!(snapshot.latest.len(), 1);
     }
 }

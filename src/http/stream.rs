@@ -190,22 +190,27 @@ pub(crate) async fn open(
         .map(str::to_owned)
         .or(query.last_event_id);
 
-    let ring = app.feed.subscribe().await?;
+    let (ring, delivered) = app.feed.subscribe().await?;
     let mut first = Chunk::default();
     first.push(Bytes::from(format!("retry:{}\n\n", app.retry_ms)));
     let mut replay = None;
-    let head = match last_event_id {
-        Some(id) => {
-            let head = app.store.head().await?;
-            match id.parse::<i64>() {
-                Ok(seq) if (0..=head).contains(&seq) => {
-                    replay = (seq < head).then_some(seq);
-                    head
-                }
-                _ => sync(&*app.store, &filter, &mut first, true, query.envelope).await?,
-            }
+    let known = match last_event_id.as_deref().map(str::parse::<i64>) {
+        Some(Ok(seq)) if (0..=delivered).contains(&seq) => Some(seq),
+        // Seen on another node, not handed to this node's hub yet: it
+        // comes through the hub, like everything after it.
+        Some(Ok(seq)) if seq > delivered && seq <= app.store.head().await? => Some(seq),
+        _ => None,
+    };
+    let head = match (known, last_event_id.is_some()) {
+        // Events up to the cursor's number come from the store; those after
+        // it, from the hub. Nothing to read if the client is up to date.
+        (Some(seq), _) => {
+            replay = (seq < delivered).then_some(seq);
+            seq.max(delivered)
         }
-        None => sync(&*app.store, &filter, &mut first, false, query.envelope).await?,
+        (None, reset) => {
+            sync(&app.feed, &filter, delivered, &mut first, reset, query.envelope).await?
+        }
     };
     let expiry = expires.map(|exp| {
         let clock = app.clock.clone();
@@ -286,15 +291,17 @@ fn peer_closed(socket: &TcpStream) -> bool {
 }
 
 /// Adds the latest-state sync (after a `reset` event if asked) to `chunk`;
-/// returns the head it is consistent with.
+/// returns the head it is consistent with. `delivered` is the subscriber's
+/// [`crate::feed::Feed::subscribe`] number.
 async fn sync(
-    store: &dyn Store,
+    feed: &crate::feed::Feed,
     filter: &Filter,
+    delivered: i64,
     chunk: &mut Chunk,
     reset: bool,
     envelope: bool,
 ) -> Result<i64, ApiError> {
-    let snapshot = store.snapshot(filter).await?;
+    let snapshot = feed.snapshot(filter, delivered).await?;
     if reset {
         chunk.push(Bytes::from(format!(
             "id:{}\nevent:reset\ndata:{{\"reason\":\"unknown last event id\",\"head\":{}}}\n\n",

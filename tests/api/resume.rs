@@ -107,3 +107,33 @@ async fn an_up_to_date_client_gets_only_what_is_new() {
     app.insert(&user, "b", NOW, json!(2)).await;
     assert_eq!(sse.next().await, Received { id: 2, event: "b".into(), data: json!(2) });
 }
+
+/// Subscribers that arrive together share one read of the latest state; each
+/// still gets a state consistent with its own place in the live stream: the
+/// latest event, then every later one, once, with no gap.
+#[tokio::test]
+async fn subscribers_arriving_together_while_publishing_miss_nothing() {
+    const EVENTS: i64 = 80;
+    let app = TestApp::spawn().await;
+    let user = app.user("alice").await;
+    let (http, url, jwt, collection) =
+        (app.http.clone(), app.url("/insert"), user.jwt.clone(), user.collection);
+    let publisher = tokio::spawn(async move {
+        for i in 0..EVENTS {
+            let body =
+                json!({"event": "e", "collection_id": collection, "timestamp": NOW, "data": i});
+            let response = http.post(&url).bearer_auth(&jwt).json(&body).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+        }
+    });
+    let mut watcher = app.subscribe().await;
+    watcher.take(10).await; // well under way
+    let opened = futures_util::future::join_all((0..24).map(|_| app.subscribe())).await;
+    publisher.await.unwrap();
+    for mut sse in opened {
+        let first = sse.next().await;
+        assert_eq!(first.data, json!(first.id - 1), "the latest state: {first:?}");
+        let rest = sse.take((EVENTS - first.id) as usize).await;
+        assert_eq!(ids(&rest), (first.id + 1..=EVENTS).collect::<Vec<_>>(), "after {first:?}");
+    }
+}
