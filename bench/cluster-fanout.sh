@@ -6,33 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-150000} K=${K:-20} B=${B:-100} NODES=${NODES:-8} PROCS=${PROCS:-24}
-PG=${PG:-postgres://postgres@127.0.0.1:5432}
-out=target/bench
-mkdir -p "$out"
-cargo build --release --workspace --quiet
-bench=target/release/broker-bench
+. bench/nodes.sh
 db=broker_fanout_$$
-psql "$PG/postgres" -qc "CREATE DATABASE $db"
-pids=()
-cleanup() {
-  kill "${pids[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
-}
-trap cleanup EXIT
+create_database "$db"
 
 echo "== Broker: $NODES nodes"
-addrs=()
-for i in $(seq 1 "$NODES"); do
-  port=$((18300 + i))
-  target/release/broker --host 127.0.0.1 --port "$port" --database-url "$PG/$db" \
-    2>"$out/c8-node-$i.log" &
-  pids+=($!) addrs+=("127.0.0.1:$port")
-done
-for a in "${addrs[@]}"; do
-  for _ in $(seq 100); do curl -fsS "http://$a/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
-done
-"$bench" fanout --addr "$(IFS=,; echo "${addrs[*]}")" --pid "$(IFS=,; echo "${pids[*]}")" \
+start_nodes "$NODES" 18300 "$db" c8
+"$bench" fanout --addr "$all" --pid "$pidlist" \
   -n "$N" --procs "$PROCS" -k "$K" -b "$B" --first-source 2 --json "$out/c8-broker-fanout.json"
 kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
 pids=()

@@ -14,32 +14,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NODES=${NODES:-3} RATE=${RATE:-1000} EVENTS=${EVENTS:-100000} WINDOW=${WINDOW:-100} SECONDS_=${SECONDS_:-10}
-PG=${PG:-postgres://postgres@127.0.0.1:5432}
-out=target/bench
-mkdir -p "$out"
-cargo build --release --workspace --quiet
-bench=target/release/broker-bench
+. bench/nodes.sh
 db=broker_bench_$$
-psql "$PG/postgres" -qc "CREATE DATABASE $db"
-psql "$PG/postgres" -qc "CREATE DATABASE ${db}_pgbench"
-pids=() addrs=()
-cleanup() {
-  kill "${pids[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
-  psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS ${db}_pgbench WITH (FORCE)" || true
-}
-trap cleanup EXIT
-for i in $(seq 1 "$NODES"); do
-  port=$((18180 + i))
-  target/release/broker --host 127.0.0.1 --port "$port" --database-url "$PG/$db" \
-    2>"$out/cluster-node-$i.log" &
-  pids+=($!) addrs+=("127.0.0.1:$port")
-done
-for a in "${addrs[@]}"; do
-  for _ in $(seq 100); do curl -fsS "http://$a/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
-done
-all=$(IFS=,; echo "${addrs[*]}") pidlist=$(IFS=,; echo "${pids[*]}")
+create_database "$db"
+create_database "${db}_pgbench"
+start_nodes "$NODES" 18180 "$db" cluster
 
 echo "== durable inserts: $NODES nodes, 64 publishers"
 "$bench" insert --addr "$all" --pid "$pidlist" -c 64 -t "$SECONDS_" --json "$out/cluster-insert.json"

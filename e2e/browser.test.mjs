@@ -13,34 +13,11 @@ import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { extname, join, normalize } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { DEADLINE, freePort, launch, until } from './support.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const BROKER_BIN = process.env.BROKER_BIN || join(ROOT, 'target/debug/broker');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const TARGET = join(ROOT, 'target');
-const DEADLINE = 20_000;
-
-/** Waits until `check()` resolves truthy; fails after the deadline. */
-async function until(what, check, deadline = DEADLINE) {
-  const end = Date.now() + deadline;
-  for (;;) {
-    const value = await check();
-    if (value) return value;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
-
-/** A free TCP port on 127.0.0.1. */
-function freePort() {
-  return new Promise((resolve) => {
-    const server = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 /** The broker binary, stopped and started on the same port and database. */
 class Broker {
@@ -150,15 +127,7 @@ before(async () => {
   examples = await serveExamples(examplesPort);
   broker = new Broker(brokerPort, dataDir, [examplesUrl]);
   await broker.start();
-  context = await chromium.launchPersistentContext(profileDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    viewport: { width: 1280, height: 960 },
-    args: [
-      '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
-    ],
-  });
+  context = await launch(profileDir, { viewport: { width: 1280, height: 960 } });
 });
 
 after(async () => {

@@ -9,36 +9,13 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { freePort, launch, until } from './support.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const ADMIN = process.env.BROKER_TEST_PG || 'postgres://postgres@127.0.0.1:5432/postgres';
-const DEADLINE = 30_000;
-
-async function until(what, check, deadline = DEADLINE) {
-  const end = Date.now() + deadline;
-  for (;;) {
-    const value = await check();
-    if (value) return value;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
-
-/** A free TCP port on 127.0.0.1 (the nodes take the next three). */
-function freePort() {
-  return new Promise((resolve) => {
-    const server = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 const database = `broker_e2e_${process.pid}_${Date.now()}`;
 const psql = (sql) => execFileSync('psql', [ADMIN, '-qAtc', sql]);
@@ -61,14 +38,7 @@ before(async () => {
     node.pid = Number(readFileSync(join(run, `node-${node.port}.pid`), 'utf8'));
     await until(`node ${node.port}`, () => fetch(`${node.url}/readyz`).then((r) => r.ok, () => false));
   }
-  context = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), 'broker-chromium-')), {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
-    ],
-  });
+  context = await launch(mkdtempSync(join(tmpdir(), 'broker-chromium-')));
 });
 
 after(async () => {

@@ -267,6 +267,21 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
     })
 }
 
+/// Stores one event as it is, with its sequence number if it has one.
+fn insert_event(conn: &Connection, e: &Event, seq: Option<i64>) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql::INSERT_EVENT)?.execute(params![
+        e.id,
+        e.user_id,
+        e.collection_id,
+        e.event,
+        e.timestamp,
+        e.published,
+        e.cancelled,
+        e.data.get(),
+        seq
+    ])
+}
+
 /// The filter's values as SQL parameters, collections first.
 fn filter_params(filter: &Filter) -> Vec<rusqlite::types::Value> {
     let collections = filter.collections().iter().map(|c| c.as_bytes().to_vec().into());
@@ -291,10 +306,11 @@ mod sql {
         "SELECT id, username, password_hash, collection_id FROM users WHERE username = ?1";
     pub const USER_BY_ID: &str =
         "SELECT id, username, password_hash, collection_id FROM users WHERE id = ?1";
+    /// An event as it is: new ones have no `seq`; imported ones may.
     pub const INSERT_EVENT: &str = concat!(
         "INSERT INTO events (",
         event_columns!(),
-        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+        ", seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
     );
     pub const EVENT_BY_ID: &str =
         concat!("SELECT ", event_columns!(), " FROM events WHERE id = ?1");
@@ -339,11 +355,6 @@ mod sql {
     /// Reads at most one row of each table (not in [`ALL`]: it scans, and stops at once).
     pub const IS_EMPTY: &str =
         "SELECT NOT EXISTS (SELECT 1 FROM users) AND NOT EXISTS (SELECT 1 FROM events)";
-    pub const IMPORT_EVENT: &str = concat!(
-        "INSERT INTO events (",
-        event_columns!(),
-        ", seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-    );
     pub const IMPORT_LATEST: &str =
         "INSERT INTO latest (collection_id, event, seq) VALUES (?1, ?2, ?3)
          ON CONFLICT (collection_id, event) DO UPDATE SET seq = MAX(seq, excluded.seq)";
@@ -393,10 +404,9 @@ mod sql {
     }
 
     #[cfg(test)]
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 17] = [
         USERS_AFTER,
         EVENTS_AFTER,
-        IMPORT_EVENT,
         IMPORT_LATEST,
         INSERT_USER,
         USER_BY_NAME,
@@ -446,20 +456,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_event(&self, e: Event) -> Result<(), StoreError> {
-        self.write(move |conn| {
-            conn.prepare_cached(sql::INSERT_EVENT)?.execute(params![
-                e.id,
-                e.user_id,
-                e.collection_id,
-                e.event,
-                e.timestamp,
-                e.published,
-                e.cancelled,
-                e.data.get()
-            ])?;
-            Ok(())
-        })
-        .await
+        self.write(move |conn| Ok(insert_event(conn, &e, None).map(|_| ())?)).await
     }
 
     async fn cancel_event(&self, id: Uuid, user_id: Uuid) -> Result<Cancel, StoreError> {
@@ -628,7 +625,6 @@ impl Store for SqliteStore {
     async fn import(&self, records: Vec<Record>) -> Result<(), StoreError> {
         self.write(move |conn| {
             let mut user = conn.prepare_cached(sql::INSERT_USER)?;
-            let mut event = conn.prepare_cached(sql::IMPORT_EVENT)?;
             let mut latest = conn.prepare_cached(sql::IMPORT_LATEST)?;
             for record in records {
                 match record {
@@ -636,17 +632,7 @@ impl Store for SqliteStore {
                         user.execute(params![u.id, u.username, u.password_hash, u.collection_id])?;
                     }
                     Record::Event { event: e, seq } => {
-                        event.execute(params![
-                            e.id,
-                            e.user_id,
-                            e.collection_id,
-                            e.event,
-                            e.timestamp,
-                            e.published,
-                            e.cancelled,
-                            e.data.get(),
-                            seq
-                        ])?;
+                        insert_event(conn, &e, seq)?;
                         if let Some(seq) = seq {
                             latest.execute(params![e.collection_id, e.event, seq])?;
                         }
