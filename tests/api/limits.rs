@@ -32,8 +32,8 @@ async fn a_stalled_subscriber_costs_the_others_nothing() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let _alone = HEAVY.lock().await;
-    const EVENTS: usize = 3000;
-    const SIZE: usize = 32 * 1024;
+    const EVENTS: usize = 1500;
+    const SIZE: usize = 64 * 1024;
     /// Publishers stay at most this many events ahead of the normal
     /// subscriber (well inside --max-lag): it keeps up by construction.
     const WINDOW: usize = 64;
