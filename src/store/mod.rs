@@ -141,7 +141,10 @@ pub trait Store: Send + Sync + 'static {
     /// sequence number; returns them in that order.
     async fn publish_due(&self, now: i64, limit: usize) -> Result<Vec<Published>, StoreError>;
 
-    /// The timestamp of the earliest pending event, if any.
+    /// When this node's scheduler should next publish (UNIX seconds), if
+    /// anything is pending: the earliest pending timestamp, or later for a
+    /// shared database where another node is expected to publish it (its
+    /// own events are due at their timestamp, or at once if that is past).
     async fn next_due(&self) -> Result<Option<i64>, StoreError>;
 
     /// The latest published event of each name the filter selects, and the

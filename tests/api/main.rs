@@ -10,6 +10,7 @@ mod limits;
 mod ops;
 mod process;
 mod resume;
+mod store;
 mod stream;
 mod support;
 mod transfer;
