@@ -87,7 +87,7 @@ pub async fn insert(
 }
 
 /// The paging parameters of the listings, for the API description.
-const PAGING: &str = "With `limit` (1 to 1000), one page of each list is answered, and `cursor`: pass it back, with `limit`, for the next page; it is null once every list is exhausted. Without `limit`, everything, as Broker 1.x answered.";
+const PAGING: &str = "With `limit` (1 to 1000), one page of each list is answered, and `cursor`: pass it back for the next page; it is null once every list is exhausted. Without `limit`, everything (after `cursor`, if given), as Broker 1.x answered.";
 
 /// `{"events": [...]}`: a collection's events by ascending timestamp.
 #[utoipa::path(get, path = "/events/collections/{collection_id}", tag = "events",
@@ -95,7 +95,7 @@ const PAGING: &str = "With `limit` (1 to 1000), one page of each list is answere
     params(
         ("collection_id" = Uuid, Path, description = "The collection."),
         ("limit" = Option<u16>, Query, minimum = 1, maximum = 1000, description = "Answer one page of at most this many events, and a cursor."),
-        ("cursor" = Option<String>, Query, description = "Where the page starts: the cursor of the previous page (with `limit`)."),
+        ("cursor" = Option<String>, Query, pattern = r"^(end|-?[0-9]{1,18}\.-?[0-9]{1,18})$", description = "Where the page starts: the cursor of the previous page."),
     ),
     security(("bearer" = [])),
     responses(
@@ -118,7 +118,7 @@ pub async fn collection(
     description = PAGING,
     params(
         ("limit" = Option<u16>, Query, minimum = 1, maximum = 1000, description = "Answer one page of at most this many events of each list, and a cursor."),
-        ("cursor" = Option<String>, Query, description = "Where the pages start: the cursor of the previous answer (with `limit`)."),
+        ("cursor" = Option<String>, Query, pattern = r"^(end|-?[0-9]{1,18}\.-?[0-9]{1,18})~(end|-?[0-9]{1,18}\.-?[0-9]{1,18})$", description = "Where the pages start: the cursor of the previous answer."),
     ),
     responses(
         (status = 200, description = "The caller's events, by ascending timestamp.", body = OfUser),

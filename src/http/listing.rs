@@ -3,8 +3,9 @@
 //! so that a collection of any size costs a page of memory, not the log.
 //!
 //! With `limit`, one page of each list is answered, with a `cursor` to pass
-//! back for the next one (`null` once every list is exhausted). The cursor
-//! is opaque to clients.
+//! back for the next one (`null` once every list is exhausted). A cursor
+//! without `limit` answers the rest of the lists. The cursor is opaque to
+//! clients.
 
 use std::sync::Arc;
 
@@ -49,9 +50,6 @@ impl Paging {
                 _ => Err(bad(format!("limit must be a whole number from 1 to {MAX_LIMIT}"))),
             })
             .transpose()?;
-        if raw.cursor.is_some() && limit.is_none() {
-            return Err(bad("a cursor goes with a limit".into()));
-        }
         Ok(Self { limit, cursor: raw.cursor })
     }
 }

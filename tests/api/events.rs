@@ -176,7 +176,14 @@ async fn listings_page_with_a_cursor_in_the_same_order() {
     assert_eq!(&paged, whole["events"].as_array().unwrap());
 
     let path = format!("/events/collections/{}", alice.collection);
-    for bad in ["?limit=0", "?limit=1001", "?limit=x", "?cursor=1.2", "?limit=2&cursor=nope"] {
+    // A cursor without a limit: the rest of the list, in the 1.x shape.
+    let first = ok_json(app.get_as(&alice.jwt, &format!("{path}?limit=4")).await).await;
+    let cursor = first["cursor"].as_str().unwrap();
+    let rest = ok_json(app.get_as(&alice.jwt, &format!("{path}?cursor={cursor}")).await).await;
+    assert_eq!(rest.as_object().unwrap().len(), 1, "no cursor without limit: {rest}");
+    let all = ok_json(app.get_as(&alice.jwt, &path).await).await["events"].clone();
+    assert_eq!(rest["events"].as_array().unwrap()[..], all.as_array().unwrap()[4..]);
+    for bad in ["?limit=0", "?limit=1001", "?limit=x", "?cursor=", "?limit=2&cursor=nope"] {
         error_json(app.get_as(&alice.jwt, &format!("{path}{bad}")).await, 400).await;
     }
     let user_cursor = "?limit=2&cursor=1.2";
