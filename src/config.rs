@@ -63,6 +63,11 @@ pub struct Config {
     #[arg(long, env = "BROKER_HEARTBEAT", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
     pub heartbeat: u64,
 
+    /// How many levels an event's data may nest arrays and objects; deeper
+    /// data is refused with 400 (many JSON parsers fail on deep nesting).
+    #[arg(long, env = "BROKER_MAX_DEPTH", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_depth: u64,
+
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "BROKER_MAX_BODY", default_value_t = 1024 * 1024)]
     pub max_body: usize,

@@ -164,11 +164,14 @@ pub fn integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> 
 
 /// Rewrites already-valid JSON without insignificant white space, so that it
 /// fits on one SSE `data:` line. Strings, numbers and key order are kept
-/// exactly as the client sent them.
-pub fn compact_json(raw: &RawValue) -> Box<RawValue> {
+/// exactly as the client sent them. Refuses arrays and objects nested more
+/// than `max_depth` levels: many JSON parsers (Python's, for one) recurse and
+/// fail on deep nesting, so one such event would make the stream and the
+/// listings unreadable for them.
+pub fn compact_json(raw: &RawValue, max_depth: usize) -> Result<Box<RawValue>, Invalid> {
     let text = raw.get();
     let mut out = String::with_capacity(text.len());
-    let (mut in_string, mut escaped) = (false, false);
+    let (mut in_string, mut escaped, mut depth) = (false, false, 0usize);
     for c in text.chars() {
         if in_string {
             if escaped {
@@ -178,15 +181,26 @@ pub fn compact_json(raw: &RawValue) -> Box<RawValue> {
             } else if c == '"' {
                 in_string = false;
             }
-        } else if c == '"' {
-            in_string = true;
-        } else if c.is_ascii_whitespace() {
-            continue;
+        } else {
+            match c {
+                '"' => in_string = true,
+                '[' | '{' => {
+                    depth += 1;
+                    if depth > max_depth {
+                        return Err(Invalid(format!(
+                            "data must not be nested more than {max_depth} levels deep"
+                        )));
+                    }
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                c if c.is_ascii_whitespace() => continue,
+                _ => {}
+            }
         }
         out.push(c);
     }
     // Removing white space outside strings keeps valid JSON valid.
-    RawValue::from_string(out).unwrap_or_else(|_| raw.to_owned())
+    Ok(RawValue::from_string(out).unwrap_or_else(|_| raw.to_owned()))
 }
 
 /// Which published events a subscriber wants. Empty lists select all.
@@ -334,6 +348,21 @@ mod tests {
         let raw: Box<RawValue> =
             serde_json::from_str("{ \"a\" : [1, 2 ,\n 3], \"s\": \"x \\\" y\\n\" , \"z\":1e400 }")
                 .unwrap();
-        assert_eq!(compact_json(&raw).get(), r#"{"a":[1,2,3],"s":"x \" y\n","z":1e400}"#);
+        assert_eq!(
+            compact_json(&raw, 64).unwrap().get(),
+            r#"{"a":[1,2,3],"s":"x \" y\n","z":1e400}"#
+        );
+    }
+
+    #[test]
+    fn nesting_is_bounded_outside_strings() {
+        let nested = |n: usize| -> Box<RawValue> {
+            serde_json::from_str(&format!("{}{}", "[".repeat(n), "]".repeat(n))).unwrap()
+        };
+        assert!(compact_json(&nested(64), 64).is_ok());
+        assert!(compact_json(&nested(65), 64).is_err());
+        let brackets_in_a_string: Box<RawValue> =
+            serde_json::from_str(&format!("[\"{}\"]", "[{".repeat(100))).unwrap();
+        assert!(compact_json(&brackets_in_a_string, 2).is_ok());
     }
 }

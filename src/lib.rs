@@ -115,6 +115,7 @@ impl Broker {
             clock,
             private_stream: config.private_stream,
             retry_ms: config.retry,
+            max_depth: usize::try_from(config.max_depth).unwrap_or(usize::MAX),
             origins,
         });
         match &config.secret {

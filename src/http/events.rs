@@ -78,7 +78,7 @@ pub async fn insert(
         timestamp: check_timestamp(body.timestamp)?,
         published: false,
         cancelled: false,
-        data: compact_json(&body.data),
+        data: compact_json(&body.data, app.max_depth)?,
     };
     app.store.insert_event(event.clone()).await?;
     app.wake.poke();

@@ -48,6 +48,8 @@ pub struct App {
     pub private_stream: bool,
     /// The SSE `retry:` value, in milliseconds.
     pub retry_ms: u64,
+    /// How deeply an event's data may nest arrays and objects.
+    pub max_depth: usize,
     /// Origins allowed by CORS.
     pub origins: Vec<HeaderValue>,
 }

@@ -107,3 +107,35 @@ async fn cors_allows_exactly_the_configured_origins() {
         .unwrap();
     assert_eq!(ok.headers()["access-control-allow-origin"], "http://b.test");
 }
+
+/// Data nested deeper than `--max-depth` (64) is refused at insert, with a
+/// reason, however deep; what fits is stored as sent.
+#[tokio::test]
+async fn deeply_nested_data_is_refused() {
+    let app = TestApp::spawn().await;
+    let user = app.user("alice").await;
+    let insert = |depth: usize| {
+        let data = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let body = format!(
+            "{{\"event\":\"deep\",\"collection_id\":\"{}\",\"timestamp\":{NOW},\"data\":{data}}}",
+            user.collection
+        );
+        app.http
+            .post(app.url("/insert"))
+            .bearer_auth(&user.jwt)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let fits = crate::support::ok_json(insert(64).await.unwrap()).await;
+    assert_eq!(
+        fits["event"]["data"],
+        serde_json::from_str::<serde_json::Value>(&format!("{}{}", "[".repeat(64), "]".repeat(64)))
+            .unwrap()
+    );
+    for depth in [65, 100_000] {
+        let message = error_json(insert(depth).await.unwrap(), 400).await;
+        assert!(message.contains("nested"), "{message}");
+    }
+    assert_eq!(app.collection(&user, user.collection).await.len(), 1, "nothing deeper was stored");
+}
