@@ -96,6 +96,11 @@ pub struct Config {
     #[command(subcommand)]
     pub command: Option<Command>,
 
+    /// Seconds an event stream's client may take no data before it is
+    /// disconnected (it can reconnect and resume).
+    #[arg(long, env = "BROKER_WRITE_STALL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub write_stall: u64,
+
     /// How many events a subscriber may fall behind before it is disconnected
     /// (it can reconnect and resume).
     #[arg(long, env = "BROKER_MAX_LAG", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]

@@ -116,6 +116,7 @@ impl Broker {
             private_stream: config.private_stream,
             retry_ms: config.retry,
             max_depth: usize::try_from(config.max_depth).unwrap_or(usize::MAX),
+            write_stall: Duration::from_secs(config.write_stall),
             origins,
         });
         match &config.secret {

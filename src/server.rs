@@ -59,9 +59,10 @@ pub async fn run(
             let _ = socket.set_nodelay(true);
             match read_head(socket).await {
                 Head::Events(socket, headers, query) => {
+                    let stall = app.write_stall;
                     if let Some((subscriber, socket)) = events(socket, app, headers, query).await {
                         // A task of its own, sized for the stream alone.
-                        spawner.spawn(stream::write_to(subscriber, socket));
+                        spawner.spawn(stream::write_to(subscriber, socket, stall));
                     }
                 }
                 Head::Other(socket, prefix) => {
@@ -172,14 +173,14 @@ async fn events(
     query: Option<String>,
 ) -> Option<(stream::Subscriber, TcpStream)> {
     let started = std::time::Instant::now();
-    let metrics = app.hub.metrics.clone();
+    let (metrics, stall) = (app.hub.metrics.clone(), app.write_stall);
     match Box::pin(open_events(app, headers, query)).await {
         Ok((mut subscriber, mut head)) => {
             metrics.request("/events", 200, started.elapsed());
             head.extend_from_slice(&subscriber.take_first().unwrap_or_default());
             // The sync may be large: a peer that takes none of it is dropped
             // like any stalled stream.
-            stream::write(&mut socket, &head).await.ok()?;
+            stream::write(&mut socket, &head, stall).await.ok()?;
             Some((subscriber, socket))
         }
         Err((status, response)) => {

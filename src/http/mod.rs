@@ -50,6 +50,8 @@ pub struct App {
     pub retry_ms: u64,
     /// How deeply an event's data may nest arrays and objects.
     pub max_depth: usize,
+    /// How long an event stream's peer may refuse data before it is dropped.
+    pub write_stall: std::time::Duration,
     /// Origins allowed by CORS.
     pub origins: Vec<HeaderValue>,
 }

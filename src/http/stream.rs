@@ -240,15 +240,15 @@ pub(crate) async fn open(
 /// Writes a stream straight to its socket, then closes it: the lean path of
 /// [`crate::Broker::serve`], which keeps no HTTP buffers per stream. Ends
 /// when the stream does, when the peer closes, or when the peer has not
-/// taken any data for [`WRITE_STALL`].
-pub(crate) async fn write_to(mut subscriber: Subscriber, mut socket: TcpStream) {
+/// taken any data for `stall` (`--write-stall`).
+pub(crate) async fn write_to(mut subscriber: Subscriber, mut socket: TcpStream, stall: Duration) {
     loop {
         // Readiness is polled directly: the waker lives in the socket's
         // registration, not in this (per-stream) future.
         let readable = std::future::poll_fn(|cx| socket.poll_read_ready(cx));
         tokio::select! {
             chunk = subscriber.next_chunk() => match chunk {
-                Some(chunk) => if write(&mut socket, &chunk).await.is_err() { break },
+                Some(chunk) => if write(&mut socket, &chunk, stall).await.is_err() { break },
                 None => break,
             },
             ready = readable => if ready.is_err() || peer_closed(&socket) { break },
@@ -257,18 +257,19 @@ pub(crate) async fn write_to(mut subscriber: Subscriber, mut socket: TcpStream) 
     let _ = socket.shutdown().await;
 }
 
-/// How long a peer may refuse data before it is disconnected.
-pub const WRITE_STALL: Duration = Duration::from_secs(30);
-
-/// Writes all of `bytes`, failing if the peer takes none for [`WRITE_STALL`].
-pub(crate) async fn write(socket: &mut TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+/// Writes all of `bytes`, failing if the peer takes none for `stall`.
+pub(crate) async fn write(
+    socket: &mut TcpStream,
+    mut bytes: &[u8],
+    stall: Duration,
+) -> std::io::Result<()> {
     // Almost always the socket takes everything at once; the timer only
     // exists (boxed, off the per-stream state) when it does not.
     while !bytes.is_empty() {
         match socket.try_write(bytes) {
             Ok(n) => bytes = &bytes[n..],
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                let stalled = Box::pin(tokio::time::timeout(WRITE_STALL, socket.write_all(bytes)));
+                let stalled = Box::pin(tokio::time::timeout(stall, socket.write_all(bytes)));
                 return stalled.await.map_err(|_| ErrorKind::TimedOut.into()).and_then(|r| r);
             }
             Err(e) => return Err(e),
