@@ -9,14 +9,7 @@ use crate::support::{NOW, TestApp, error_json};
 async fn malformed_requests_get_json_errors() {
     let app = TestApp::spawn_with(&["--max-body", "4096"]).await;
     let user = app.user("alice").await;
-    let send = |body: String| {
-        app.http
-            .post(app.url("/insert"))
-            .bearer_auth(&user.jwt)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-    };
+    let send = |body: String| app.insert_text(&user.jwt, body);
     let c = user.collection;
     let cases: [(String, u16); 10] = [
         ("{\"event\":".into(), 400),
@@ -51,7 +44,7 @@ async fn malformed_requests_get_json_errors() {
         ),
     ];
     for (body, status) in cases {
-        let message = error_json(send(body.clone()).await.unwrap(), status).await;
+        let message = error_json(send(body.clone()).await, status).await;
         assert!(!message.is_empty(), "{body}");
     }
     let no_type =
@@ -120,21 +113,16 @@ async fn deeply_nested_data_is_refused() {
             "{{\"event\":\"deep\",\"collection_id\":\"{}\",\"timestamp\":{NOW},\"data\":{data}}}",
             user.collection
         );
-        app.http
-            .post(app.url("/insert"))
-            .bearer_auth(&user.jwt)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
+        app.insert_text(&user.jwt, body)
     };
-    let fits = crate::support::ok_json(insert(64).await.unwrap()).await;
+    let fits = crate::support::ok_json(insert(64).await).await;
     assert_eq!(
         fits["event"]["data"],
         serde_json::from_str::<serde_json::Value>(&format!("{}{}", "[".repeat(64), "]".repeat(64)))
             .unwrap()
     );
     for depth in [65, 100_000] {
-        let message = error_json(insert(depth).await.unwrap(), 400).await;
+        let message = error_json(insert(depth).await, 400).await;
         assert!(message.contains("nested"), "{message}");
     }
     assert_eq!(app.collection(&user, user.collection).await.len(), 1, "nothing deeper was stored");

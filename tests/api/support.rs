@@ -264,6 +264,18 @@ impl TestApp {
             .expect("request")
     }
 
+    /// POSTs a raw JSON text to `/insert` with a token; the raw response.
+    pub async fn insert_text(&self, jwt: &str, body: String) -> reqwest::Response {
+        self.http
+            .post(self.url("/insert"))
+            .bearer_auth(jwt)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
     /// Inserts an event that must be accepted; returns its record.
     pub async fn insert(&self, user: &TestUser, event: &str, timestamp: i64, data: Value) -> Value {
         let body = json!({"event": event, "collection_id": user.collection, "timestamp": timestamp, "data": data});
