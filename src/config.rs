@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::throttle::Proxy;
+
 /// Everything a Broker server needs to start.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "broker", version, about = "Real-time zero-code API server")]
@@ -105,11 +107,38 @@ pub struct Config {
     /// (it can reconnect and resume).
     #[arg(long, env = "BROKER_MAX_LAG", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_lag: u64,
+
+    /// Failed logins for one username (known or not) before each further
+    /// attempt must wait: 1 second, doubling with every failure, up to
+    /// `--login-window`. 0 turns the limit off.
+    #[arg(long, env = "BROKER_LOGIN_ATTEMPTS", default_value_t = 5)]
+    pub login_attempts: u32,
+
+    /// Failed logins from one client address before it must wait likewise.
+    /// 0 turns the limit off.
+    #[arg(long, env = "BROKER_LOGIN_ATTEMPTS_PER_ADDRESS", default_value_t = 50)]
+    pub login_attempts_per_address: u32,
+
+    /// Seconds after the last failure when a username's or address's
+    /// failures are forgotten; also the longest wait.
+    #[arg(long, env = "BROKER_LOGIN_WINDOW", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub login_window: u64,
+
+    /// Proxies (addresses or networks such as 10.0.0.0/8) whose
+    /// `X-Forwarded-For` header names the client; repeat or separate with
+    /// commas. Without one, the peer's address is the client's.
+    #[arg(long, env = "BROKER_TRUSTED_PROXY", value_delimiter = ',')]
+    pub trusted_proxy: Vec<Proxy>,
+
+    /// Inserts each user may make per second (in bursts of as many); more
+    /// get 429 with `Retry-After`. 0 (the default) means no limit.
+    #[arg(long, env = "BROKER_INSERT_RATE", default_value_t = 0)]
+    pub insert_rate: u32,
 }
 
 /// The subcommands: work on the store (given by `--database-url` or
 /// `--save-path`) instead of serving.
-#[derive(clap::Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Write every user and event of the store to standard output, as JSON
     /// Lines (to move to another backend, or as a backup).
@@ -117,6 +146,24 @@ pub enum Command {
     /// Read what `broker export` wrote, from standard input, into the store;
     /// the store must be empty.
     Import,
+    /// Manage administrators (whether or not a server is running).
+    #[command(subcommand)]
+    Admin(Admin),
+}
+
+/// `broker admin …`.
+#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Admin {
+    /// Make USERNAME an administrator.
+    Grant {
+        /// The user's login name.
+        username: String,
+    },
+    /// Make USERNAME an ordinary user again.
+    Revoke {
+        /// The user's login name.
+        username: String,
+    },
 }
 
 /// How log lines are written.

@@ -280,7 +280,7 @@ pub struct Published {
 }
 
 /// A registered user as the store keeps it (and `broker export` writes it).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct User {
     /// The user's id.
     pub id: Uuid,
@@ -290,6 +290,15 @@ pub struct User {
     pub password_hash: String,
     /// The collection holding this user's profile ("info") events.
     pub collection_id: Uuid,
+    /// Whether the user may use the `/admin` endpoints.
+    #[serde(default)]
+    pub admin: bool,
+    /// Whether the account is disabled: no login, no token works.
+    #[serde(default)]
+    pub disabled: bool,
+    /// The token generation: tokens issued in an earlier one are revoked.
+    #[serde(default)]
+    pub generation: i64,
 }
 
 #[cfg(test)]

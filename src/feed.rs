@@ -10,6 +10,11 @@
 //! On a shared database the feed also catches up when notified and every
 //! poll interval, so no event depends on a notification arriving.
 //!
+//! On a shared database the feed also makes sure, before it hands events
+//! over, that the hub's access rules are at least as new as the events:
+//! a collection made private on another node, then written to, never
+//! reaches this node's streams as a public one.
+//!
 //! The feed also reads the latest state for new subscribers, once for all
 //! those with the same filter that arrive together: a thousand browsers
 //! reconnecting at once cost one query, not a thousand.
@@ -46,6 +51,8 @@ pub struct Feed {
     flights: std::sync::Mutex<HashMap<Filter, (i64, Flight)>>,
     /// Events handed over between waits for subscribers to drain.
     slice: usize,
+    /// Whether other nodes share the store (and may change its rules).
+    shared: bool,
 }
 
 impl Feed {
@@ -53,7 +60,7 @@ impl Feed {
     /// time, each slice once subscribers have drained the previous one (see
     /// [`Hub::drained`]), so that a large publication does not overrun
     /// subscribers that keep up.
-    pub fn new(store: Arc<dyn Store>, hub: Arc<Hub>, max_lag: usize) -> Self {
+    pub fn new(store: Arc<dyn Store>, hub: Arc<Hub>, max_lag: usize, shared: bool) -> Self {
         Self {
             store,
             hub,
@@ -61,6 +68,7 @@ impl Feed {
             seen: AtomicI64::new(-1),
             flights: std::sync::Mutex::default(),
             slice: (max_lag / 2).max(1),
+            shared,
         }
     }
 
@@ -104,6 +112,11 @@ impl Feed {
         snapshot
     }
 
+    /// The access rules the hub applies now.
+    pub fn rules(&self) -> Arc<crate::access::AccessState> {
+        self.hub.access.current()
+    }
+
     /// The last delivered number, read from the store's head the first time.
     async fn start(&self, delivered: &mut Option<i64>) -> Result<i64, StoreError> {
         if let Some(last) = *delivered {
@@ -123,6 +136,7 @@ impl Feed {
         if self.start(&mut delivered).await? < first.seq - 1 {
             self.catch_up_locked(&mut delivered, first.seq - 1).await?;
         }
+        self.rules_as_new_as_events().await?;
         self.hand_over(&mut delivered, events).await;
         Ok(())
     }
@@ -143,10 +157,23 @@ impl Feed {
     ) -> Result<(), StoreError> {
         while let Some(after) = *delivered {
             let page = self.store.replay(after, until, &Filter::default(), PAGE).await?;
+            if !page.is_empty() {
+                self.rules_as_new_as_events().await?;
+            }
             self.hand_over(delivered, &page).await;
             if page.len() < PAGE {
                 break;
             }
+        }
+        Ok(())
+    }
+
+    /// On a shared store, reads the access rules again if they changed:
+    /// called after events were read, so that the rules are at least as
+    /// new as they.
+    async fn rules_as_new_as_events(&self) -> Result<(), StoreError> {
+        if self.shared {
+            self.hub.refresh_access(self.store.as_ref()).await?;
         }
         Ok(())
     }
@@ -226,7 +253,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
         let hub = Arc::new(Hub::new(16, 16, Arc::default()));
-        let feed = Feed::new(store.clone(), hub, 16);
+        let feed = Feed::new(store.clone(), hub, 16, false);
         let (_ring, start) = feed.subscribe().await.unwrap();
         assert_eq!(start, 0);
         publish(&store, &feed, 1).await;

@@ -5,7 +5,12 @@
 //! subscriber costs one ring cursor, not a queue of its own; one that falls
 //! more than the ring's capacity behind is told so and disconnected (it can
 //! resume from the store), so a stalled client costs the others nothing and
-//! the ring's memory is bounded by `max_lag` frames. The hub also admits
+//! the ring's memory is bounded by `max_lag` frames. An event of a private
+//! collection carries its collection's rule, looked up once per
+//! publication: a stream checks it against its own user (a map lookup, no
+//! query), while a public event costs a stream no check at all. New access
+//! rules travel through the ring too, in order with the events, so that
+//! streams whose session was revoked end. The hub also admits
 //! streams up to the connection limit, sends the heartbeat comment and, on
 //! shutdown, the close signal that ends every stream.
 
@@ -19,8 +24,10 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::access::{Access, AccessState, Rule};
 use crate::domain::Published;
 use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
 
 /// What travels through the hub.
 #[derive(Debug)]
@@ -41,7 +48,12 @@ pub enum Frame {
         /// The same as an [`envelope_frame`], made by the first subscriber
         /// that wants it and shared by the others.
         envelope: OnceLock<Bytes>,
+        /// Its collection's rule if that is private: only the users it
+        /// lets read may see the frame.
+        private: Option<Arc<Rule>>,
     },
+    /// The access rules changed: streams re-check their session.
+    Access(Arc<AccessState>),
     /// Keep-alive comment.
     Heartbeat,
     /// The server is shutting down: end the stream.
@@ -78,7 +90,7 @@ pub fn envelope_frame(seq: i64, collection_id: &Uuid, name: &str, data: &[u8]) -
 impl Frame {
     /// This event frame as [`envelope_frame`] writes it, made once.
     pub fn envelope(&self) -> Option<Bytes> {
-        let Frame::Event { seq, collection_id, name, bytes, data_at, envelope } = self else {
+        let Frame::Event { seq, collection_id, name, bytes, data_at, envelope, .. } = self else {
             return None;
         };
         let data = &bytes[*data_at..bytes.len() - 2];
@@ -90,6 +102,8 @@ impl Frame {
 #[derive(Debug)]
 pub struct Hub {
     ring: broadcast::Sender<Arc<Frame>>,
+    /// This node's copy of the access rules.
+    pub access: Arc<Access>,
     /// Where publications, deliveries and drops are counted.
     pub metrics: Arc<Metrics>,
     open: AtomicUsize,
@@ -120,6 +134,7 @@ impl Hub {
     pub fn new(max_lag: usize, max_open: usize, metrics: Arc<Metrics>) -> Self {
         Self {
             ring: broadcast::Sender::new(max_lag.max(1)),
+            access: Arc::default(),
             metrics,
             open: AtomicUsize::new(0),
             max_open,
@@ -155,7 +170,22 @@ impl Hub {
             data_at: bytes.len() - 2 - p.event.data.get().len(),
             bytes,
             envelope: OnceLock::new(),
+            private: self.access.current().private_rule(&p.event.collection_id),
         });
+    }
+
+    /// Tells every stream that the access rules are now `state`.
+    pub fn access_changed(&self, state: Arc<AccessState>) {
+        self.send(Frame::Access(state));
+    }
+
+    /// Reads the access rules again if they changed in `store`, and tells
+    /// the streams.
+    pub async fn refresh_access(&self, store: &dyn Store) -> Result<(), StoreError> {
+        if let Some(state) = self.access.refresh(store).await? {
+            self.access_changed(state);
+        }
+        Ok(())
     }
 
     fn send(&self, frame: Frame) {

@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod auth;
 pub mod clock;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod scheduler;
 mod server;
 pub mod store;
+pub mod throttle;
 pub mod transfer;
 
 use std::future::Future;
@@ -43,6 +45,7 @@ use feed::Feed;
 use http::App;
 use hub::Hub;
 use scheduler::Wake;
+use throttle::{Failures, Rate};
 
 /// Why Broker could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -90,9 +93,23 @@ impl Broker {
         let max_lag = usize::try_from(config.max_lag).unwrap_or(usize::MAX);
         let hub = Arc::new(Hub::new(max_lag, stream_limit(config.max_connections), metrics));
         hub.spawn_heartbeat(config.heartbeat_interval(), shutdown.clone());
-        let feed = Arc::new(Feed::new(store.clone(), hub.clone(), max_lag));
         let published = Arc::new(Notify::new());
         let poll = store.listen(published.clone(), shutdown.clone());
+        let feed = Arc::new(Feed::new(store.clone(), hub.clone(), max_lag, poll.is_some()));
+        match hub.access.refresh(store.as_ref()).await {
+            Ok(_) => {}
+            // Retried by the poller; until then requests answer 503.
+            Err(store::StoreError::Unavailable(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        hub.access.clone().spawn_poller(
+            store.clone(),
+            {
+                let hub = hub.clone();
+                move |state| hub.access_changed(state)
+            },
+            shutdown.clone(),
+        );
         if let Some(poll) = poll {
             feed.clone().spawn_follower(published, poll, shutdown.clone());
         }
@@ -118,6 +135,12 @@ impl Broker {
             max_depth: usize::try_from(config.max_depth).unwrap_or(usize::MAX),
             write_stall: Duration::from_secs(config.write_stall),
             origins,
+            logins: http::Logins {
+                names: Failures::new(config.login_attempts, config.login_window),
+                addresses: Failures::new(config.login_attempts_per_address, config.login_window),
+                trusted: config.trusted_proxy.clone(),
+            },
+            inserts: Rate::new(config.insert_rate),
         });
         match &config.secret {
             Some(secret) => set_keys(&app, secret, config.expiry)?,

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use broker::Config;
-use broker::config::{Command, LogFormat};
+use broker::config::{Admin, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -19,8 +19,8 @@ async fn main() -> ExitCode {
         }
         LogFormat::Json => logs.json().init(),
     }
-    if let Some(command) = config.command {
-        return transfer(command, &config).await;
+    if let Some(command) = config.command.clone() {
+        return run(command, &config).await;
     }
     let addr = SocketAddr::new(config.host, config.port);
     let listener = match listen(addr) {
@@ -46,16 +46,23 @@ async fn main() -> ExitCode {
     }
 }
 
-/// `broker export` and `broker import`, on standard output and input.
-async fn transfer(command: Command, config: &Config) -> ExitCode {
+/// `broker export` and `broker import` (on standard output and input), and
+/// `broker admin`.
+async fn run(command: Command, config: &Config) -> ExitCode {
     let result = async {
         let store = broker::store::open(config, Default::default())?;
-        match command {
+        match &command {
             Command::Export => {
                 let out = std::io::BufWriter::new(std::io::stdout().lock());
                 broker::transfer::export(&*store, out).await
             }
             Command::Import => broker::transfer::import(&*store, std::io::stdin().lock()).await,
+            Command::Admin(Admin::Grant { username }) => {
+                broker::access::set_admin(&*store, username, true).await.map(|()| 1)
+            }
+            Command::Admin(Admin::Revoke { username }) => {
+                broker::access::set_admin(&*store, username, false).await.map(|()| 1)
+            }
         }
     };
     match result.await {

@@ -10,7 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::http::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::IntoResponse;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -19,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
 
 use crate::http::{App, ops, stream};
 
@@ -43,9 +48,9 @@ pub async fn run(
 ) {
     let tasks = TaskTracker::new();
     loop {
-        let socket = tokio::select! {
+        let (socket, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((socket, _)) => socket,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     accept_failed(&e).await;
                     continue;
@@ -70,7 +75,7 @@ pub async fn run(
                     let Ok(socket) = socket.into_std() else { return };
                     api.spawn(spawner.track_future(async move {
                         if let Ok(socket) = TcpStream::from_std(socket) {
-                            http(socket, prefix, router, shutdown).await;
+                            http(socket, peer, prefix, router, shutdown).await;
                         }
                     }));
                 }
@@ -244,9 +249,20 @@ fn cors_headers(origins: &[HeaderValue], headers: &HeaderMap) -> String {
 }
 
 /// Serves an ordinary HTTP/1.1 connection with hyper.
-async fn http(socket: TcpStream, prefix: Vec<u8>, router: Router, shutdown: CancellationToken) {
+async fn http(
+    socket: TcpStream,
+    peer: SocketAddr,
+    prefix: Vec<u8>,
+    router: Router,
+    shutdown: CancellationToken,
+) {
     let io = TokioIo::new(Rewind { prefix, at: 0, inner: socket });
-    let service = TowerToHyperService::new(router);
+    let service = TowerToHyperService::new(router.map_request(
+        move |mut request: Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            request
+        },
+    ));
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)

@@ -2,7 +2,8 @@
 //! Lines, to move between backends (SQLite ⇄ PostgreSQL) or to back up.
 //!
 //! One record per line: `{"user": {...}}` for each user (with its password
-//! hash), then `{"event": {"event": {...}, "seq": n}}` for each event in
+//! hash and account state), `{"collection": {...}}` for each claimed
+//! collection (owner, privacy, members), then `{"event": {"event": {...}, "seq": n}}` for each event in
 //! insertion order, with its publication sequence number (`null` while it is
 //! pending). Ids, states, sequence numbers and hashes survive, so users log
 //! in with their passwords and subscribers resume with their last event
@@ -10,6 +11,7 @@
 //! `--secret` to keep issued tokens valid.
 
 use std::io::{BufRead, Write};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +27,14 @@ const BATCH: usize = 1000;
 pub enum Record {
     /// A user.
     User(User),
+    /// A claimed collection with its owner, privacy and members.
+    Collection {
+        /// The collection's id.
+        id: uuid::Uuid,
+        /// Who may read and write it.
+        #[serde(flatten)]
+        rule: crate::access::Rule,
+    },
     /// An event with its sequence number, if published.
     Event {
         /// The event as the API shows it.
@@ -34,7 +44,7 @@ pub enum Record {
     },
 }
 
-/// Why an export or import failed.
+/// Why an export, an import or `broker admin` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
     /// The store failed.
@@ -51,12 +61,15 @@ pub enum TransferError {
         /// What is wrong with it.
         error: String,
     },
+    /// `broker admin` named a user who does not exist.
+    #[error("no user is named {0:?}")]
+    NoUser(String),
     /// Import only fills an empty store.
     #[error("the store already holds users or events; import needs an empty one")]
     NotEmpty,
 }
 
-/// Writes every user, then every event, of `store` to `out`; returns how
+/// Writes every user, every claimed collection, then every event, of `store` to `out`; returns how
 /// many records were written.
 pub async fn export(store: &dyn Store, mut out: impl Write) -> Result<usize, TransferError> {
     let mut written = 0;
@@ -71,6 +84,12 @@ pub async fn export(store: &dyn Store, mut out: impl Write) -> Result<usize, Tra
             Some(last) if users.len() == BATCH => after = Some(last.id),
             _ => break,
         }
+    }
+    let mut claimed: Vec<_> = store.access().await?.collections.into_iter().collect();
+    claimed.sort_by_key(|(id, _)| *id);
+    for (id, rule) in claimed {
+        write_line(&mut out, &Record::Collection { id, rule: Arc::unwrap_or_clone(rule) })?;
+        written += 1;
     }
     let mut after = 0;
     loop {

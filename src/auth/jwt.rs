@@ -1,4 +1,6 @@
-//! HS256 JSON Web Tokens: `sub` is the user id, `exp` the expiry.
+//! HS256 JSON Web Tokens: `sub` is the user id, `exp` the expiry, `jti`
+//! the token's own id (so that one token can be revoked) and `gen` the
+//! account's token generation (so that all of them can).
 //!
 //! Expiry is checked against Broker's [`Clock`], not the library's own view
 //! of time, so that it can be tested without waiting.
@@ -18,6 +20,12 @@ pub struct Claims {
     pub iat: i64,
     /// Expiry, UNIX seconds.
     pub exp: i64,
+    /// The token's id; none in tokens of Broker before 2.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<Uuid>,
+    /// The account's token generation when it was issued (0 before 2.1).
+    #[serde(default, rename = "gen")]
+    pub generation: i64,
 }
 
 /// Why a token was refused; the message is shown to the client.
@@ -59,10 +67,21 @@ impl Keys {
         self.lifetime
     }
 
-    /// Issues a token for `user` valid from now.
-    pub fn issue(&self, user: Uuid, clock: &Clock) -> Result<String, jsonwebtoken::errors::Error> {
+    /// Issues a token for `user` (in its token `generation`) valid from now.
+    pub fn issue(
+        &self,
+        user: Uuid,
+        generation: i64,
+        clock: &Clock,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let iat = clock.now_secs();
-        let claims = Claims { sub: user, iat, exp: iat.saturating_add(self.lifetime) };
+        let claims = Claims {
+            sub: user,
+            iat,
+            exp: iat.saturating_add(self.lifetime),
+            jti: Some(Uuid::new_v4()),
+            generation,
+        };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
     }
 
@@ -90,9 +109,9 @@ mod tests {
         let (clock, hand) = Clock::manual(1_000_000_000_000);
         let keys = Keys::new(b"secret", 60).unwrap();
         let user = Uuid::new_v4();
-        let token = keys.issue(user, &clock).unwrap();
+        let token = keys.issue(user, 0, &clock).unwrap();
         assert_eq!(keys.verify(&token, &clock).unwrap().sub, user);
-        let forged = Keys::new(b"other", 60).unwrap().issue(user, &clock).unwrap();
+        let forged = Keys::new(b"other", 60).unwrap().issue(user, 0, &clock).unwrap();
         assert_eq!(keys.verify(&forged, &clock).unwrap_err(), TokenError::Invalid);
         assert_eq!(keys.verify("1234", &clock).unwrap_err(), TokenError::Invalid);
         hand.advance(60_000);

@@ -16,7 +16,7 @@ use crate::domain::Invalid;
 use crate::store::StoreError;
 
 /// Seconds a client should wait after a 503.
-const RETRY_AFTER_SECS: &str = "5";
+const RETRY_AFTER_SECS: u64 = 5;
 
 /// The body of every error answer: `{"error": "..."}`.
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -31,12 +31,25 @@ pub struct ErrorBody {
 pub struct ApiError {
     status: StatusCode,
     message: Cow<'static, str>,
+    retry_after: u64,
 }
 
 impl ApiError {
     /// An error with this status and client-facing message.
     pub fn new(status: StatusCode, message: impl Into<Cow<'static, str>>) -> Self {
-        Self { status, message: message.into() }
+        let retry_after =
+            if status == StatusCode::SERVICE_UNAVAILABLE { RETRY_AFTER_SECS } else { 0 };
+        Self { status, message: message.into(), retry_after }
+    }
+
+    /// 429: too many requests; the client may try again in `seconds`.
+    pub fn too_many(message: impl Into<Cow<'static, str>>, seconds: u64) -> Self {
+        Self { retry_after: seconds.max(1), ..Self::new(StatusCode::TOO_MANY_REQUESTS, message) }
+    }
+
+    /// 403: the user may not do this.
+    pub fn forbidden(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
     }
 
     /// 401: missing or bad credentials.
@@ -63,8 +76,9 @@ impl IntoResponse for ApiError {
             StatusCode::UNAUTHORIZED => {
                 (self.status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
             }
-            StatusCode::SERVICE_UNAVAILABLE => {
-                (self.status, [(header::RETRY_AFTER, RETRY_AFTER_SECS)], body).into_response()
+            _ if self.retry_after > 0 => {
+                (self.status, [(header::RETRY_AFTER, self.retry_after.to_string())], body)
+                    .into_response()
             }
             _ => (self.status, body).into_response(),
         }
@@ -86,7 +100,8 @@ impl From<TokenError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::UsernameTaken => Self::new(StatusCode::CONFLICT, "username is taken"),
+            // 400, not 409: what Broker 1.x answered, and its clients expect.
+            StoreError::UsernameTaken => Self::new(StatusCode::BAD_REQUEST, "username is taken"),
             StoreError::Unavailable(_) => {
                 tracing::warn!(error = %e, "answering 503");
                 Self::new(

@@ -64,12 +64,25 @@ pub struct OfUser {
 /// Stores an event, due at its timestamp, and answers `{"event": record}`.
 #[utoipa::path(post, path = "/insert", tag = "events", request_body = Insert,
     security(("bearer" = [])),
-    responses((status = 200, description = "The event is stored durably.", body = One)))]
+    responses(
+        (status = 200, description = "The event is stored durably.", body = One),
+        (status = 403, description = "The collection is claimed and the caller is neither its owner nor a writer.", body = ErrorBody),
+        (status = 429, description = "The caller inserts faster than `--insert-rate` allows.", body = ErrorBody,
+            headers(("retry-after" = String))),
+    ))]
 pub async fn insert(
     State(app): State<AppState>,
     AuthUser(user_id): AuthUser,
     Json(body): Json<Insert>,
 ) -> Result<axum::Json<One>, ApiError> {
+    if !app.rules().await?.may_write(&body.collection_id, user_id) {
+        return Err(ApiError::forbidden(
+            "only the collection's owner and writers may insert into it",
+        ));
+    }
+    if let Err(seconds) = app.inserts.take(user_id, &app.clock) {
+        return Err(ApiError::too_many("too many inserts; slow down", seconds));
+    }
     let event = Event {
         id: Uuid::new_v4(),
         user_id,
@@ -101,14 +114,20 @@ const PAGING: &str = "With `limit` (1 to 1000), one page of each list is answere
     responses(
         (status = 200, description = "The collection's events, published or not, by ascending timestamp.", body = Many),
         (status = 400, description = "The collection id is not a UUID, or `limit` or `cursor` is invalid.", body = ErrorBody),
+        (status = 403, description = "The collection is private and the caller is neither its owner nor a member.", body = ErrorBody),
     ))]
 pub async fn collection(
     State(app): State<AppState>,
-    AuthUser(_): AuthUser,
+    AuthUser(user_id): AuthUser,
     Path(collection_id): Path<Uuid>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let paging = Paging::parse(query.as_deref())?;
+    if !app.rules().await?.may_read(&collection_id, Some(user_id)) {
+        return Err(ApiError::forbidden(
+            "this collection is private: only its owner and members may read it",
+        ));
+    }
     listing::respond(app.store.clone(), &[("events", ListOf::Collection(collection_id))], paging)
 }
 
@@ -130,13 +149,13 @@ pub async fn user(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let paging = Paging::parse(query.as_deref())?;
-    let user = app
-        .store
-        .user_by_id(user_id)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("the token's user no longer exists"))?;
-    let lists =
-        [("info", ListOf::Collection(user.collection_id)), ("events", ListOf::User(user_id))];
+    let user = app.store.user_by_id(user_id).await?.ok_or_else(super::users::gone)?;
+    // A user's own collection may be one that somebody else made private.
+    let info = match app.rules().await?.may_read(&user.collection_id, Some(user_id)) {
+        true => ListOf::Collection(user.collection_id),
+        false => ListOf::Nothing,
+    };
+    let lists = [("info", info), ("events", ListOf::User(user_id))];
     listing::respond(app.store.clone(), &lists, paging)
 }
 

@@ -1,12 +1,16 @@
 //! Extractors whose rejections are [`ApiError`]s, and the authenticated user.
 
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use super::{ApiError, AppState};
+use crate::auth::Claims;
+use crate::throttle::client_address;
 
 /// `axum::Json` with JSON error bodies.
 pub struct Json<T>(pub T);
@@ -40,6 +44,19 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let Session(claims) = Session::from_request_parts(parts, app).await?;
+        Ok(Self(claims.sub))
+    }
+}
+
+/// The claims of the request's `Authorization: Bearer` token, checked
+/// against the revocations (in memory: no query).
+pub struct Session(pub Claims);
+
+impl FromRequestParts<AppState> for Session {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
         let header = parts
             .headers
             .get(AUTHORIZATION)
@@ -53,6 +70,20 @@ impl FromRequestParts<AppState> for AuthUser {
             .ok_or_else(|| {
                 ApiError::unauthorized("Authorization header must be 'Bearer <token>'")
             })?;
-        Ok(Self(app.keys()?.verify(token, &app.clock)?.sub))
+        Ok(Self(app.session(token).await?))
+    }
+}
+
+/// The address of the client: the peer's, or the one a trusted proxy
+/// forwarded (see [`crate::throttle::client_address`]); unknown when the
+/// router is served without `ConnectInfo` (mounted in another app).
+pub struct ClientAddress(pub Option<IpAddr>);
+
+impl FromRequestParts<AppState> for ClientAddress {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        Ok(Self(peer.map(|peer| client_address(peer, &parts.headers, &app.logins.trusted))))
     }
 }

@@ -1,5 +1,7 @@
 //! The HTTP API: one file per resource, the extractors and the error type.
 
+mod admin;
+mod collections;
 mod console;
 mod error;
 mod events;
@@ -10,22 +12,26 @@ pub(crate) mod ops;
 pub(crate) mod stream;
 mod users;
 
+use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post, put};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use error::{ApiError, ErrorBody};
 
-use crate::auth::{Keys, Passwords};
+use crate::access::AccessState;
+use crate::auth::{Claims, Keys, Passwords};
 use crate::clock::Clock;
 use crate::feed::Feed;
 use crate::hub::Hub;
 use crate::scheduler::Wake;
 use crate::store::Store;
+use crate::store::{Change, Changed};
+use crate::throttle::{Failures, Proxy, Rate};
 
 /// What every handler can reach.
 pub struct App {
@@ -54,15 +60,58 @@ pub struct App {
     pub write_stall: std::time::Duration,
     /// Origins allowed by CORS.
     pub origins: Vec<HeaderValue>,
+    /// Failed logins per username and per client address.
+    pub logins: Logins,
+    /// Inserts per user, if limited.
+    pub inserts: Rate,
+}
+
+/// Failed logins, counted per username and per client address.
+pub struct Logins {
+    /// By username as given (known or not).
+    pub names: Failures<String>,
+    /// By client address.
+    pub addresses: Failures<IpAddr>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted: Vec<Proxy>,
 }
 
 impl App {
     /// The JWT keys, or 503 while the secret is still unknown.
     pub fn keys(&self) -> Result<&Keys, ApiError> {
-        self.keys.get().ok_or_else(|| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the database is not reachable yet")
-        })
+        self.keys.get().ok_or_else(not_yet)
     }
+
+    /// The access rules; read from the store if they never were (the
+    /// database was unreachable since the start), 503 if it still is.
+    pub async fn rules(&self) -> Result<Arc<AccessState>, ApiError> {
+        if let Some(rules) = self.hub.access.loaded() {
+            return Ok(rules);
+        }
+        self.hub.refresh_access(self.store.as_ref()).await?;
+        self.hub.access.loaded().ok_or_else(not_yet)
+    }
+
+    /// The claims of a token that verifies and was not revoked.
+    pub async fn session(&self, token: &str) -> Result<Claims, ApiError> {
+        let claims = self.keys()?.verify(token, &self.clock)?;
+        match self.rules().await?.refuses(&claims) {
+            Some(why) => Err(ApiError::unauthorized(why)),
+            None => Ok(claims),
+        }
+    }
+
+    /// Applies a change to the rules and installs the new rules on this
+    /// node at once (other nodes follow within [`crate::access::POLL`]).
+    pub async fn change(&self, change: Change) -> Result<Changed, ApiError> {
+        let changed = self.store.change(change).await?;
+        self.hub.refresh_access(self.store.as_ref()).await?;
+        Ok(changed)
+    }
+}
+
+fn not_yet() -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the database is not reachable yet")
 }
 
 /// Handler state.
@@ -73,7 +122,7 @@ pub type AppState = Arc<App>;
 pub fn router(app: AppState, max_body: usize) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::list(app.origins.clone()))
-        .allow_methods([Method::GET, Method::POST])
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::PUT, Method::DELETE])
         .allow_headers([
             header::AUTHORIZATION,
             header::ACCEPT,
@@ -84,6 +133,19 @@ pub fn router(app: AppState, max_body: usize) -> Router {
     Router::new()
         .route("/users", post(users::sign_up))
         .route("/login", post(users::log_in))
+        .route("/logout", post(users::log_out))
+        .route("/refresh", post(users::refresh))
+        .route("/users/me", get(users::me))
+        .route("/users/me/password", post(users::change_password))
+        .route("/collections", post(collections::claim))
+        .route("/collections/{id}", get(collections::show).patch(collections::update))
+        .route(
+            "/collections/{id}/members/{username}",
+            put(collections::add_member).delete(collections::remove_member),
+        )
+        .route("/admin/users", get(admin::users))
+        .route("/admin/users/{id}", patch(admin::update_user))
+        .route("/admin/collections/{id}", get(admin::collection))
         .route("/insert", post(events::insert))
         .route("/events", get(stream::subscribe))
         .route("/events/user", get(events::user))

@@ -13,7 +13,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{ErrorBody, console, events, ops, stream, users};
+use super::{ErrorBody, admin, collections, console, events, ops, stream, users};
 use crate::domain::Event;
 
 #[derive(OpenApi)]
@@ -25,6 +25,18 @@ use crate::domain::Event;
     paths(
         users::sign_up,
         users::log_in,
+        users::log_out,
+        users::refresh,
+        users::me,
+        users::change_password,
+        collections::claim,
+        collections::show,
+        collections::update,
+        collections::add_member,
+        collections::remove_member,
+        admin::users,
+        admin::update_user,
+        admin::collection,
         events::insert,
         events::collection,
         events::user,
@@ -41,7 +53,9 @@ use crate::domain::Event;
     components(schemas(ErrorBody, Event)),
     modifiers(&CommonErrors),
     tags(
-        (name = "users", description = "Sign up and log in."),
+        (name = "users", description = "Sign up, log in and out, and the caller's account."),
+        (name = "collections", description = "Claimed collections: private or public, and their members."),
+        (name = "admin", description = "For administrators (`broker admin grant USERNAME`)."),
         (name = "events", description = "Insert, list and cancel events."),
         (name = "stream", description = "The Server-Sent-Events stream."),
         (name = "operations", description = "Health, readiness, metrics and this description."),
@@ -73,7 +87,9 @@ impl Modify for CommonErrors {
             )
         };
         for item in api.paths.paths.values_mut() {
-            for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+            let ops =
+                [&mut item.get, &mut item.post, &mut item.patch, &mut item.put, &mut item.delete];
+            for op in ops.into_iter().flatten() {
                 let responses = &mut op.responses.responses;
                 if op.request_body.is_some() {
                     for (status, description) in [
@@ -89,7 +105,7 @@ impl Modify for CommonErrors {
                 }
                 if op.security.is_some() {
                     responses.entry("401".into()).or_insert_with(|| {
-                        error("A missing, malformed or expired token.")
+                        error("A missing, malformed, expired or revoked token.")
                             .header("www-authenticate", HeaderBuilder::new().build())
                             .build()
                             .into()

@@ -41,6 +41,7 @@ pub async fn ready(State(app): State<AppState>) -> Result<axum::Json<Status>, Ap
         tracing::warn!(error = %e, "not ready");
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the database does not answer")
     })?;
+    app.rules().await?;
     Ok(axum::Json(Status { status: "ready" }))
 }
 

@@ -8,6 +8,11 @@
 //! at that moment are skipped, so nothing published meanwhile is missed or
 //! sent twice. An unknown id gets a `reset` event, then the latest state.
 //! Whatever has queued up since the last write goes out as one chunk.
+//!
+//! Events of private collections reach only the streams of users who may
+//! read them, in the sync, the replay and live; the others see a gap in
+//! the ids. A stream whose token is revoked (logout, password change,
+//! disabled account) ends when the new rules reach it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,6 +32,7 @@ use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use uuid::Uuid;
 
 use super::{ApiError, App, AppState, ErrorBody};
+use crate::auth::Claims;
 use crate::domain::{EventName, Filter, Published};
 use crate::hub::{Frame, HEARTBEAT, Permit, envelope_frame, sse_frame};
 use crate::metrics::Metrics;
@@ -170,8 +176,8 @@ pub(crate) async fn open(
     query: Option<&str>,
 ) -> Result<Subscriber, ApiError> {
     let (filter, query) = parse_query(query)?;
-    let expires = match presented_token(headers, query.token.as_deref())? {
-        Some(token) => Some(app.keys()?.verify(token, &app.clock)?.exp),
+    let session = match presented_token(headers, query.token.as_deref())? {
+        Some(token) => Some(Box::new(app.session(token).await?)),
         None if app.private_stream => {
             return Err(ApiError::unauthorized(
                 "this stream needs a token: Authorization: Bearer, ?token= or the broker_token cookie",
@@ -179,6 +185,8 @@ pub(crate) async fn open(
         }
         None => None,
     };
+    app.rules().await?; // the sync must not go out before the rules are known
+    let user = session.as_ref().map(|s| s.sub);
     let permit = app.hub.admit().ok_or_else(|| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too many open streams; retry later")
     })?;
@@ -209,10 +217,11 @@ pub(crate) async fn open(
             seq.max(delivered)
         }
         (None, reset) => {
-            sync(&app.feed, &filter, delivered, &mut first, reset, query.envelope).await?
+            let reader = Reader { user, envelope: query.envelope };
+            sync(&app.feed, &filter, delivered, &mut first, reset, reader).await?
         }
     };
-    let expiry = expires.map(|exp| {
+    let expiry = session.as_ref().map(|s| s.exp).map(|exp| {
         let clock = app.clock.clone();
         let at = exp.saturating_mul(1000);
         Box::pin(async move {
@@ -233,6 +242,7 @@ pub(crate) async fn open(
         busy: false,
         closed: false,
         envelope: query.envelope,
+        session,
         permit,
     })
 }
@@ -300,9 +310,10 @@ async fn sync(
     delivered: i64,
     chunk: &mut Chunk,
     reset: bool,
-    envelope: bool,
+    reader: Reader,
 ) -> Result<i64, ApiError> {
     let snapshot = feed.snapshot(filter, delivered).await?;
+    let rules = feed.rules();
     if reset {
         chunk.push(Bytes::from(format!(
             "id:{}\nevent:reset\ndata:{{\"reason\":\"unknown last event id\",\"head\":{}}}\n\n",
@@ -310,9 +321,20 @@ async fn sync(
         )));
     }
     for published in &snapshot.latest {
-        chunk.push(frame(published, envelope));
+        if rules.may_read(&published.event.collection_id, reader.user) {
+            chunk.push(frame(published, reader.envelope));
+        }
     }
     Ok(snapshot.head)
+}
+
+/// Who reads a stream, and how.
+#[derive(Clone, Copy)]
+struct Reader {
+    /// The subscriber's user, if it presented a token.
+    user: Option<Uuid>,
+    /// Whether events go out as [`envelope_frame`]s.
+    envelope: bool,
 }
 
 /// A published event as this subscriber reads it.
@@ -344,6 +366,8 @@ pub(crate) struct Subscriber {
     closed: bool,
     /// Whether events go out as [`envelope_frame`]s.
     envelope: bool,
+    /// The subscriber's token, if it presented one (boxed: most have none).
+    session: Option<Box<Claims>>,
     permit: Permit,
 }
 
@@ -367,22 +391,38 @@ impl Subscriber {
         self.live().await
     }
 
-    /// The next page of missed events from the store.
-    async fn replay_page(&mut self, after: i64) -> Option<Bytes> {
-        match self.store.replay(after, self.head, &self.filter, PAGE).await {
-            Ok(page) => {
-                self.replay = page.last().map(|p| p.seq).filter(|_| page.len() == PAGE);
-                let mut chunk = Chunk::default();
-                page.iter().for_each(|p| chunk.push(frame(p, self.envelope)));
-                chunk.take()
+    /// The subscriber's user, if it presented a token.
+    fn user(&self) -> Option<Uuid> {
+        self.session.as_ref().map(|s| s.sub)
+    }
+
+    /// The next missed events from the store that this subscriber may read.
+    async fn replay_page(&mut self, mut after: i64) -> Option<Bytes> {
+        let mut chunk = Chunk::default();
+        while chunk.is_empty() {
+            match self.store.replay(after, self.head, &self.filter, PAGE).await {
+                Ok(page) => {
+                    self.replay = page.last().map(|p| p.seq).filter(|_| page.len() == PAGE);
+                    let rules = self.permit.hub().access.current();
+                    page.iter()
+                        .filter(|p| rules.may_read(&p.event.collection_id, self.user()))
+                        .for_each(|p| chunk.push(frame(p, self.envelope)));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "replay failed; closing the stream");
+                    self.closed = true;
+                    self.replay = None;
+                    return Some(Bytes::from_static(
+                        b": disconnected: server error, reconnect to resume\n\n",
+                    ));
+                }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "replay failed; closing the stream");
-                self.closed = true;
-                self.replay = None;
-                Some(Bytes::from_static(b": disconnected: server error, reconnect to resume\n\n"))
+            match self.replay {
+                Some(next) => after = next,
+                None => break,
             }
         }
+        chunk.take()
     }
 
     /// Waits for at least one live frame, then takes every frame queued.
@@ -418,8 +458,12 @@ impl Subscriber {
                 }
             };
             match next.as_deref() {
-                Ok(frame @ Frame::Event { seq, collection_id, name, bytes, .. }) => {
-                    if *seq > self.head && self.filter.matches(collection_id, name) {
+                Ok(frame @ Frame::Event { seq, collection_id, name, bytes, private, .. }) => {
+                    // A public event costs no permission check at all.
+                    if *seq > self.head
+                        && self.filter.matches(collection_id, name)
+                        && private.as_ref().is_none_or(|rule| rule.may_read(self.user()))
+                    {
                         let envelope = self.envelope.then(|| frame.envelope()).flatten();
                         self.pending.push(envelope.unwrap_or_else(|| bytes.clone()));
                         self.busy = true;
@@ -430,6 +474,12 @@ impl Subscriber {
                 // needs none: heartbeats cost nothing while traffic flows.
                 Ok(Frame::Heartbeat) if std::mem::take(&mut self.busy) => {}
                 Ok(Frame::Heartbeat) => self.pending.push(Bytes::from_static(HEARTBEAT)),
+                Ok(Frame::Access(rules)) => {
+                    if let Some(why) = self.session.as_deref().and_then(|s| rules.refuses(s)) {
+                        self.pending.push(Bytes::from(format!(": disconnected: {why}\n\n")));
+                        self.closed = true;
+                    }
+                }
                 Ok(Frame::Close) | Err(RecvError::Closed) => self.closed = true,
                 Err(RecvError::Lagged(missed)) => {
                     tracing::info!(missed, "disconnecting a subscriber that fell behind");

@@ -1,17 +1,20 @@
-//! `POST /users` (sign up) and `POST /login`.
+//! Accounts and sessions: `POST /users` (sign up), `POST /login`,
+//! `POST /logout`, `POST /refresh`, `GET /users/me` and
+//! `POST /users/me/password`.
 
 use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::extract::Json;
+use super::extract::{AuthUser, ClientAddress, Json, Session};
 use super::stream::TOKEN_COOKIE;
-use super::{ApiError, AppState, ErrorBody};
+use super::{ApiError, App, AppState, ErrorBody};
 use crate::auth::Passwords;
 use crate::domain::{Password, User, Username};
+use crate::store::{Change, Changed};
 
 /// The body of `POST /users`.
 #[derive(Deserialize, ToSchema)]
@@ -48,7 +51,7 @@ pub struct Token {
 #[utoipa::path(post, path = "/users", tag = "users", request_body = SignUp,
     responses(
         (status = 200, description = "The user is registered.", body = Created),
-        (status = 409, description = "The username is taken.", body = ErrorBody),
+        (status = 400, description = "The username is taken (`{\"error\": \"username is taken\"}`, as Broker 1.x answered), or a field is invalid.", body = ErrorBody),
     ))]
 pub async fn sign_up(
     State(app): State<AppState>,
@@ -63,6 +66,7 @@ pub async fn sign_up(
         username: username.as_str().to_owned(),
         password_hash,
         collection_id: body.collection_id,
+        ..User::default()
     };
     app.store.create_user(user).await?;
     Ok(axum::Json(Created { id }))
@@ -70,32 +74,202 @@ pub async fn sign_up(
 
 /// Checks a password and answers `{"jwt": "..."}`, also set as the
 /// `broker_token` cookie for the event stream. An unknown user and a
-/// wrong password get the same answer after the same work.
+/// wrong password get the same answer after the same work; repeated
+/// failures for one username or from one address must wait (429).
 #[utoipa::path(post, path = "/login", tag = "users", request_body = LogIn,
     responses(
         (status = 200, description = "A token, also set as the `broker_token` cookie for `GET /events`.",
             body = Token, headers(("set-cookie" = String, description = "`broker_token=<jwt>; Path=/events; HttpOnly`"))),
         (status = 401, description = "Unknown user or wrong password.", body = ErrorBody,
             headers(("www-authenticate" = String))),
+        (status = 403, description = "The account is disabled.", body = ErrorBody),
+        (status = 429, description = "Too many failed logins for this username or from this address.",
+            body = ErrorBody, headers(("retry-after" = String))),
     ))]
 pub async fn log_in(
     State(app): State<AppState>,
+    ClientAddress(address): ClientAddress,
     Json(body): Json<LogIn>,
-) -> Result<impl IntoResponse, ApiError> {
-    let refused = || ApiError::unauthorized("invalid username or password");
-    let password = Password::parse(body.password).map_err(|_| refused())?;
+) -> Result<Response, ApiError> {
+    let (logins, clock) = (&app.logins, &app.clock);
+    let wait = [
+        logins.names.wait(&body.username, clock),
+        address.and_then(|a| logins.addresses.wait(&a, clock)),
+    ];
+    if let Some(seconds) = wait.into_iter().flatten().max() {
+        return Err(ApiError::too_many("too many failed logins; retry later", seconds));
+    }
     let user = app.store.user_by_name(&body.username).await?;
     let hash = user.as_ref().map(|u| u.password_hash.clone());
-    if !app.passwords.verify(password, hash).await {
-        return Err(refused());
+    let matches = match Password::parse(body.password) {
+        Ok(password) => app.passwords.verify(password, hash).await,
+        Err(_) => false,
+    };
+    let Some(user) = user.filter(|_| matches) else {
+        logins.names.fail(&body.username, clock);
+        if let Some(address) = address {
+            logins.addresses.fail(&address, clock);
+        }
+        return Err(ApiError::unauthorized("invalid username or password"));
+    };
+    logins.names.clear(&body.username);
+    if user.disabled {
+        return Err(ApiError::forbidden("this account is disabled"));
     }
-    let user = user.ok_or_else(refused)?;
-    let jwt = app.keys()?.issue(user.id, &app.clock).map_err(ApiError::internal)?;
+    token(&app, user.id, user.generation)
+}
+
+/// `{"jwt"}` with a new token for `user`, also set as the cookie.
+fn token(app: &App, user: Uuid, generation: i64) -> Result<Response, ApiError> {
+    let keys = app.keys()?;
+    let jwt = keys.issue(user, generation, &app.clock).map_err(ApiError::internal)?;
     // Lets a same-site browser page open the stream without putting the
     // token in its URL; only `GET /events` reads this cookie.
     let cookie = format!(
         "{TOKEN_COOKIE}={jwt}; Path=/events; Max-Age={}; HttpOnly; SameSite=Lax",
-        app.keys()?.lifetime()
+        keys.lifetime()
     );
-    Ok(([(header::SET_COOKIE, cookie)], axum::Json(Token { jwt })))
+    Ok(([(header::SET_COOKIE, cookie)], axum::Json(Token { jwt })).into_response())
+}
+
+/// Revokes the token it is called with and clears the cookie.
+#[utoipa::path(post, path = "/logout", tag = "users", security(("bearer" = [])),
+    responses(
+        (status = 204, description = "The token is revoked everywhere; its open streams end.",
+            headers(("set-cookie" = String, description = "Clears `broker_token`."))),
+        (status = 401, description = "A bad, expired or revoked token.", body = ErrorBody,
+            headers(("www-authenticate" = String))),
+    ))]
+pub async fn log_out(
+    State(app): State<AppState>,
+    Session(claims): Session,
+) -> Result<Response, ApiError> {
+    let change = match claims.jti {
+        Some(jti) => Change::Revoke { jti, exp: claims.exp },
+        // A token from before token ids: only a new generation revokes it.
+        None => Change::Account {
+            user: claims.sub,
+            password_hash: None,
+            disabled: None,
+            admin: None,
+            revoke: true,
+        },
+    };
+    app.change(change).await?;
+    let cookie = format!("{TOKEN_COOKIE}=; Path=/events; Max-Age=0; HttpOnly; SameSite=Lax");
+    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response())
+}
+
+/// Exchanges a valid token for a fresh one (the old one stays valid until
+/// it expires or is logged out).
+#[utoipa::path(post, path = "/refresh", tag = "users", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A fresh token, also set as the `broker_token` cookie.", body = Token,
+            headers(("set-cookie" = String))),
+        (status = 401, description = "A bad, expired or revoked token.", body = ErrorBody,
+            headers(("www-authenticate" = String))),
+    ))]
+pub async fn refresh(
+    State(app): State<AppState>,
+    Session(claims): Session,
+) -> Result<Response, ApiError> {
+    token(&app, claims.sub, claims.generation)
+}
+
+/// The caller's account.
+#[derive(Serialize, ToSchema)]
+pub struct Me {
+    id: Uuid,
+    username: String,
+    /// The collection of the user's own ("info") events.
+    collection_id: Uuid,
+    /// Whether the user may use the `/admin` endpoints.
+    admin: bool,
+}
+
+/// Who the token belongs to.
+#[utoipa::path(get, path = "/users/me", tag = "users", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's account.", body = Me),
+        (status = 401, description = "A bad, expired or revoked token.", body = ErrorBody,
+            headers(("www-authenticate" = String))),
+    ))]
+pub async fn me(
+    State(app): State<AppState>,
+    AuthUser(id): AuthUser,
+) -> Result<axum::Json<Me>, ApiError> {
+    let user = app.store.user_by_id(id).await?.ok_or_else(gone)?;
+    Ok(axum::Json(Me {
+        id,
+        username: user.username,
+        collection_id: user.collection_id,
+        admin: user.admin,
+    }))
+}
+
+/// 401 for a token whose user no longer exists.
+pub(super) fn gone() -> ApiError {
+    ApiError::unauthorized("the token's user no longer exists")
+}
+
+/// The body of `POST /users/me/password`.
+#[derive(Deserialize, ToSchema)]
+pub struct NewPassword {
+    #[schema(value_type = Password)]
+    old_password: String,
+    #[schema(value_type = Password)]
+    new_password: String,
+}
+
+/// Changes the caller's password, revoking every token issued before;
+/// answers a new token.
+#[utoipa::path(post, path = "/users/me/password", tag = "users", request_body = NewPassword,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The password is changed and every earlier token revoked; a new token.",
+            body = Token, headers(("set-cookie" = String))),
+        (status = 400, description = "The new password is empty or too long.", body = ErrorBody),
+        (status = 401, description = "A bad token, or the old password is wrong.", body = ErrorBody,
+            headers(("www-authenticate" = String))),
+        (status = 429, description = "Too many wrong old passwords.", body = ErrorBody,
+            headers(("retry-after" = String))),
+    ))]
+pub async fn change_password(
+    State(app): State<AppState>,
+    Session(claims): Session,
+    Json(body): Json<NewPassword>,
+) -> Result<Response, ApiError> {
+    let new = Password::parse(body.new_password)?;
+    let user = app.store.user_by_id(claims.sub).await?.ok_or_else(gone)?;
+    let names = &app.logins.names;
+    if let Some(seconds) = names.wait(&user.username, &app.clock) {
+        return Err(ApiError::too_many("too many failed logins; retry later", seconds));
+    }
+    let old = Password::parse(body.old_password).ok();
+    let matches = match old {
+        Some(old) => app.passwords.verify(old, Some(user.password_hash.clone())).await,
+        None => false,
+    };
+    if !matches {
+        names.fail(&user.username, &app.clock);
+        return Err(ApiError::unauthorized("the old password is wrong"));
+    }
+    let password_hash = Passwords::hash(new).await.map_err(ApiError::internal)?;
+    set_password(&app, user.id, password_hash).await?;
+    token(&app, user.id, user.generation + 1)
+}
+
+/// Stores a new password hash and revokes every token issued so far.
+pub(super) async fn set_password(app: &App, user: Uuid, hash: String) -> Result<(), ApiError> {
+    let change = Change::Account {
+        user,
+        password_hash: Some(hash),
+        disabled: None,
+        admin: None,
+        revoke: true,
+    };
+    match app.change(change).await? {
+        Changed::Done => Ok(()),
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no such user")),
+    }
 }

@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::access::{AccessState, Role};
 use crate::config::Config;
 use crate::domain::{Event, Filter, Published, User};
 use crate::metrics::Metrics;
@@ -52,6 +53,103 @@ pub fn open(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<dyn Store>, St
     })
 }
 
+/// A change to the access rules or to an account. Each is one transaction
+/// that also bumps the access version (see [`crate::access`]).
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// `owner` claims `collection`, private or not; refused if it is claimed
+    /// already or holds events of other users.
+    Claim {
+        /// The collection.
+        collection: Uuid,
+        /// Its owner from now on.
+        owner: Uuid,
+        /// Whether only its owner and members may read it.
+        private: bool,
+    },
+    /// Makes a claimed collection private or public.
+    Privacy {
+        /// The collection.
+        collection: Uuid,
+        /// Private from now on, or public.
+        private: bool,
+    },
+    /// Gives `user` a role in a claimed collection, or takes it away.
+    Member {
+        /// The collection.
+        collection: Uuid,
+        /// The member.
+        user: Uuid,
+        /// The role, or `None` to remove the member.
+        role: Option<Role>,
+    },
+    /// Revokes one token until it expires.
+    Revoke {
+        /// The token's id.
+        jti: Uuid,
+        /// Its expiry (UNIX seconds); it is forgotten after that.
+        exp: i64,
+    },
+    /// Changes an account; only what is given changes.
+    Account {
+        /// The account.
+        user: Uuid,
+        /// A new password hash.
+        password_hash: Option<String>,
+        /// Disables or enables it.
+        disabled: Option<bool>,
+        /// Makes it an administrator or not.
+        admin: Option<bool>,
+        /// Revokes every token issued so far (a new token generation).
+        revoke: bool,
+    },
+}
+
+/// What became of a [`Change`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    /// Done.
+    Done,
+    /// No such collection claimed, or no such user.
+    NotFound,
+    /// The collection is claimed already, by this user.
+    Claimed(Uuid),
+    /// The collection holds events of other users, so it cannot be claimed.
+    WrittenByOthers,
+}
+
+/// A claimed collection with its members, as its owner and administrators see it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Collection {
+    /// The collection's id.
+    pub id: Uuid,
+    /// The user who claimed it.
+    pub owner: Member,
+    /// Whether only the owner and members may read it.
+    pub private: bool,
+    /// The members, by username.
+    pub members: Vec<Member>,
+}
+
+/// A user with a role in a collection.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Member {
+    /// The user's id.
+    pub user_id: Uuid,
+    /// The user's login name.
+    pub username: String,
+    /// The role; `null` for the owner.
+    pub role: Option<Role>,
+}
+
+/// Now, in UNIX seconds by the system clock (to forget revoked tokens
+/// once they have expired).
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// What became of a cancellation request.
 #[derive(Debug)]
 pub enum Cancel {
@@ -74,6 +172,8 @@ pub enum ListOf {
     Collection(Uuid),
     /// The events a user inserted.
     User(Uuid),
+    /// No events (a list the caller may not read).
+    Nothing,
 }
 
 /// A place in a listing: an event's timestamp and insertion position.
@@ -192,6 +292,27 @@ pub trait Store: Send + Sync + 'static {
     /// The JWT secret of every node on this store: the one kept already,
     /// else `candidate`, kept from now on.
     async fn keep_secret(&self, candidate: String) -> Result<String, StoreError>;
+
+    /// Applies a change to the access rules or an account.
+    async fn change(&self, change: Change) -> Result<Changed, StoreError>;
+
+    /// The access version: it moves with every [`Store::change`].
+    async fn access_version(&self) -> Result<i64, StoreError>;
+
+    /// Every access rule, with the version it is consistent with.
+    async fn access(&self) -> Result<AccessState, StoreError>;
+
+    /// A claimed collection with its owner and members.
+    async fn collection(&self, id: Uuid) -> Result<Option<Collection>, StoreError>;
+
+    /// Up to `limit` users whose name contains `search` (ignoring case),
+    /// by name, after the name `after`.
+    async fn find_users(
+        &self,
+        search: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<User>, StoreError>;
 
     /// Starts ringing `published` when other nodes on the same database
     /// publish, until `shutdown`. Returns how often the caller must look

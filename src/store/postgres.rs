@@ -49,11 +49,16 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod
 use serde_json::value::RawValue;
 use tokio::sync::{Notify, OnceCell, mpsc, oneshot};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row, Transaction};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Cancel, ListOf, Listed, Position, Snapshot, Store, StoreError};
+use super::{
+    Cancel, Change, Changed, Collection, ListOf, Listed, Member, Position, Snapshot, Store,
+    StoreError,
+};
+use crate::access::{AccessState, Role, Rule, Standing};
 use crate::domain::{Event, Filter, Published, User};
 use crate::metrics::Metrics;
 use crate::transfer::Record;
@@ -62,6 +67,7 @@ use crate::transfer::Record;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0001_init.sql"),
     include_str!("migrations/postgres/0002_node.sql"),
+    include_str!("migrations/postgres/0003_access.sql"),
 ];
 /// The advisory lock that serialises migrations of nodes starting at once.
 const MIGRATION_LOCK: i64 = 0x6272_6f6b_6572; // "broker"
@@ -285,7 +291,104 @@ fn user_from_row(row: &Row) -> Result<User, StoreError> {
         username: row.try_get(1)?,
         password_hash: row.try_get(2)?,
         collection_id: row.try_get(3)?,
+        admin: row.try_get(4)?,
+        disabled: row.try_get(5)?,
+        generation: row.try_get(6)?,
     })
+}
+
+fn role_from(text: &str) -> Result<Role, StoreError> {
+    Role::parse(text).ok_or_else(|| StoreError::Backend(format!("unknown role {text:?}")))
+}
+
+fn member_from_row(row: &Row) -> Result<Member, StoreError> {
+    let role: Option<String> = row.try_get(2)?;
+    let role = role.as_deref().map(role_from).transpose()?;
+    Ok(Member { user_id: row.try_get(0)?, username: row.try_get(1)?, role })
+}
+
+/// Stores one user as it is.
+async fn insert_user(
+    tx: &impl tokio_postgres::GenericClient,
+    u: &User,
+) -> Result<u64, tokio_postgres::Error> {
+    let params: [&(dyn ToSql + Sync); 7] = [
+        &u.id,
+        &u.username,
+        &u.password_hash,
+        &u.collection_id,
+        &u.admin,
+        &u.disabled,
+        &u.generation,
+    ];
+    tx.execute(sql::INSERT_USER, &params).await
+}
+
+/// Stores a claimed collection with its members, as it is.
+async fn insert_collection(tx: &Transaction<'_>, id: Uuid, rule: &Rule) -> Result<u64, StoreError> {
+    let added = tx.execute(sql::INSERT_COLLECTION, &[&id, &rule.owner, &rule.private]).await?;
+    for (user, role) in &rule.members {
+        tx.execute(sql::SET_MEMBER, &[&id, user, &role.as_str()]).await?;
+    }
+    Ok(added)
+}
+
+/// Applies `change` in `tx` and bumps the access version.
+async fn apply(tx: &Transaction<'_>, change: Change) -> Result<Changed, StoreError> {
+    let claimed = async |collection: Uuid| -> Result<Option<Uuid>, StoreError> {
+        Ok(tx.query_opt(sql::CLAIMED_BY, &[&collection]).await?.map(|r| r.get(0)))
+    };
+    let outcome = match change {
+        Change::Claim { collection, owner, private } => {
+            if let Some(owner) = claimed(collection).await? {
+                Changed::Claimed(owner)
+            } else if tx.query_one(sql::WRITTEN_BY_OTHERS, &[&collection, &owner]).await?.get(0) {
+                Changed::WrittenByOthers
+            } else {
+                let rule = Rule { owner, private, members: HashMap::new() };
+                match insert_collection(tx, collection, &rule).await? {
+                    0 => Changed::Claimed(claimed(collection).await?.unwrap_or(owner)),
+                    _ => Changed::Done,
+                }
+            }
+        }
+        Change::Privacy { collection, private } => {
+            match tx.execute(sql::SET_PRIVATE, &[&collection, &private]).await? {
+                0 => Changed::NotFound,
+                _ => Changed::Done,
+            }
+        }
+        Change::Member { collection, user, role } => {
+            if claimed(collection).await?.is_none() {
+                Changed::NotFound
+            } else {
+                match role {
+                    Some(role) => {
+                        tx.execute(sql::SET_MEMBER, &[&collection, &user, &role.as_str()]).await?
+                    }
+                    None => tx.execute(sql::REMOVE_MEMBER, &[&collection, &user]).await?,
+                };
+                Changed::Done
+            }
+        }
+        Change::Revoke { jti, exp } => {
+            tx.execute(sql::PRUNE_REVOKED, &[&super::unix_now()]).await?;
+            tx.execute(sql::REVOKE, &[&jti, &exp]).await?;
+            Changed::Done
+        }
+        Change::Account { user, password_hash, disabled, admin, revoke } => {
+            let params: [&(dyn ToSql + Sync); 5] =
+                [&user, &password_hash, &disabled, &admin, &i64::from(revoke)];
+            match tx.execute(sql::UPDATE_ACCOUNT, &params).await? {
+                0 => Changed::NotFound,
+                _ => Changed::Done,
+            }
+        }
+    };
+    if outcome == Changed::Done {
+        tx.execute(sql::BUMP_ACCESS, &[]).await?;
+    }
+    Ok(outcome)
 }
 
 fn rows<T>(rows: &[Row], from: fn(&Row) -> Result<T, StoreError>) -> Result<Vec<T>, StoreError> {
@@ -300,12 +403,52 @@ mod sql {
         };
     }
 
+    macro_rules! user_columns {
+        () => {
+            "id, username, password_hash, collection_id, admin, disabled, generation"
+        };
+    }
+
     pub const INSERT_USER: &str =
-        "INSERT INTO users (id, username, password_hash, collection_id) VALUES ($1, $2, $3, $4)";
+        concat!("INSERT INTO users (", user_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7)");
     pub const USER_BY_NAME: &str =
-        "SELECT id, username, password_hash, collection_id FROM users WHERE username = $1";
-    pub const USER_BY_ID: &str =
-        "SELECT id, username, password_hash, collection_id FROM users WHERE id = $1";
+        concat!("SELECT ", user_columns!(), " FROM users WHERE username = $1");
+    pub const USER_BY_ID: &str = concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1");
+    /// A page of users whose name contains $1, ignoring case.
+    pub const FIND_USERS: &str = concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users WHERE username > $2 AND strpos(lower(username), lower($1)) > 0",
+        " ORDER BY username LIMIT $3"
+    );
+    pub const CLAIMED_BY: &str = "SELECT owner FROM collections WHERE id = $1";
+    pub const WRITTEN_BY_OTHERS: &str =
+        "SELECT EXISTS (SELECT 1 FROM events WHERE collection_id = $1 AND user_id <> $2)";
+    pub const INSERT_COLLECTION: &str =
+        "INSERT INTO collections (id, owner, private) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+    pub const SET_PRIVATE: &str = "UPDATE collections SET private = $2 WHERE id = $1";
+    pub const SET_MEMBER: &str =
+        "INSERT INTO members (collection_id, user_id, role) VALUES ($1, $2, $3)
+         ON CONFLICT (collection_id, user_id) DO UPDATE SET role = excluded.role";
+    pub const REMOVE_MEMBER: &str = "DELETE FROM members WHERE collection_id = $1 AND user_id = $2";
+    pub const REVOKE: &str =
+        "INSERT INTO revoked (jti, exp) VALUES ($1, $2) ON CONFLICT DO NOTHING";
+    pub const PRUNE_REVOKED: &str = "DELETE FROM revoked WHERE exp < $1";
+    pub const UPDATE_ACCOUNT: &str = "UPDATE users SET password_hash = COALESCE($2, password_hash),
+         disabled = COALESCE($3, disabled), admin = COALESCE($4, admin),
+         generation = generation + $5 WHERE id = $1";
+    pub const BUMP_ACCESS: &str = "UPDATE access_version SET version = version + 1";
+    pub const ACCESS_VERSION: &str = "SELECT version FROM access_version";
+    pub const COLLECTIONS: &str = "SELECT id, owner, private FROM collections";
+    pub const MEMBERS: &str = "SELECT collection_id, user_id, role FROM members";
+    pub const RESTRICTED_USERS: &str =
+        "SELECT id, generation, disabled FROM users WHERE generation > 0 OR disabled";
+    pub const REVOKED: &str = "SELECT jti FROM revoked";
+    pub const COLLECTION: &str = "SELECT c.owner, COALESCE(u.username, ''), NULL::text, c.private
+         FROM collections c LEFT JOIN users u ON u.id = c.owner WHERE c.id = $1";
+    pub const COLLECTION_MEMBERS: &str = "SELECT m.user_id, COALESCE(u.username, ''), m.role
+         FROM members m LEFT JOIN users u ON u.id = m.user_id
+         WHERE m.collection_id = $1 ORDER BY u.username";
     /// A group of inserts in one statement, in the order given (which sets
     /// `pos`).
     pub const INSERT_EVENTS: &str = "INSERT INTO events
@@ -381,8 +524,8 @@ mod sql {
         " AND (cardinality($3::uuid[]) = 0 OR collection_id = ANY($3))",
         " AND (cardinality($4::text[]) = 0 OR event = ANY($4)) ORDER BY seq LIMIT $5"
     );
-    pub const USERS_AFTER: &str = "SELECT id, username, password_hash, collection_id FROM users
-        WHERE id > $1 ORDER BY id LIMIT $2";
+    pub const USERS_AFTER: &str =
+        concat!("SELECT ", user_columns!(), " FROM users WHERE id > $1 ORDER BY id LIMIT $2");
     pub const EVENTS_AFTER: &str = concat!(
         "SELECT ",
         event_columns!(),
@@ -415,16 +558,11 @@ fn limit(n: usize) -> i64 {
 #[async_trait]
 impl Store for PostgresStore {
     async fn create_user(&self, user: User) -> Result<(), StoreError> {
-        self.write(async |client| {
-            let statement = client.prepare_cached(sql::INSERT_USER).await?;
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-                [&user.id, &user.username, &user.password_hash, &user.collection_id];
-            match client.execute(&statement, &params).await {
-                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                    Err(StoreError::UsernameTaken)
-                }
-                other => other.map(|_| ()).map_err(Into::into),
+        self.write(async |client| match insert_user(&**client, &user).await {
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                Err(StoreError::UsernameTaken)
             }
+            other => other.map(|_| ()).map_err(Into::into),
         })
         .await
     }
@@ -494,6 +632,7 @@ impl Store for PostgresStore {
         let (statement, key) = match of {
             ListOf::Collection(id) => (sql::BY_COLLECTION, id),
             ListOf::User(id) => (sql::BY_USER, id),
+            ListOf::Nothing => return Ok(Vec::new()),
         };
         let after = after.unwrap_or(Position::START);
         self.run(async |client| {
@@ -652,11 +791,12 @@ impl Store for PostgresStore {
     }
 
     async fn import(&self, records: Vec<Record>) -> Result<(), StoreError> {
-        let mut users = Vec::new();
+        let (mut users, mut claimed) = (Vec::new(), Vec::new());
         let mut events: Vec<(Event, Option<i64>)> = Vec::new();
         for record in records {
             match record {
                 Record::User(user) => users.push(user),
+                Record::Collection { id, rule } => claimed.push((id, rule)),
                 Record::Event { event, seq } => events.push((event, seq)),
             }
         }
@@ -686,12 +826,12 @@ impl Store for PostgresStore {
         self.write(async |mut client| {
             let tx = client.transaction().await?;
             for u in &users {
-                tx.execute(
-                    sql::INSERT_USER,
-                    &[&u.id, &u.username, &u.password_hash, &u.collection_id],
-                )
-                .await?;
+                insert_user(&*tx, u).await?;
             }
+            for (id, rule) in &claimed {
+                insert_collection(&tx, *id, rule).await?;
+            }
+            tx.execute(sql::BUMP_ACCESS, &[]).await?;
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
                 &ids,
                 &user_ids,
@@ -717,6 +857,98 @@ impl Store for PostgresStore {
         self.run(async |client| {
             client.execute(sql::SECRET_PUT, &[&candidate]).await?;
             Ok(client.query_one(sql::SECRET_GET, &[]).await?.try_get(0)?)
+        })
+        .await
+    }
+
+    async fn change(&self, change: Change) -> Result<Changed, StoreError> {
+        self.write(async |mut client| {
+            let tx = client.transaction().await?;
+            let outcome = apply(&tx, change).await?;
+            tx.commit().await?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn access_version(&self) -> Result<i64, StoreError> {
+        self.run(async |client| {
+            let statement = client.prepare_cached(sql::ACCESS_VERSION).await?;
+            Ok(client.query_one(&statement, &[]).await?.try_get(0)?)
+        })
+        .await
+    }
+
+    async fn access(&self) -> Result<AccessState, StoreError> {
+        self.run(async |mut client| {
+            let tx = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let version = tx.query_one(sql::ACCESS_VERSION, &[]).await?.try_get(0)?;
+            let mut rules: HashMap<Uuid, Rule> = HashMap::new();
+            for row in tx.query(sql::COLLECTIONS, &[]).await? {
+                let rule = Rule {
+                    owner: row.try_get(1)?,
+                    private: row.try_get(2)?,
+                    members: HashMap::new(),
+                };
+                rules.insert(row.try_get(0)?, rule);
+            }
+            for row in tx.query(sql::MEMBERS, &[]).await? {
+                let role = role_from(row.try_get(2)?)?;
+                if let Some(rule) = rules.get_mut(&row.try_get::<_, Uuid>(0)?) {
+                    rule.members.insert(row.try_get(1)?, role);
+                }
+            }
+            let mut users = HashMap::new();
+            for row in tx.query(sql::RESTRICTED_USERS, &[]).await? {
+                let standing = Standing { generation: row.try_get(1)?, disabled: row.try_get(2)? };
+                users.insert(row.try_get(0)?, standing);
+            }
+            let revoked = tx
+                .query(sql::REVOKED, &[])
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+            tx.commit().await?;
+            let collections = rules.into_iter().map(|(id, r)| (id, Arc::new(r))).collect();
+            Ok(AccessState { version, collections, users, revoked })
+        })
+        .await
+    }
+
+    async fn collection(&self, id: Uuid) -> Result<Option<Collection>, StoreError> {
+        self.run(async |mut client| {
+            let tx = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let Some(row) = tx.query_opt(sql::COLLECTION, &[&id]).await? else {
+                return Ok(None);
+            };
+            let (owner, private) = (member_from_row(&row)?, row.try_get(3)?);
+            let members = rows(&tx.query(sql::COLLECTION_MEMBERS, &[&id]).await?, member_from_row)?;
+            tx.commit().await?;
+            Ok(Some(Collection { id, owner, private, members }))
+        })
+        .await
+    }
+
+    async fn find_users(
+        &self,
+        search: &str,
+        after: &str,
+        max: usize,
+    ) -> Result<Vec<User>, StoreError> {
+        self.run(async |client| {
+            let found = client.query(sql::FIND_USERS, &[&search, &after, &limit(max)]).await?;
+            rows(&found, user_from_row)
         })
         .await
     }

@@ -16,13 +16,20 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{Cancel, ListOf, Listed, Position, Snapshot, Store, StoreError};
+use super::{
+    Cancel, Change, Changed, Collection, ListOf, Listed, Member, Position, Snapshot, Store,
+    StoreError,
+};
+use crate::access::{AccessState, Role, Rule, Standing};
 use crate::domain::{Event, Filter, Published, User};
 use crate::metrics::Metrics;
 use crate::transfer::Record;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those done.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/sqlite/0001_init.sql"),
+    include_str!("migrations/sqlite/0002_access.sql"),
+];
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 1024;
 /// Writes that may wait for the writer before callers are slowed down.
@@ -264,7 +271,106 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
         username: row.get(1)?,
         password_hash: row.get(2)?,
         collection_id: row.get(3)?,
+        admin: row.get(4)?,
+        disabled: row.get(5)?,
+        generation: row.get(6)?,
     })
+}
+
+/// Stores one user as it is.
+fn insert_user(conn: &Connection, u: &User) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql::INSERT_USER)?.execute(params![
+        u.id,
+        u.username,
+        u.password_hash,
+        u.collection_id,
+        u.admin,
+        u.disabled,
+        u.generation
+    ])
+}
+
+fn role_from(text: &str) -> rusqlite::Result<Role> {
+    Role::parse(text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            2,
+            rusqlite::types::Type::Text,
+            format!("unknown role {text:?}").into(),
+        )
+    })
+}
+
+/// Stores a claimed collection with its members, as it is.
+fn insert_collection(conn: &Connection, id: Uuid, rule: &Rule) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql::INSERT_COLLECTION)?.execute(params![id, rule.owner, rule.private])?;
+    let mut member = conn.prepare_cached(sql::SET_MEMBER)?;
+    for (user, role) in &rule.members {
+        member.execute(params![id, user, role.as_str()])?;
+    }
+    Ok(())
+}
+
+/// Applies `change` (in the writer's transaction) and bumps the version.
+fn apply(conn: &Connection, change: Change) -> Result<Changed, StoreError> {
+    let claimed = |collection: Uuid| -> rusqlite::Result<Option<Uuid>> {
+        conn.prepare_cached(sql::CLAIMED_BY)?.query_row([collection], |r| r.get(0)).optional()
+    };
+    let outcome = match change {
+        Change::Claim { collection, owner, private } => {
+            if let Some(owner) = claimed(collection)? {
+                Changed::Claimed(owner)
+            } else if conn
+                .prepare_cached(sql::WRITTEN_BY_OTHERS)?
+                .query_row(params![collection, owner], |r| r.get(0))?
+            {
+                Changed::WrittenByOthers
+            } else {
+                let rule = Rule { owner, private, members: Default::default() };
+                insert_collection(conn, collection, &rule)?;
+                Changed::Done
+            }
+        }
+        Change::Privacy { collection, private } => {
+            let n = conn.prepare_cached(sql::SET_PRIVATE)?.execute(params![collection, private])?;
+            if n == 0 { Changed::NotFound } else { Changed::Done }
+        }
+        Change::Member { collection, user, role } => {
+            if claimed(collection)?.is_none() {
+                Changed::NotFound
+            } else {
+                match role {
+                    Some(role) => conn.prepare_cached(sql::SET_MEMBER)?.execute(params![
+                        collection,
+                        user,
+                        role.as_str()
+                    ])?,
+                    None => conn
+                        .prepare_cached(sql::REMOVE_MEMBER)?
+                        .execute(params![collection, user])?,
+                };
+                Changed::Done
+            }
+        }
+        Change::Revoke { jti, exp } => {
+            conn.prepare_cached(sql::PRUNE_REVOKED)?.execute([super::unix_now()])?;
+            conn.prepare_cached(sql::REVOKE)?.execute(params![jti, exp])?;
+            Changed::Done
+        }
+        Change::Account { user, password_hash, disabled, admin, revoke } => {
+            let n = conn.prepare_cached(sql::UPDATE_ACCOUNT)?.execute(params![
+                user,
+                password_hash,
+                disabled,
+                admin,
+                i64::from(revoke)
+            ])?;
+            if n == 0 { Changed::NotFound } else { Changed::Done }
+        }
+    };
+    if outcome == Changed::Done {
+        conn.prepare_cached(sql::BUMP_ACCESS)?.execute([])?;
+    }
+    Ok(outcome)
 }
 
 /// Stores one event as it is, with its sequence number if it has one.
@@ -300,12 +406,52 @@ mod sql {
         };
     }
 
+    macro_rules! user_columns {
+        () => {
+            "id, username, password_hash, collection_id, admin, disabled, generation"
+        };
+    }
+
     pub const INSERT_USER: &str =
-        "INSERT INTO users (id, username, password_hash, collection_id) VALUES (?1, ?2, ?3, ?4)";
+        concat!("INSERT INTO users (", user_columns!(), ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
     pub const USER_BY_NAME: &str =
-        "SELECT id, username, password_hash, collection_id FROM users WHERE username = ?1";
-    pub const USER_BY_ID: &str =
-        "SELECT id, username, password_hash, collection_id FROM users WHERE id = ?1";
+        concat!("SELECT ", user_columns!(), " FROM users WHERE username = ?1");
+    pub const USER_BY_ID: &str = concat!("SELECT ", user_columns!(), " FROM users WHERE id = ?1");
+    /// A page of users whose name contains ?1, ignoring case (for
+    /// administrators: walks the names' index, filtering).
+    pub const FIND_USERS: &str = concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users WHERE username > ?2 AND instr(lower(username), lower(?1)) > 0",
+        " ORDER BY username LIMIT ?3"
+    );
+    pub const CLAIMED_BY: &str = "SELECT owner FROM collections WHERE id = ?1";
+    pub const WRITTEN_BY_OTHERS: &str =
+        "SELECT EXISTS (SELECT 1 FROM events WHERE collection_id = ?1 AND user_id <> ?2)";
+    pub const INSERT_COLLECTION: &str =
+        "INSERT INTO collections (id, owner, private) VALUES (?1, ?2, ?3)";
+    pub const SET_PRIVATE: &str = "UPDATE collections SET private = ?2 WHERE id = ?1";
+    pub const SET_MEMBER: &str =
+        "INSERT INTO members (collection_id, user_id, role) VALUES (?1, ?2, ?3)
+         ON CONFLICT (collection_id, user_id) DO UPDATE SET role = excluded.role";
+    pub const REMOVE_MEMBER: &str = "DELETE FROM members WHERE collection_id = ?1 AND user_id = ?2";
+    pub const REVOKE: &str = "INSERT OR IGNORE INTO revoked (jti, exp) VALUES (?1, ?2)";
+    pub const PRUNE_REVOKED: &str = "DELETE FROM revoked WHERE exp < ?1";
+    pub const UPDATE_ACCOUNT: &str = "UPDATE users SET password_hash = COALESCE(?2, password_hash),
+         disabled = COALESCE(?3, disabled), admin = COALESCE(?4, admin),
+         generation = generation + ?5 WHERE id = ?1";
+    pub const BUMP_ACCESS: &str = "UPDATE access_version SET version = version + 1";
+    pub const ACCESS_VERSION: &str = "SELECT version FROM access_version";
+    pub const COLLECTIONS: &str = "SELECT id, owner, private FROM collections";
+    pub const MEMBERS: &str = "SELECT collection_id, user_id, role FROM members";
+    pub const RESTRICTED_USERS: &str =
+        "SELECT id, generation, disabled FROM users WHERE generation > 0 OR disabled = 1";
+    pub const REVOKED: &str = "SELECT jti FROM revoked";
+    pub const COLLECTION: &str = "SELECT c.owner, COALESCE(u.username, ''), c.private
+         FROM collections c LEFT JOIN users u ON u.id = c.owner WHERE c.id = ?1";
+    pub const COLLECTION_MEMBERS: &str = "SELECT m.user_id, COALESCE(u.username, ''), m.role
+         FROM members m LEFT JOIN users u ON u.id = m.user_id
+         WHERE m.collection_id = ?1 ORDER BY u.username";
     /// An event as it is: new ones have no `seq`; imported ones may.
     pub const INSERT_EVENT: &str = concat!(
         "INSERT INTO events (",
@@ -345,8 +491,8 @@ mod sql {
         " ORDER BY timestamp, pos LIMIT ?2"
     );
     pub const HEAD: &str = "SELECT COALESCE(MAX(seq), 0) FROM events";
-    pub const USERS_AFTER: &str = "SELECT id, username, password_hash, collection_id FROM users
-        WHERE id > ?1 ORDER BY id LIMIT ?2";
+    pub const USERS_AFTER: &str =
+        concat!("SELECT ", user_columns!(), " FROM users WHERE id > ?1 ORDER BY id LIMIT ?2");
     pub const EVENTS_AFTER: &str = concat!(
         "SELECT ",
         event_columns!(),
@@ -404,7 +550,25 @@ mod sql {
     }
 
     #[cfg(test)]
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 35] = [
+        FIND_USERS,
+        CLAIMED_BY,
+        WRITTEN_BY_OTHERS,
+        INSERT_COLLECTION,
+        SET_PRIVATE,
+        SET_MEMBER,
+        REMOVE_MEMBER,
+        REVOKE,
+        PRUNE_REVOKED,
+        UPDATE_ACCOUNT,
+        BUMP_ACCESS,
+        ACCESS_VERSION,
+        COLLECTIONS,
+        MEMBERS,
+        RESTRICTED_USERS,
+        REVOKED,
+        COLLECTION,
+        COLLECTION_MEMBERS,
         USERS_AFTER,
         EVENTS_AFTER,
         IMPORT_LATEST,
@@ -429,12 +593,10 @@ mod sql {
 impl Store for SqliteStore {
     async fn create_user(&self, user: User) -> Result<(), StoreError> {
         self.write(move |conn| {
-            conn.prepare_cached(sql::INSERT_USER)?
-                .execute(params![user.id, user.username, user.password_hash, user.collection_id])
-                .map_err(|e| match e.sqlite_error_code() {
-                    Some(ErrorCode::ConstraintViolation) => StoreError::UsernameTaken,
-                    _ => e.into(),
-                })?;
+            insert_user(conn, &user).map_err(|e| match e.sqlite_error_code() {
+                Some(ErrorCode::ConstraintViolation) => StoreError::UsernameTaken,
+                _ => e.into(),
+            })?;
             Ok(())
         })
         .await
@@ -489,6 +651,7 @@ impl Store for SqliteStore {
         let (statement, key) = match of {
             ListOf::Collection(id) => (sql::BY_COLLECTION, id),
             ListOf::User(id) => (sql::BY_USER, id),
+            ListOf::Nothing => return Ok(Vec::new()),
         };
         let after = after.unwrap_or(Position::START);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -624,13 +787,13 @@ impl Store for SqliteStore {
 
     async fn import(&self, records: Vec<Record>) -> Result<(), StoreError> {
         self.write(move |conn| {
-            let mut user = conn.prepare_cached(sql::INSERT_USER)?;
             let mut latest = conn.prepare_cached(sql::IMPORT_LATEST)?;
             for record in records {
                 match record {
                     Record::User(u) => {
-                        user.execute(params![u.id, u.username, u.password_hash, u.collection_id])?;
+                        insert_user(conn, &u)?;
                     }
+                    Record::Collection { id, rule } => insert_collection(conn, id, &rule)?,
                     Record::Event { event: e, seq } => {
                         insert_event(conn, &e, seq)?;
                         if let Some(seq) = seq {
@@ -639,7 +802,98 @@ impl Store for SqliteStore {
                     }
                 }
             }
+            conn.prepare_cached(sql::BUMP_ACCESS)?.execute([])?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn change(&self, change: Change) -> Result<Changed, StoreError> {
+        self.write(move |conn| apply(conn, change)).await
+    }
+
+    async fn access_version(&self) -> Result<i64, StoreError> {
+        self.read(|conn| conn.prepare_cached(sql::ACCESS_VERSION)?.query_row([], |r| r.get(0)))
+            .await
+    }
+
+    async fn access(&self) -> Result<AccessState, StoreError> {
+        self.read(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let mut state = AccessState {
+                version: tx.prepare_cached(sql::ACCESS_VERSION)?.query_row([], |r| r.get(0))?,
+                ..AccessState::default()
+            };
+            let mut rules: std::collections::HashMap<Uuid, Rule> = tx
+                .prepare_cached(sql::COLLECTIONS)?
+                .query_map([], |r| {
+                    let rule =
+                        Rule { owner: r.get(1)?, private: r.get(2)?, members: Default::default() };
+                    Ok((r.get(0)?, rule))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut members = tx.prepare_cached(sql::MEMBERS)?;
+            let mut rows = members.query([])?;
+            while let Some(r) = rows.next()? {
+                let collection: Uuid = r.get(0)?;
+                let role = role_from(&r.get::<_, String>(2)?)?;
+                if let Some(rule) = rules.get_mut(&collection) {
+                    rule.members.insert(r.get(1)?, role);
+                }
+            }
+            state.collections = rules.into_iter().map(|(id, rule)| (id, Arc::new(rule))).collect();
+            state.users = tx
+                .prepare_cached(sql::RESTRICTED_USERS)?
+                .query_map([], |r| {
+                    Ok((r.get(0)?, Standing { generation: r.get(1)?, disabled: r.get(2)? }))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            state.revoked = tx
+                .prepare_cached(sql::REVOKED)?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(state)
+        })
+        .await
+    }
+
+    async fn collection(&self, id: Uuid) -> Result<Option<Collection>, StoreError> {
+        self.read(move |conn| {
+            let tx = conn.unchecked_transaction()?;
+            let Some((owner, private)) = tx
+                .prepare_cached(sql::COLLECTION)?
+                .query_row([id], |r| {
+                    let owner = Member { user_id: r.get(0)?, username: r.get(1)?, role: None };
+                    Ok((owner, r.get(2)?))
+                })
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let members = tx
+                .prepare_cached(sql::COLLECTION_MEMBERS)?
+                .query_map([id], |r| {
+                    let role = role_from(&r.get::<_, String>(2)?)?;
+                    Ok(Member { user_id: r.get(0)?, username: r.get(1)?, role: Some(role) })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(Some(Collection { id, owner, private, members }))
+        })
+        .await
+    }
+
+    async fn find_users(
+        &self,
+        search: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<User>, StoreError> {
+        let (search, after) = (search.to_owned(), after.to_owned());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            conn.prepare_cached(sql::FIND_USERS)?
+                .query_map(params![search, after, limit], user_from_row)?
+                .collect()
         })
         .await
     }
@@ -703,10 +957,12 @@ mod tests {
                 steps.push(row.get::<_, String>(3).unwrap());
             }
             for step in &steps {
-                // Counting pending events walks the pending index, nothing else.
-                let pending_only = step == "SCAN events USING COVERING INDEX events_pending";
-                let full_scan = (step.starts_with("SCAN events") && !pending_only)
-                    || step.starts_with("SCAN users");
+                // Counting pending events walks the pending index, nothing
+                // else; the restricted accounts are read from their own.
+                let pending_only = step == "SCAN events USING COVERING INDEX events_pending"
+                    || step.starts_with("SCAN users USING COVERING INDEX users_restricted");
+                let full_scan = (step.starts_with("SCAN events") || step.starts_with("SCAN users"))
+                    && !pending_only;
                 assert!(!full_scan, "{statement}\nscans a table: {steps:?}");
             }
         }

@@ -264,6 +264,48 @@ async fn a_node_starts_while_its_database_is_down() {
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
 
+/// Access rules changed through one node hold on every node: private
+/// events reach only members' streams wherever they are, at once after a
+/// collection is made private (the feed reads the new rules before the
+/// events), and removals, logouts and disabled accounts end access on the
+/// other nodes' open streams within a second.
+#[tokio::test]
+async fn access_rules_hold_on_every_node() {
+    use crate::access::{claim, set_member, stream_of};
+    let nodes = cluster(2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (alice, bob, carol) = (a.user("alice").await, a.user("bob").await, a.user("carol").await);
+    let mut outsider = stream_of(b, &carol, "").await;
+    let mut anonymous = b.subscribe().await;
+    claim(a, &alice, true).await;
+    set_member(a, &alice, "bob", Some("reader")).await;
+    let mut member = stream_of(b, &bob, "").await;
+    a.insert(&alice, "private", NOW, json!(1)).await;
+    a.insert(&carol, "public", NOW, json!(2)).await;
+    assert_eq!(member.next().await.event, "private");
+    assert_eq!(member.next().await.event, "public");
+    assert_eq!(outsider.next().await.event, "public");
+    assert_eq!(anonymous.next().await.event, "public");
+    // Removed on node A: node B's stream stops receiving the collection.
+    set_member(a, &alice, "bob", None).await;
+    a.insert(&alice, "after-removal", NOW, json!(3)).await;
+    a.insert(&carol, "marker", NOW, json!(4)).await;
+    assert_eq!(member.next().await.event, "marker");
+    let path = format!("/events/collections/{}", alice.collection);
+    eventually("node B refuses the removed member", || async {
+        b.get_as(&bob.jwt, &path).await.status() == 403
+    })
+    .await;
+    // Logged out on node A: the token's stream on node B ends.
+    let mut alices = stream_of(b, &alice, "").await;
+    assert_eq!(a.post_as(&alice.jwt, "/logout", &json!({})).await.status(), 204);
+    alices.ended().await;
+    eventually("node B refuses the revoked token", || async {
+        b.get_as(&alice.jwt, "/users/me").await.status() == 401
+    })
+    .await;
+}
+
 /// The guarantee the hub relies on: a reader that tails the log by
 /// sequence number never sees a number before every lower one is visible,
 /// while publishers on several nodes publish at once.

@@ -13,7 +13,7 @@ async fn the_seed_flow() {
     let collection = Uuid::new_v4();
     ok_json(app.sign_up("one", collection).await).await;
     ok_json(app.sign_up("two", collection).await).await;
-    error_json(app.sign_up("one", collection).await, 409).await;
+    error_json(app.sign_up("one", collection).await, 400).await;
     let jwt =
         ok_json(app.log_in("one", "secret-pw").await).await["jwt"].as_str().unwrap().to_owned();
 

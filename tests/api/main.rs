@@ -1,6 +1,7 @@
 //! Integration tests: the real server on an ephemeral port, a temporary
 //! database each, real HTTP and SSE clients.
 
+mod access;
 mod accounts;
 mod cluster;
 mod events;
@@ -10,6 +11,7 @@ mod limits;
 mod ops;
 mod process;
 mod resume;
+mod sessions;
 mod store;
 mod stream;
 mod support;

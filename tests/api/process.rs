@@ -239,3 +239,34 @@ async fn kill_9_loses_no_acknowledged_insert() {
     let lost: Vec<_> = acknowledged.iter().filter(|id| !stored.contains(*id)).collect();
     assert!(lost.is_empty(), "{} of {} acknowledged inserts lost", lost.len(), acknowledged.len());
 }
+
+/// `broker admin grant` works on the store of a running server (and on a
+/// missing user fails with a message); the server sees the new
+/// administrator at its next request.
+#[tokio::test]
+async fn broker_admin_grant_works_while_a_server_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = if crate::support::on_postgres() { Some(TestDb::create().await) } else { None };
+    let store_args: Vec<&str> = match &db {
+        Some(db) => vec!["--database-url", &db.url],
+        None => vec!["--save-path", "data"],
+    };
+    let mut c = command(dir.path());
+    c.args(["--port", "0", "--secret", "s", "--host", "127.0.0.1"]).args(&store_args);
+    let broker = Binary::start(c).await;
+    let (jwt, _) = broker.user("root").await;
+    let admin_users = || broker.http.get(broker.url("/admin/users")).bearer_auth(&jwt).send();
+    assert_eq!(admin_users().await.unwrap().status(), 403);
+    let grant = |name: &str| {
+        let mut c = command(dir.path());
+        c.args(["admin", "grant", name]).args(&store_args).stderr(Stdio::piped());
+        c.output()
+    };
+    let missing = grant("nobody").await.unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no user is named"));
+    assert!(grant("root").await.unwrap().status.success());
+    let page = ok_json(admin_users().await.unwrap()).await;
+    assert_eq!(page["users"][0]["username"], "root");
+    assert_eq!(page["users"][0]["admin"], true);
+}

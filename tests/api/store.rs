@@ -101,6 +101,7 @@ async fn users_are_found_by_name_and_id_and_names_are_unique() {
         username: "alice".into(),
         password_hash: "hash".into(),
         collection_id: Uuid::new_v4(),
+        ..User::default()
     };
     store.create_user(user.clone()).await.unwrap();
     let again = User { id: Uuid::new_v4(), ..user.clone() };

@@ -227,6 +227,26 @@ impl TestApp {
         self.http.get(self.url(path)).bearer_auth(jwt).send().await.expect("request")
     }
 
+    /// Sends `method path` with a bearer token and an optional JSON body.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        jwt: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> reqwest::Response {
+        let mut request = self.http.request(method, self.url(path)).bearer_auth(jwt);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        request.send().await.expect("request")
+    }
+
+    /// POSTs JSON with a bearer token.
+    pub async fn post_as(&self, jwt: &str, path: &str, body: &Value) -> reqwest::Response {
+        self.send(reqwest::Method::POST, jwt, path, Some(body)).await
+    }
+
     pub async fn sign_up(&self, username: &str, collection: Uuid) -> reqwest::Response {
         self.post(
             "/users",

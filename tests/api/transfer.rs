@@ -38,7 +38,11 @@ async fn sqlite_to_postgres_to_sqlite_keeps_everything() {
     c.args(["--port", "0", "--host", "127.0.0.1", "--secret", "s", "--save-path", a]);
     let mut broker = Binary::start(c).await;
     let (jwt, collection) = broker.user("alice").await;
-    broker.user("bob").await;
+    // Bob's collection is private: it must stay so on the other backend.
+    let (bob, private) = broker.user("bob").await;
+    let claim = json!({"collection_id": private, "private": true});
+    let claimed = broker.http.post(broker.url("/collections")).bearer_auth(&bob).json(&claim);
+    assert_eq!(claimed.send().await.unwrap().status(), 201);
     let mut sse = Sse::new(broker.http.get(broker.url("/events")).send().await.unwrap());
     let insert = |event: &str, timestamp: i64, data: Value| {
         let body = json!({"event": event, "collection_id": collection, "timestamp": timestamp, "data": data});
@@ -56,7 +60,8 @@ async fn sqlite_to_postgres_to_sqlite_keeps_everything() {
 
     let (ok, exported) = run(dir.path(), &["export", "--save-path", a], b"").await;
     assert!(ok);
-    assert_eq!(exported.lines().count(), 2 + 7, "{exported}");
+    assert_eq!(exported.lines().count(), 2 + 1 + 7, "{exported}");
+    assert!(exported.contains(r#""private":true"#), "{exported}");
     let (ok, _) =
         run(dir.path(), &["import", "--database-url", &db.url], exported.as_bytes()).await;
     assert!(ok, "import into PostgreSQL");
@@ -79,6 +84,8 @@ async fn sqlite_to_postgres_to_sqlite_keeps_everything() {
     let (jwt, status) = broker.user_login("alice", "pw").await;
     assert_eq!(status, 200, "the old password logs in");
     assert_eq!(broker.user_login("alice", "wrong").await.1, 401);
+    let listing = broker.http.get(broker.url(&format!("/events/collections/{private}")));
+    assert_eq!(listing.bearer_auth(&jwt).send().await.unwrap().status(), 403, "still private");
     let last = live[1].id.to_string();
     let response = broker
         .http

@@ -1,0 +1,205 @@
+//! `/collections`: claiming a collection, making it private or public, and
+//! its members.
+//!
+//! A user claims a collection id that holds no events of other users; from
+//! then on only the owner and writers insert into it, and, while it is
+//! private, only the owner, writers and readers read it (everyone else gets
+//! 403: the existence of a claimed collection is not a secret, its events
+//! are). Only the owner manages it.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::extract::{AuthUser, Json, Path};
+use super::{ApiError, App, AppState, ErrorBody};
+use crate::access::Role;
+use crate::store::{Change, Changed, Collection};
+
+/// The body of `POST /collections`.
+#[derive(Deserialize, ToSchema)]
+pub struct Claim {
+    /// The collection to claim: it must hold no events of other users.
+    collection_id: Uuid,
+    /// Whether only the owner and members may read it (default true).
+    #[serde(default = "yes")]
+    private: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The body of `PATCH /collections/{id}`.
+#[derive(Deserialize, ToSchema)]
+pub struct Privacy {
+    /// Private from now on, or public.
+    private: bool,
+}
+
+/// The body of `PUT /collections/{id}/members/{username}`.
+#[derive(Deserialize, ToSchema)]
+pub struct Membership {
+    /// `reader` (may read) or `writer` (may read and insert).
+    role: Role,
+}
+
+/// Claims a collection and answers it.
+#[utoipa::path(post, path = "/collections", tag = "collections", request_body = Claim,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The collection is the caller's.", body = Collection),
+        (status = 409, description = "It is claimed already, or holds events of other users.", body = ErrorBody),
+    ))]
+pub async fn claim(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Json(body): Json<Claim>,
+) -> Result<(StatusCode, axum::Json<Collection>), ApiError> {
+    let (collection, private) = (body.collection_id, body.private);
+    match app.change(Change::Claim { collection, owner: user, private }).await? {
+        Changed::Done => {
+            tracing::info!(%user, %collection, private, "collection claimed");
+            Ok((StatusCode::CREATED, show_to(&app, collection).await?))
+        }
+        Changed::Claimed(owner) if owner == user => {
+            Err(ApiError::new(StatusCode::CONFLICT, "you own this collection already"))
+        }
+        Changed::Claimed(_) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "another user owns this collection"))
+        }
+        Changed::WrittenByOthers | Changed::NotFound => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "the collection holds events of other users; claim a new collection id",
+        )),
+    }
+}
+
+/// The collection with its owner and members, for the owner and members.
+#[utoipa::path(get, path = "/collections/{id}", tag = "collections",
+    params(("id" = Uuid, Path, description = "The collection.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The collection.", body = Collection),
+        (status = 400, description = "The id is not a UUID.", body = ErrorBody),
+        (status = 403, description = "The caller is neither its owner nor a member.", body = ErrorBody),
+        (status = 404, description = "Nobody claimed this collection.", body = ErrorBody),
+    ))]
+pub async fn show(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<Uuid>,
+) -> Result<axum::Json<Collection>, ApiError> {
+    let rules = app.rules().await?;
+    let rule = rules.collections.get(&id).ok_or_else(unclaimed)?;
+    if rule.owner != user && !rule.members.contains_key(&user) {
+        return Err(ApiError::forbidden("only the owner and members see a collection"));
+    }
+    show_to(&app, id).await
+}
+
+/// Makes the caller's collection private or public.
+#[utoipa::path(patch, path = "/collections/{id}", tag = "collections", request_body = Privacy,
+    params(("id" = Uuid, Path, description = "The collection.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The collection, changed; open streams follow within a second.", body = Collection),
+        (status = 400, description = "The id is not a UUID.", body = ErrorBody),
+        (status = 403, description = "The caller does not own it.", body = ErrorBody),
+        (status = 404, description = "Nobody claimed this collection.", body = ErrorBody),
+    ))]
+pub async fn update(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<Uuid>,
+    Json(body): Json<Privacy>,
+) -> Result<axum::Json<Collection>, ApiError> {
+    owned(&app, id, user).await?;
+    app.change(Change::Privacy { collection: id, private: body.private }).await?;
+    tracing::info!(%user, collection = %id, private = body.private, "collection privacy changed");
+    show_to(&app, id).await
+}
+
+/// Gives a user a role in the caller's collection.
+#[utoipa::path(put, path = "/collections/{id}/members/{username}", tag = "collections",
+    request_body = Membership,
+    params(("id" = Uuid, Path, description = "The collection."),
+           ("username" = String, Path, description = "The member's login name.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The collection with the member.", body = Collection),
+        (status = 400, description = "The id is not a UUID, or the user is the owner.", body = ErrorBody),
+        (status = 403, description = "The caller does not own it.", body = ErrorBody),
+        (status = 404, description = "Nobody claimed this collection, or no user has this name.", body = ErrorBody),
+    ))]
+pub async fn add_member(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path((id, username)): Path<(Uuid, String)>,
+    Json(body): Json<Membership>,
+) -> Result<axum::Json<Collection>, ApiError> {
+    set_member(&app, id, user, &username, Some(body.role)).await
+}
+
+/// Takes a user's role in the caller's collection away.
+#[utoipa::path(delete, path = "/collections/{id}/members/{username}", tag = "collections",
+    params(("id" = Uuid, Path, description = "The collection."),
+           ("username" = String, Path, description = "The member's login name.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The collection without the member; their open streams stop receiving its events within a second.", body = Collection),
+        (status = 400, description = "The id is not a UUID, or the user is the owner.", body = ErrorBody),
+        (status = 403, description = "The caller does not own it.", body = ErrorBody),
+        (status = 404, description = "Nobody claimed this collection, or no user has this name.", body = ErrorBody),
+    ))]
+pub async fn remove_member(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path((id, username)): Path<(Uuid, String)>,
+) -> Result<axum::Json<Collection>, ApiError> {
+    set_member(&app, id, user, &username, None).await
+}
+
+async fn set_member(
+    app: &App,
+    id: Uuid,
+    owner: Uuid,
+    username: &str,
+    role: Option<Role>,
+) -> Result<axum::Json<Collection>, ApiError> {
+    owned(app, id, owner).await?;
+    let member = app
+        .store
+        .user_by_name(username)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no user has this name"))?;
+    if member.id == owner {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "the owner is not a member"));
+    }
+    app.change(Change::Member { collection: id, user: member.id, role }).await?;
+    let role = role.map(Role::as_str);
+    tracing::info!(%owner, collection = %id, member = %username, ?role, "collection member changed");
+    show_to(app, id).await
+}
+
+/// Fails unless `user` owns the claimed collection `id`.
+async fn owned(app: &App, id: Uuid, user: Uuid) -> Result<(), ApiError> {
+    let rules = app.rules().await?;
+    let rule = rules.collections.get(&id).ok_or_else(unclaimed)?;
+    if rule.owner != user {
+        return Err(ApiError::forbidden("only the collection's owner may change it"));
+    }
+    Ok(())
+}
+
+fn unclaimed() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "nobody claimed this collection")
+}
+
+/// The claimed collection `id` as stored.
+pub(super) async fn show_to(app: &App, id: Uuid) -> Result<axum::Json<Collection>, ApiError> {
+    let collection = app.store.collection(id).await?.ok_or_else(unclaimed)?;
+    Ok(axum::Json(collection))
+}

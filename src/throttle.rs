@@ -1,0 +1,250 @@
+//! Rate limits kept in memory: failed logins and inserts.
+//!
+//! [`Failures`] slows down password guessing: after `limit` failed logins
+//! for one key (a username, known or not, or a client address), each
+//! further attempt is refused until a delay has passed, 1 second after the
+//! limit is reached and doubling with each further failure up to the
+//! window; a key with no failure for a whole window is forgotten.
+//! [`Rate`] is a token bucket per user for inserts. Both count per node,
+//! against Broker's [`Clock`]; memory is bounded by forgetting idle keys.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::{Mutex, PoisonError};
+
+use axum::http::HeaderMap;
+use uuid::Uuid;
+
+use crate::clock::Clock;
+
+/// Most keys one limiter remembers; beyond it, idle keys are forgotten first.
+const MAX_KEYS: usize = 100_000;
+
+/// Failed attempts per key, with the delay they earned.
+#[derive(Debug)]
+pub struct Failures<K> {
+    limit: u32,
+    window_ms: i64,
+    keys: Mutex<HashMap<K, Strikes>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Strikes {
+    count: u32,
+    last: i64,
+    blocked_until: i64,
+}
+
+impl<K: Hash + Eq + Clone> Failures<K> {
+    /// `limit` failures (0: no limit) within `window_secs` of each other.
+    pub fn new(limit: u32, window_secs: u64) -> Self {
+        let window_ms = i64::try_from(window_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        Self { limit, window_ms, keys: Mutex::default() }
+    }
+
+    /// Seconds until `key` may try again, if it must wait.
+    pub fn wait(&self, key: &K, clock: &Clock) -> Option<u64> {
+        let now = clock.now_millis();
+        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let until = keys.get(key)?.blocked_until;
+        (until > now).then(|| u64::try_from((until - now + 999) / 1000).unwrap_or(1))
+    }
+
+    /// Counts a failure of `key`.
+    pub fn fail(&self, key: &K, clock: &Clock) {
+        if self.limit == 0 {
+            return;
+        }
+        let now = clock.now_millis();
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        if keys.len() >= MAX_KEYS && !keys.contains_key(key) {
+            let window = self.window_ms;
+            keys.retain(|_, s| now - s.last <= window);
+            if keys.len() >= MAX_KEYS {
+                keys.clear(); // under a flood of distinct keys, start over
+            }
+        }
+        let strikes =
+            keys.entry(key.clone()).or_insert(Strikes { count: 0, last: now, blocked_until: 0 });
+        if now - strikes.last > self.window_ms {
+            strikes.count = 0;
+        }
+        strikes.count = strikes.count.saturating_add(1);
+        strikes.last = now;
+        if strikes.count >= self.limit {
+            let doublings = (strikes.count - self.limit).min(30);
+            let delay = (1000i64 << doublings).min(self.window_ms);
+            strikes.blocked_until = now.saturating_add(delay);
+        }
+    }
+
+    /// Forgets `key`'s failures (after a successful login).
+    pub fn clear(&self, key: &K) {
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
+    }
+}
+
+/// A token bucket per user: `per_second` inserts, bursts of as many.
+#[derive(Debug)]
+pub struct Rate {
+    per_second: f64,
+    users: Mutex<HashMap<Uuid, (f64, i64)>>,
+}
+
+impl Rate {
+    /// `per_second` inserts a second per user; 0 means no limit.
+    pub fn new(per_second: u32) -> Self {
+        Self { per_second: f64::from(per_second), users: Mutex::default() }
+    }
+
+    /// Takes one insert from `user`'s bucket, or says how many seconds
+    /// until one is available.
+    pub fn take(&self, user: Uuid, clock: &Clock) -> Result<(), u64> {
+        if self.per_second == 0.0 {
+            return Ok(());
+        }
+        let now = clock.now_millis();
+        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        if users.len() >= MAX_KEYS && !users.contains_key(&user) {
+            // A full bucket is the same as none.
+            let rate = self.per_second;
+            users.retain(|_, (tokens, at)| *tokens + (now - *at) as f64 / 1000.0 * rate < rate);
+        }
+        let (tokens, at) = users.entry(user).or_insert((self.per_second, now));
+        let elapsed = (now - *at).max(0) as f64 / 1000.0;
+        *tokens = (*tokens + elapsed * self.per_second).min(self.per_second);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) / self.per_second).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+/// An address or a network (`10.0.0.0/8`, `::1`) whose
+/// `X-Forwarded-For` is believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proxy {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl FromStr for Proxy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (addr, prefix) = text.split_once('/').unwrap_or((text, ""));
+        let addr: IpAddr =
+            addr.trim().parse().map_err(|_| format!("{text:?} is not an IP address or network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            "" => max,
+            p => p
+                .parse()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {max}"))?,
+        };
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl Proxy {
+    fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |ip: IpAddr| match ip {
+            IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => (u128::from(u32::from(v4)), 32),
+                None => (u128::from(v6), 128),
+            },
+        };
+        let ((net, width), (ip, ip_width)) = (bits(self.addr), bits(ip));
+        let shift = u32::from(width) - u32::from(self.prefix.min(width));
+        width == ip_width && (shift == 128 || net >> shift == ip >> shift)
+    }
+}
+
+/// The client's address: the peer's, unless the peer is a trusted proxy;
+/// then the last address of `X-Forwarded-For` that is not a trusted proxy.
+pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[Proxy]) -> IpAddr {
+    let trusts = |ip: IpAddr| trusted.iter().any(|p| p.contains(ip));
+    if !trusts(peer) {
+        return peer;
+    }
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+        .collect::<Vec<_>>();
+    let mut client = peer;
+    for ip in forwarded.into_iter().rev() {
+        client = ip;
+        if !trusts(ip) {
+            break;
+        }
+    }
+    client
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_earn_a_growing_delay_then_are_forgotten() {
+        let (clock, hand) = Clock::manual(1_000_000);
+        let f = Failures::new(3, 900);
+        let key = "alice".to_owned();
+        for _ in 0..2 {
+            f.fail(&key, &clock);
+            assert_eq!(f.wait(&key, &clock), None);
+        }
+        f.fail(&key, &clock);
+        assert_eq!(f.wait(&key, &clock), Some(1));
+        hand.advance(1000);
+        assert_eq!(f.wait(&key, &clock), None);
+        f.fail(&key, &clock);
+        assert_eq!(f.wait(&key, &clock), Some(2));
+        hand.advance(2000);
+        f.fail(&key, &clock);
+        assert_eq!(f.wait(&key, &clock), Some(4));
+        hand.advance(901_000);
+        assert_eq!(f.wait(&key, &clock), None);
+        f.fail(&key, &clock);
+        assert_eq!(f.wait(&key, &clock), None, "a whole window later, counting starts over");
+        f.clear(&key);
+        assert_eq!(f.wait(&key, &clock), None);
+    }
+
+    #[test]
+    fn the_bucket_refills() {
+        let (clock, hand) = Clock::manual(1_000_000);
+        let rate = Rate::new(2);
+        let user = Uuid::new_v4();
+        assert!(rate.take(user, &clock).is_ok() && rate.take(user, &clock).is_ok());
+        assert_eq!(rate.take(user, &clock), Err(1));
+        hand.advance(500);
+        assert!(rate.take(user, &clock).is_ok());
+        assert!(Rate::new(0).take(user, &clock).is_ok());
+    }
+
+    #[test]
+    fn forwarded_addresses_are_believed_from_trusted_proxies_only() {
+        let trusted: Vec<Proxy> = vec!["127.0.0.1".parse().unwrap(), "10.0.0.0/8".parse().unwrap()];
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "1.2.3.4, 5.6.7.8, 10.1.2.3".parse().unwrap());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(client_address(ip("127.0.0.1"), &headers, &trusted), ip("5.6.7.8"));
+        assert_eq!(client_address(ip("192.0.2.1"), &headers, &trusted), ip("192.0.2.1"));
+        assert_eq!(client_address(ip("127.0.0.1"), &HeaderMap::new(), &trusted), ip("127.0.0.1"));
+        assert!("10.0.0.0/33".parse::<Proxy>().is_err() && "x".parse::<Proxy>().is_err());
+        let any: Proxy = "0.0.0.0/0".parse().unwrap();
+        assert!(any.contains(ip("8.8.8.8")) && !any.contains(ip("::2")));
+    }
+}
