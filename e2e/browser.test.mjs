@@ -288,3 +288,76 @@ test('the broker-client example logs in and receives notes', async () => {
   });
   await page.locator('#notes li', { hasText: 'console: hi there' }).waitFor({ timeout: DEADLINE });
 });
+
+/** Signs a new user up on a console page (its own collection, logged in). */
+async function signUp(page, username) {
+  const form = page.locator('#signup-form');
+  await form.locator('[name=username]').fill(username);
+  await form.locator('[name=password]').fill('correct horse');
+  await form.locator('button[type=submit]').click();
+  await until(`${username} to be logged in`, async () => (await page.textContent('#whoami')) === `logged in as ${username}`);
+  // Logging in reconnects the stream with the user's cookie.
+  await until('the stream to be live again', () => streamState(page).then((s) => s === 'live'));
+}
+
+test('a private collection: the member sees its events live, the other user never, and removal takes effect live', async () => {
+  // Two users, each in a browser of their own (cookies are per browser).
+  const otherProfile = mkdtempSync(join(tmpdir(), 'broker-e2e-chromium-'));
+  const otherBrowser = await launch(otherProfile, { viewport: { width: 1280, height: 960 } });
+  try {
+    const owner = await consolePage();
+    const previous = context;
+    context = otherBrowser;
+    const other = await consolePage().finally(() => { context = previous; });
+    await signUp(owner, 'carol');
+    await signUp(other, 'dave');
+
+    await owner.click('#sharing-form button[value=private]');
+    await until('the collection to be private', async () => (await owner.textContent('#sharing-message')).startsWith('Private, owned by carol'));
+    await insert(owner, { event: 'secret-1', data: { n: 1 } });
+    await insert(other, { event: 'dave-1', data: { n: 1 } });
+    await until('dave-1 on both pages', async () => (await shown(other, 'dave-1')).length && (await shown(owner, 'dave-1')).length);
+    await until('secret-1 on the owner page', () => shown(owner, 'secret-1').then((s) => s.length));
+
+    // Dave becomes a reader: new events reach his page live.
+    await owner.fill('#member-form [name=username]', 'dave');
+    await owner.selectOption('#member-form [name=role]', 'reader');
+    await owner.click('#member-form button[type=submit]');
+    await owner.locator('#members tr[data-member="dave"]').waitFor({ timeout: DEADLINE });
+    await insert(owner, { event: 'secret-2', data: { n: 2 } });
+    await until('secret-2 on the member page', () => shown(other, 'secret-2').then((s) => s.length));
+
+    // Removed: what follows never reaches his page, his own events do.
+    await owner.click('#members tr[data-member="dave"] button');
+    await until('dave to be removed', async () => (await owner.locator('#members tr[data-member]').count()) === 0);
+    await insert(owner, { event: 'secret-3', data: { n: 3 } });
+    await insert(other, { event: 'dave-2', data: { n: 2 } });
+    await until('dave-2 on both pages', async () => (await shown(other, 'dave-2')).length && (await shown(owner, 'dave-2')).length);
+    await until('secret-3 on the owner page', () => shown(owner, 'secret-3').then((s) => s.length));
+    const seen = (await feed(other)).map((i) => i.event);
+    assert.ok(!seen.includes('secret-1') && !seen.includes('secret-3'), `the other page showed ${seen}`);
+    // Browsing the collection is refused too.
+    await other.fill('#browse-form [name=collection_id]', await owner.inputValue('#sharing-form [name=collection_id]'));
+    await other.click('#browse-form button[type=submit]');
+    await until('the refusal', async () => (await other.textContent('#browse-message')).includes('private'));
+
+    // Made an administrator (on the running server's store), carol's
+    // console shows the administration panel; disabling dave ends his stream.
+    assert.equal(await owner.isVisible('#admin'), false);
+    await new Promise((resolve, reject) => {
+      const grant = spawn(BROKER_BIN, ['admin', 'grant', 'carol', '--save-path', join(dataDir, 'broker.db')], { stdio: 'ignore' });
+      grant.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`broker admin grant exited with ${code}`))));
+    });
+    await owner.reload();
+    await owner.locator('#admin').waitFor({ state: 'visible', timeout: DEADLINE });
+    await owner.fill('#admin-search [name=search]', 'dav');
+    await owner.click('#admin-search button[type=submit]');
+    await owner.locator('#admin-users tr[data-user="dave"] button', { hasText: 'Disable' }).click();
+    await owner.locator('#admin-users tr[data-user="dave"][data-disabled="true"]').waitFor({ timeout: DEADLINE });
+    await until("the disabled user's stream to end", () => streamState(other).then((s) => s !== 'live'));
+    assert.deepEqual(pageErrors, []);
+  } finally {
+    await otherBrowser.close();
+    rmSync(otherProfile, { recursive: true, force: true });
+  }
+});

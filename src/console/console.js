@@ -35,7 +35,11 @@ async function api(method, path, body) {
     session.clear();
     showAccount();
   }
-  if (!response.ok) throw new Error(answer.error || `${response.status} ${response.statusText}`);
+  if (!response.ok) {
+    const error = new Error(answer.error || `${response.status} ${response.statusText}`);
+    error.status = response.status;
+    throw error;
+  }
   return answer;
 }
 
@@ -82,7 +86,15 @@ function showAccount() {
   $('#logout').hidden = !name;
   document.body.dataset.loggedIn = Boolean(name);
   $('#signed-in-name').textContent = name;
-  if (name) refreshMine();
+  document.body.dataset.admin = false;
+  if (name) {
+    refreshMine();
+    // Administrators get the administration panel.
+    api('GET', '/users/me').then((me) => {
+      document.body.dataset.admin = me.admin;
+      if (me.admin) searchUsers(true);
+    }, () => {});
+  }
 }
 
 async function logIn(username, password) {
@@ -104,8 +116,9 @@ $('#signup-form').addEventListener('submit', async (e) => {
   try {
     await api('POST', '/users', body);
     localStorage.setItem('broker.collection', body.collection_id);
-    $('#insert-form').elements.collection_id.value = body.collection_id;
-    $('#browse-form').elements.collection_id.value = body.collection_id;
+    for (const form of ['#insert-form', '#browse-form', '#sharing-form']) {
+      $(form).elements.collection_id.value = body.collection_id;
+    }
     await logIn(body.username, body.password);
     say('#auth-message', `Welcome, ${body.username}.`);
   } catch (err) {
@@ -124,11 +137,14 @@ $('#login-form').addEventListener('submit', async (e) => {
   }
 });
 
-$('#logout').addEventListener('click', () => {
+$('#logout').addEventListener('click', async () => {
+  // Revokes the token everywhere and clears the stream's cookie.
+  await api('POST', '/logout').catch(() => {});
   session.clear();
   showAccount();
   scheduled = [];
   $('#my-events tbody').replaceChildren();
+  watch(false);
 });
 
 // ---------------------------------------------------------------- stream
@@ -346,11 +362,135 @@ $('#browse-form').addEventListener('submit', async (e) => {
   }
 });
 
+// ---------------------------------------------------------------- sharing
+
+const sharedId = () => $('#sharing-form').elements.collection_id.value.trim();
+
+function showCollection(collection) {
+  const rows = collection.members.map((m) => {
+    const remove = document.createElement('button');
+    remove.type = 'button';
+    remove.className = 'small';
+    remove.textContent = 'Remove';
+    remove.addEventListener('click', () => share('DELETE', `/members/${encodeURIComponent(m.username)}`));
+    const tr = row([m.username, m.role, remove]);
+    tr.dataset.member = m.username;
+    return tr;
+  });
+  $('#members tbody').replaceChildren(...rows);
+  $('#sharing').dataset.private = collection.private;
+  say('#sharing-message', `${collection.private ? 'Private' : 'Public'}, owned by ${collection.owner.username}; ${collection.members.length} member${collection.members.length === 1 ? '' : 's'}.`);
+}
+
+/** Calls `/collections/{id}{path}` and shows the collection it answers. */
+async function share(method, path = '', body = undefined) {
+  try {
+    showCollection(await api(method, `/collections/${encodeURIComponent(sharedId())}${path}`, body));
+  } catch (err) {
+    say('#sharing-message', err.message, false);
+  }
+}
+
+$('#sharing-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const action = e.submitter?.value || 'show';
+  if (action === 'show') return share('GET');
+  const wanted = { private: action === 'private' };
+  try {
+    showCollection(await api('PATCH', `/collections/${encodeURIComponent(sharedId())}`, wanted));
+  } catch (err) {
+    if (err.status !== 404) return say('#sharing-message', err.message, false);
+    // Not claimed yet: claim it.
+    try {
+      showCollection(await api('POST', '/collections', { collection_id: sharedId(), ...wanted }));
+    } catch (claimErr) {
+      say('#sharing-message', claimErr.message, false);
+    }
+  }
+});
+
+$('#member-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const form = e.target.elements;
+  share('PUT', `/members/${encodeURIComponent(form.username.value.trim())}`, { role: form.role.value });
+});
+
+// ---------------------------------------------------------------- admin
+
+let usersCursor = null;
+
+async function searchUsers(fresh) {
+  const search = $('#admin-search').elements.search.value;
+  const params = new URLSearchParams({ search, limit: '50' });
+  if (!fresh && usersCursor) params.set('cursor', usersCursor);
+  try {
+    const page = await api('GET', `/admin/users?${params}`);
+    usersCursor = page.cursor;
+    $('#admin-more').hidden = !page.cursor;
+    const rows = page.users.map(userRow);
+    if (fresh) $('#admin-users tbody').replaceChildren(...rows);
+    else $('#admin-users tbody').append(...rows);
+  } catch (err) {
+    say('#admin-message', err.message, false);
+  }
+}
+
+function userRow(user) {
+  const toggle = document.createElement('button');
+  toggle.type = 'button';
+  toggle.className = 'small';
+  toggle.textContent = user.disabled ? 'Enable' : 'Disable';
+  toggle.addEventListener('click', () => changeUser(user, { disabled: !user.disabled }));
+  const password = document.createElement('input');
+  password.type = 'password';
+  password.placeholder = 'new password';
+  const reset = document.createElement('button');
+  reset.type = 'button';
+  reset.className = 'small';
+  reset.textContent = 'Reset password';
+  reset.addEventListener('click', () => changeUser(user, { password: password.value }));
+  const actions = document.createElement('span');
+  actions.append(toggle, ' ', password, ' ', reset);
+  const state = [user.admin && 'administrator', user.disabled ? 'disabled' : 'active'].filter(Boolean).join(', ');
+  const tr = row([user.username, user.id, state, actions]);
+  tr.dataset.user = user.username;
+  tr.dataset.disabled = user.disabled;
+  return tr;
+}
+
+async function changeUser(user, change) {
+  try {
+    const changed = await api('PATCH', `/admin/users/${user.id}`, change);
+    document.querySelector(`#admin-users tr[data-user="${CSS.escape(user.username)}"]`)?.replaceWith(userRow(changed));
+    say('#admin-message', `${changed.username}: ${change.password !== undefined ? 'password reset' : changed.disabled ? 'disabled' : 'enabled'}.`);
+  } catch (err) {
+    say('#admin-message', err.message, false);
+  }
+}
+
+$('#admin-search').addEventListener('submit', (e) => {
+  e.preventDefault();
+  searchUsers(true);
+});
+$('#admin-more').addEventListener('click', () => searchUsers(false));
+$('#admin-collection').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const id = e.target.elements.collection_id.value.trim();
+  try {
+    const c = await api('GET', `/admin/collections/${encodeURIComponent(id)}`);
+    const members = c.members.map((m) => `${m.username} (${m.role})`).join(', ') || 'none';
+    $('#admin-collection-info').textContent = `${c.private ? 'private' : 'public'}; owner ${c.owner.username}; members: ${members}`;
+  } catch (err) {
+    $('#admin-collection-info').textContent = err.message;
+  }
+});
+
 // ---------------------------------------------------------------- start
 
 const collection = localStorage.getItem('broker.collection') || uuid4();
 $('#signup-form').elements.collection_id.value = uuid4();
 $('#insert-form').elements.collection_id.value = collection;
 $('#browse-form').elements.collection_id.value = collection;
+$('#sharing-form').elements.collection_id.value = collection;
 showAccount();
 watch(false);

@@ -130,9 +130,10 @@ pub async fn update(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The collection with the member.", body = Collection),
-        (status = 400, description = "The id is not a UUID, or the user is the owner.", body = ErrorBody),
+        (status = 400, description = "The id is not a UUID.", body = ErrorBody),
         (status = 403, description = "The caller does not own it.", body = ErrorBody),
         (status = 404, description = "Nobody claimed this collection, or no user has this name.", body = ErrorBody),
+        (status = 409, description = "The user is the collection's owner.", body = ErrorBody),
     ))]
 pub async fn add_member(
     State(app): State<AppState>,
@@ -150,9 +151,10 @@ pub async fn add_member(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The collection without the member; their open streams stop receiving its events within a second.", body = Collection),
-        (status = 400, description = "The id is not a UUID, or the user is the owner.", body = ErrorBody),
+        (status = 400, description = "The id is not a UUID.", body = ErrorBody),
         (status = 403, description = "The caller does not own it.", body = ErrorBody),
         (status = 404, description = "Nobody claimed this collection, or no user has this name.", body = ErrorBody),
+        (status = 409, description = "The user is the collection's owner.", body = ErrorBody),
     ))]
 pub async fn remove_member(
     State(app): State<AppState>,
@@ -176,7 +178,7 @@ async fn set_member(
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no user has this name"))?;
     if member.id == owner {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "the owner is not a member"));
+        return Err(ApiError::new(StatusCode::CONFLICT, "the owner cannot also be a member"));
     }
     app.change(Change::Member { collection: id, user: member.id, role }).await?;
     let role = role.map(Role::as_str);

@@ -3,8 +3,10 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
@@ -12,13 +14,24 @@ use super::{ApiError, AppState};
 use crate::auth::Claims;
 use crate::throttle::client_address;
 
-/// `axum::Json` with JSON error bodies.
+/// `axum::Json` with JSON error bodies, for a JSON object only (serde
+/// would also fill a struct from an array of its fields).
 pub struct Json<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), state)
+            .await
+            .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_some_and(|b| *b != b'{') {
+            let message = "the body must be a JSON object";
+            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message));
+        }
+        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
         let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
         Ok(Self(value))
     }

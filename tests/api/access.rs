@@ -105,7 +105,7 @@ async fn claims_are_refused_when_taken_or_written_by_others() {
     let bob_member = format!("/collections/{}/members/bob", alice.collection);
     error_json(app.send(Method::PUT, &alice.jwt, &bob_member, Some(&bad_role)).await, 422).await;
     let herself = format!("/collections/{}/members/alice", alice.collection);
-    error_json(app.send(Method::PUT, &alice.jwt, &herself, Some(&role)).await, 400).await;
+    error_json(app.send(Method::PUT, &alice.jwt, &herself, Some(&role)).await, 409).await;
 }
 
 #[tokio::test]

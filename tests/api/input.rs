@@ -11,9 +11,11 @@ async fn malformed_requests_get_json_errors() {
     let user = app.user("alice").await;
     let send = |body: String| app.insert_text(&user.jwt, body);
     let c = user.collection;
-    let cases: [(String, u16); 10] = [
+    let cases: [(String, u16); 11] = [
         ("{\"event\":".into(), 400),
         ("[]".into(), 422),
+        // serde would take a struct's fields in order from an array.
+        (format!("[\"e\",\"{c}\",1,{{}}]"), 422),
         (
             format!(
                 "{{\"event\":\"e\",\"collection_id\":\"{c}\",\"timestamp\":\"soon\",\"data\":1}}"
