@@ -230,6 +230,12 @@ impl Filter {
         Ok(Self { collections, events })
     }
 
+    /// The same event names in these collections only (no limit on their
+    /// number: for filters Broker makes itself).
+    pub fn within(&self, collections: Vec<Uuid>) -> Self {
+        Self { collections, events: self.events.clone() }
+    }
+
     /// The selected collections; empty means every collection.
     pub fn collections(&self) -> &[Uuid] {
         &self.collections

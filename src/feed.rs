@@ -86,7 +86,7 @@ impl Feed {
         Ok((ring, self.seen.load(Ordering::SeqCst)))
     }
 
-    /// The latest state for `filter`, read after the feed had handed over
+    /// The latest public state for `filter`, read after the feed had handed over
     /// `after` (a subscriber's [`Feed::subscribe`] number), so that its head
     /// covers everything the subscriber's cursor may have missed. Shared by
     /// every subscriber with the same filter that can use the same read.
@@ -103,13 +103,19 @@ impl Feed {
                 }
             }
         };
-        let read = flight.get_or_init(|| async { self.store.snapshot(filter).await.map(Arc::new) });
+        let read =
+            flight.get_or_init(|| async { self.store.snapshot(filter, true).await.map(Arc::new) });
         let snapshot = read.await.clone();
         let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
         if flights.get(filter).is_some_and(|(_, f)| Arc::ptr_eq(f, &flight)) {
             flights.remove(filter); // done: later subscribers read anew
         }
         snapshot
+    }
+
+    /// The store the feed reads.
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
     }
 
     /// The access rules the hub applies now.

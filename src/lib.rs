@@ -102,15 +102,13 @@ impl Broker {
             Err(store::StoreError::Unavailable(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        hub.access.clone().spawn_poller(
-            store.clone(),
-            {
+        if let Some(poll) = poll {
+            // Other nodes change the rules too.
+            let changed = {
                 let hub = hub.clone();
                 move |state| hub.access_changed(state)
-            },
-            shutdown.clone(),
-        );
-        if let Some(poll) = poll {
+            };
+            hub.access.clone().spawn_poller(store.clone(), changed, shutdown.clone());
             feed.clone().spawn_follower(published, poll, shutdown.clone());
         }
         let wake = Arc::new(Wake::default());

@@ -59,6 +59,10 @@ struct Target {
     /// Also write the result as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Broker only: publish to a private collection; subscribers read it as
+    /// a member (with a token), so every delivery passes a permission check.
+    #[arg(long)]
+    private: bool,
 }
 
 #[derive(Args, Clone)]
@@ -263,6 +267,8 @@ struct Publisher {
     kind: Kind,
     jwt: Option<String>,
     collection: String,
+    /// A member's token, for the subscribers of a private collection.
+    reader: Option<String>,
 }
 
 impl Publisher {
@@ -270,33 +276,31 @@ impl Publisher {
     /// fresh collection, so subscribers see only this run.
     async fn new(target: &Target) -> Result<Self, Error> {
         let collection = uuid_v4();
-        let mut publisher = Self { kind: target.target, jwt: None, collection };
+        let mut publisher = Self { kind: target.target, jwt: None, collection, reader: None };
         if target.target == Kind::Broker {
             let mut conn = Conn::connect(target.addr[0]).await?;
-            let name = format!("bench-{}", uuid_v4());
-            let user = json!({"username": name, "password": "bench-password", "collection_id": publisher.collection});
-            let created = conn.request("POST", "/users", None, user.to_string().as_bytes()).await?;
-            if created.status != 200 {
-                return Err(
-                    format!("sign-up failed: {}", String::from_utf8_lossy(&created.body)).into()
-                );
+            let (name, jwt) = sign_up(&mut conn, &publisher.collection).await?;
+            if target.private {
+                let claim = json!({"collection_id": publisher.collection, "private": true});
+                expect(&mut conn, "POST", "/collections", &jwt, &claim, 201).await?;
+                let (reader, reader_jwt) = sign_up(&mut conn, &uuid_v4()).await?;
+                let path = format!("/collections/{}/members/{reader}", publisher.collection);
+                expect(&mut conn, "PUT", &path, &jwt, &json!({"role": "reader"}), 200).await?;
+                publisher.reader = Some(reader_jwt);
+                eprintln!("private collection of {name}, read by member {reader}");
             }
-            let login = json!({"username": name, "password": "bench-password"});
-            let response =
-                conn.request("POST", "/login", None, login.to_string().as_bytes()).await?;
-            let body: Value = serde_json::from_slice(&response.body)?;
-            publisher.jwt = body["jwt"].as_str().map(str::to_owned);
-            if publisher.jwt.is_none() {
-                return Err("login failed".into());
-            }
+            publisher.jwt = Some(jwt);
         }
         Ok(publisher)
     }
 
     fn subscribe_path(&self) -> String {
-        match self.kind {
-            Kind::Broker => format!("/events?collection_id={}", self.collection),
-            Kind::Nchan => "/sub/bench".to_owned(),
+        match (self.kind, &self.reader) {
+            (Kind::Broker, None) => format!("/events?collection_id={}", self.collection),
+            (Kind::Broker, Some(jwt)) => {
+                format!("/events?collection_id={}&token={jwt}", self.collection)
+            }
+            (Kind::Nchan, _) => "/sub/bench".to_owned(),
         }
     }
 
@@ -550,6 +554,39 @@ async fn subscribers(target: &Target, subs: &Fleet) -> Result<Report, Error> {
     }
     clients.stop().await;
     Ok(report)
+}
+
+/// Signs a fresh bench user up (own collection `collection`) and logs in:
+/// (username, token).
+async fn sign_up(conn: &mut Conn, collection: &str) -> Result<(String, String), Error> {
+    let name = format!("bench-{}", uuid_v4());
+    let user = json!({"username": name, "password": "bench-password", "collection_id": collection});
+    let created = conn.request("POST", "/users", None, user.to_string().as_bytes()).await?;
+    if created.status != 200 {
+        return Err(format!("sign-up failed: {}", String::from_utf8_lossy(&created.body)).into());
+    }
+    let login = json!({"username": name, "password": "bench-password"});
+    let response = conn.request("POST", "/login", None, login.to_string().as_bytes()).await?;
+    let body: Value = serde_json::from_slice(&response.body)?;
+    let jwt = body["jwt"].as_str().map(str::to_owned).ok_or("login failed")?;
+    Ok((name, jwt))
+}
+
+/// Sends a JSON request that must answer `status`.
+async fn expect(
+    conn: &mut Conn,
+    method: &str,
+    path: &str,
+    jwt: &str,
+    body: &Value,
+    status: u16,
+) -> Result<(), Error> {
+    let response = conn.request(method, path, Some(jwt), body.to_string().as_bytes()).await?;
+    if response.status != status {
+        let text = String::from_utf8_lossy(&response.body);
+        return Err(format!("{method} {path} answered {}: {text}", response.status).into());
+    }
+    Ok(())
 }
 
 async fn fanout(

@@ -14,6 +14,7 @@
 //! the ids. A stream whose token is revoked (logout, password change,
 //! disabled account) ends when the new rules reach it.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::ErrorKind;
@@ -313,19 +314,57 @@ async fn sync(
     reader: Reader,
 ) -> Result<i64, ApiError> {
     let snapshot = feed.snapshot(filter, delivered).await?;
-    let rules = feed.rules();
+    let mut latest: HashMap<&str, &Published> =
+        snapshot.latest.iter().map(|p| (p.event.event.as_str(), p)).collect();
+    // The private collections this reader may read have a latest state of
+    // their own, merged in by name; what was published after the shared
+    // snapshot comes live.
+    let private = match reader.user {
+        Some(user) => private_state(feed, filter, user).await?,
+        None => Vec::new(),
+    };
+    for p in private.iter().filter(|p| p.seq <= snapshot.head) {
+        let name = p.event.event.as_str();
+        if latest.get(name).is_none_or(|q| q.seq < p.seq) {
+            latest.insert(name, p);
+        }
+    }
+    let mut latest: Vec<&Published> = latest.into_values().collect();
+    latest.sort_by_key(|p| p.seq);
     if reset {
         chunk.push(Bytes::from(format!(
             "id:{}\nevent:reset\ndata:{{\"reason\":\"unknown last event id\",\"head\":{}}}\n\n",
             snapshot.head, snapshot.head
         )));
     }
-    for published in &snapshot.latest {
-        if rules.may_read(&published.event.collection_id, reader.user) {
-            chunk.push(frame(published, reader.envelope));
-        }
+    for published in latest {
+        chunk.push(frame(published, reader.envelope));
     }
     Ok(snapshot.head)
+}
+
+/// The latest state of the private collections `user` may read (among
+/// those `filter` selects).
+async fn private_state(
+    feed: &crate::feed::Feed,
+    filter: &Filter,
+    user: Uuid,
+) -> Result<Vec<Published>, ApiError> {
+    let rules = feed.rules();
+    let readable: Vec<Uuid> = rules
+        .collections
+        .iter()
+        .filter(|(id, rule)| {
+            rule.private
+                && rule.may_read(Some(user))
+                && (filter.collections().is_empty() || filter.collections().contains(id))
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    if readable.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(feed.store().snapshot(&filter.within(readable), false).await?.latest)
 }
 
 /// Who reads a stream, and how.

@@ -248,8 +248,9 @@ pub trait Store: Send + Sync + 'static {
     async fn next_due(&self) -> Result<Option<i64>, StoreError>;
 
     /// The latest published event of each name the filter selects, and the
-    /// sequence head, read consistently.
-    async fn snapshot(&self, filter: &Filter) -> Result<Snapshot, StoreError>;
+    /// sequence head, read consistently. With `public_only`, private
+    /// collections are left out (as if they held nothing).
+    async fn snapshot(&self, filter: &Filter, public_only: bool) -> Result<Snapshot, StoreError>;
 
     /// How many events wait for their time.
     async fn pending(&self) -> Result<u64, StoreError>;

@@ -507,13 +507,16 @@ mod sql {
         (SELECT MIN(due) FROM events WHERE NOT published AND NOT cancelled AND node IS NULL),
         (SELECT MIN(due) FROM events WHERE NOT published AND NOT cancelled) + $2)";
     pub const PENDING: &str = "SELECT COUNT(*) FROM events WHERE NOT published AND NOT cancelled";
-    /// The latest event of each selected name; empty arrays select all.
+    /// The latest event of each selected name; empty arrays select all;
+    /// with `$3`, not from private collections.
     pub const LATEST: &str = concat!(
         "SELECT ",
         event_columns!(),
         ", e.seq FROM (SELECT MAX(seq) AS seq FROM latest",
         " WHERE (cardinality($1::uuid[]) = 0 OR collection_id = ANY($1))",
-        " AND (cardinality($2::text[]) = 0 OR event = ANY($2)) GROUP BY event) l",
+        " AND (cardinality($2::text[]) = 0 OR event = ANY($2))",
+        " AND NOT ($3 AND collection_id IN (SELECT id FROM collections WHERE private))",
+        " GROUP BY event) l",
         " JOIN events e ON e.seq = l.seq ORDER BY e.seq"
     );
     /// Published events in `($1, $2]` that the filter selects, by sequence.
@@ -710,7 +713,7 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn snapshot(&self, filter: &Filter) -> Result<Snapshot, StoreError> {
+    async fn snapshot(&self, filter: &Filter, public_only: bool) -> Result<Snapshot, StoreError> {
         self.run(async |mut client| {
             let tx = client
                 .build_transaction()
@@ -720,7 +723,9 @@ impl Store for PostgresStore {
                 .await?;
             let head = tx.query_one(sql::HEAD, &[]).await?.try_get(0)?;
             let latest = tx.prepare_cached(sql::LATEST).await?;
-            let latest = tx.query(&latest, &[&filter.collections(), &filter.events()]).await?;
+            let params: [&(dyn ToSql + Sync); 3] =
+                [&filter.collections(), &filter.events(), &public_only];
+            let latest = tx.query(&latest, &params).await?;
             let latest = rows(&latest, published_from_row)?;
             tx.commit().await?;
             Ok(Snapshot { latest, head })

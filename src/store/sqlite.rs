@@ -514,10 +514,15 @@ mod sql {
     pub const PENDING: &str = "SELECT COUNT(*) FROM events WHERE published = 0 AND cancelled = 0";
 
     /// The latest event of each selected name: reads the `latest` table (one
-    /// row per collection and name), never the log.
-    pub fn latest(filter: &Filter) -> String {
+    /// row per collection and name), never the log; with `public_only`, not
+    /// from private collections.
+    pub fn latest(filter: &Filter, public_only: bool) -> String {
+        let public = match public_only {
+            true => " AND collection_id NOT IN (SELECT id FROM collections WHERE private = 1)",
+            false => "",
+        };
         format!(
-            "SELECT {}, e.seq FROM (SELECT MAX(seq) AS seq FROM latest WHERE {} GROUP BY event) l \
+            "SELECT {}, e.seq FROM (SELECT MAX(seq) AS seq FROM latest WHERE {}{public} GROUP BY event) l \
              JOIN events e ON e.seq = l.seq ORDER BY e.seq",
             event_columns!(),
             selection(filter, 1)
@@ -703,8 +708,8 @@ impl Store for SqliteStore {
         self.read(|conn| conn.prepare_cached(sql::NEXT_DUE)?.query_row([], |r| r.get(0))).await
     }
 
-    async fn snapshot(&self, filter: &Filter) -> Result<Snapshot, StoreError> {
-        let (statement, params) = (sql::latest(filter), filter_params(filter));
+    async fn snapshot(&self, filter: &Filter, public_only: bool) -> Result<Snapshot, StoreError> {
+        let (statement, params) = (sql::latest(filter, public_only), filter_params(filter));
         self.read(move |conn| {
             let tx = conn.unchecked_transaction()?;
             let head = tx.prepare_cached(sql::HEAD)?.query_row([], |r| r.get(0))?;
@@ -947,7 +952,9 @@ mod tests {
             Filter::new(vec![], some().1).unwrap(),
             Filter::new(some().0, some().1).unwrap(),
         ];
-        let dynamic = filters.iter().flat_map(|f| [sql::latest(f), sql::replay(f)]);
+        let dynamic = filters
+            .iter()
+            .flat_map(|f| [sql::latest(f, true), sql::latest(f, false), sql::replay(f)]);
         let statements = sql::ALL.iter().map(|s| s.to_string()).chain(dynamic);
         for statement in statements {
             let mut plan = conn.prepare(&format!("EXPLAIN QUERY PLAN {statement}")).unwrap();

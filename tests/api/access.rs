@@ -202,3 +202,38 @@ async fn removing_a_member_or_going_private_takes_effect_on_open_streams() {
     error_json(app.get_as(&bob.jwt, &path).await, 403).await;
     error_json(insert_into(&app, &bob, alice.collection, "x").await, 403).await;
 }
+
+#[tokio::test]
+async fn the_sync_shows_each_reader_the_latest_state_it_may_read() {
+    let app = TestApp::spawn().await;
+    let (alice, bob, carol) =
+        (app.user("alice").await, app.user("bob").await, app.user("carol").await);
+    claim(&app, &alice, true).await;
+    set_member(&app, &alice, "bob", Some("reader")).await;
+    let mut witness = stream_of(&app, &alice, "").await;
+    ok_json(insert_into(&app, &carol, carol.collection, "status").await).await;
+    ok_json(insert_into(&app, &alice, alice.collection, "status").await).await;
+    ok_json(insert_into(&app, &alice, alice.collection, "secret").await).await;
+    let published = witness.take(3).await;
+    // Anonymous and outsiders: the latest public "status", nothing else.
+    let mut anonymous = app.subscribe().await;
+    assert_eq!(anonymous.next().await, published[0]);
+    let mut outsider = stream_of(&app, &carol, "?event=status&event=secret").await;
+    assert_eq!(outsider.next().await, published[0]);
+    // A member: the private "status", newer, and "secret".
+    let mut member = stream_of(&app, &bob, "").await;
+    assert_eq!(member.take(2).await, published[1..]);
+    let filtered =
+        format!("?collection_id={}&collection_id={}", carol.collection, alice.collection);
+    let mut member = stream_of(&app, &bob, &filtered).await;
+    assert_eq!(member.take(2).await, published[1..]);
+    let mut public_only =
+        stream_of(&app, &bob, &format!("?collection_id={}", carol.collection)).await;
+    assert_eq!(public_only.next().await, published[0]);
+    // Nothing more came in any of them: a new public status is next everywhere.
+    ok_json(insert_into(&app, &carol, carol.collection, "status").await).await;
+    let marker = witness.next().await;
+    for stream in [&mut anonymous, &mut outsider, &mut member, &mut public_only] {
+        assert_eq!(stream.next().await, marker);
+    }
+}

@@ -65,11 +65,11 @@ async fn the_snapshot_is_the_latest_event_of_each_name() {
         store.insert_event(event(name, collection, 0)).await.unwrap();
         store.publish_due(0, 10).await.unwrap();
     }
-    let all = store.snapshot(&Filter::default()).await.unwrap();
+    let all = store.snapshot(&Filter::default(), true).await.unwrap();
     assert_eq!(all.head, 4);
     // The latest of each name across the selected collections.
     assert_eq!(all.latest.iter().map(|p| p.seq).collect::<Vec<_>>(), [2, 4]);
-    let mine = store.snapshot(&Filter::new(vec![c], vec![]).unwrap()).await.unwrap();
+    let mine = store.snapshot(&Filter::new(vec![c], vec![]).unwrap(), true).await.unwrap();
     assert_eq!(mine.latest.iter().map(|p| p.seq).collect::<Vec<_>>(), [2, 3]);
 }
 
