@@ -63,6 +63,10 @@ struct Target {
     /// a member (with a token), so every delivery passes a permission check.
     #[arg(long)]
     private: bool,
+    /// Broker only: subscribers present a token (of another user) on the
+    /// public collection: the same streams as `--private`, without the check.
+    #[arg(long, conflicts_with = "private")]
+    authenticated: bool,
 }
 
 #[derive(Args, Clone)]
@@ -280,14 +284,17 @@ impl Publisher {
         if target.target == Kind::Broker {
             let mut conn = Conn::connect(target.addr[0]).await?;
             let (name, jwt) = sign_up(&mut conn, &publisher.collection).await?;
-            if target.private {
-                let claim = json!({"collection_id": publisher.collection, "private": true});
-                expect(&mut conn, "POST", "/collections", &jwt, &claim, 201).await?;
+            if target.private || target.authenticated {
                 let (reader, reader_jwt) = sign_up(&mut conn, &uuid_v4()).await?;
-                let path = format!("/collections/{}/members/{reader}", publisher.collection);
-                expect(&mut conn, "PUT", &path, &jwt, &json!({"role": "reader"}), 200).await?;
+                if target.private {
+                    let claim = json!({"collection_id": publisher.collection, "private": true});
+                    expect(&mut conn, "POST", "/collections", &jwt, &claim, 201).await?;
+                    let path = format!("/collections/{}/members/{reader}", publisher.collection);
+                    expect(&mut conn, "PUT", &path, &jwt, &json!({"role": "reader"}), 200)
+                        .await?;
+                    eprintln!("private collection of {name}, read by member {reader}");
+                }
                 publisher.reader = Some(reader_jwt);
-                eprintln!("private collection of {name}, read by member {reader}");
             }
             publisher.jwt = Some(jwt);
         }
