@@ -290,8 +290,7 @@ impl Publisher {
                     let claim = json!({"collection_id": publisher.collection, "private": true});
                     expect(&mut conn, "POST", "/collections", &jwt, &claim, 201).await?;
                     let path = format!("/collections/{}/members/{reader}", publisher.collection);
-                    expect(&mut conn, "PUT", &path, &jwt, &json!({"role": "reader"}), 200)
-                        .await?;
+                    expect(&mut conn, "PUT", &path, &jwt, &json!({"role": "reader"}), 200).await?;
                     eprintln!("private collection of {name}, read by member {reader}");
                 }
                 publisher.reader = Some(reader_jwt);

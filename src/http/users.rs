@@ -137,8 +137,6 @@ fn token(app: &App, user: Uuid, generation: i64) -> Result<Response, ApiError> {
     responses(
         (status = 204, description = "The token is revoked everywhere; its open streams end.",
             headers(("set-cookie" = String, description = "Clears `broker_token`."))),
-        (status = 401, description = "A bad, expired or revoked token.", body = ErrorBody,
-            headers(("www-authenticate" = String))),
     ))]
 pub async fn log_out(
     State(app): State<AppState>,
@@ -166,8 +164,6 @@ pub async fn log_out(
     responses(
         (status = 200, description = "A fresh token, also set as the `broker_token` cookie.", body = Token,
             headers(("set-cookie" = String))),
-        (status = 401, description = "A bad, expired or revoked token.", body = ErrorBody,
-            headers(("www-authenticate" = String))),
     ))]
 pub async fn refresh(
     State(app): State<AppState>,
@@ -191,8 +187,6 @@ pub struct Me {
 #[utoipa::path(get, path = "/users/me", tag = "users", security(("bearer" = [])),
     responses(
         (status = 200, description = "The caller's account.", body = Me),
-        (status = 401, description = "A bad, expired or revoked token.", body = ErrorBody,
-            headers(("www-authenticate" = String))),
     ))]
 pub async fn me(
     State(app): State<AppState>,

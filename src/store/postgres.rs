@@ -391,6 +391,14 @@ async fn apply(tx: &Transaction<'_>, change: Change) -> Result<Changed, StoreErr
     Ok(outcome)
 }
 
+/// A read-only transaction that sees one snapshot of the database.
+async fn consistent_read(
+    client: &mut deadpool_postgres::Client,
+) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+    let builder = client.build_transaction();
+    Ok(builder.isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?)
+}
+
 fn rows<T>(rows: &[Row], from: fn(&Row) -> Result<T, StoreError>) -> Result<Vec<T>, StoreError> {
     rows.iter().map(from).collect()
 }
@@ -715,12 +723,7 @@ impl Store for PostgresStore {
 
     async fn snapshot(&self, filter: &Filter, public_only: bool) -> Result<Snapshot, StoreError> {
         self.run(async |mut client| {
-            let tx = client
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await?;
+            let tx = consistent_read(&mut client).await?;
             let head = tx.query_one(sql::HEAD, &[]).await?.try_get(0)?;
             let latest = tx.prepare_cached(sql::LATEST).await?;
             let params: [&(dyn ToSql + Sync); 3] =
@@ -886,12 +889,7 @@ impl Store for PostgresStore {
 
     async fn access(&self) -> Result<AccessState, StoreError> {
         self.run(async |mut client| {
-            let tx = client
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await?;
+            let tx = consistent_read(&mut client).await?;
             let version = tx.query_one(sql::ACCESS_VERSION, &[]).await?.try_get(0)?;
             let mut rules: HashMap<Uuid, Rule> = HashMap::new();
             for row in tx.query(sql::COLLECTIONS, &[]).await? {
@@ -928,12 +926,7 @@ impl Store for PostgresStore {
 
     async fn collection(&self, id: Uuid) -> Result<Option<Collection>, StoreError> {
         self.run(async |mut client| {
-            let tx = client
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await?;
+            let tx = consistent_read(&mut client).await?;
             let Some(row) = tx.query_opt(sql::COLLECTION, &[&id]).await? else {
                 return Ok(None);
             };
