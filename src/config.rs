@@ -130,6 +130,20 @@ pub struct Config {
     #[arg(long, env = "BROKER_TRUSTED_PROXY", value_delimiter = ',')]
     pub trusted_proxy: Vec<Proxy>,
 
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1) with this PEM certificate chain;
+    /// it is read again on SIGHUP and when the file changes.
+    #[arg(long, env = "BROKER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, env = "BROKER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// `max-age` of the `Strict-Transport-Security` header sent over HTTPS,
+    /// in seconds; 0 sends none.
+    #[arg(long, env = "BROKER_HSTS_MAX_AGE", default_value_t = 31_536_000)]
+    pub hsts_max_age: u64,
+
     /// Inserts each user may make per second (in bursts of as many); more
     /// get 429 with `Retry-After`. 0 (the default) means no limit.
     #[arg(long, env = "BROKER_INSERT_RATE", default_value_t = 0)]

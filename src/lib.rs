@@ -25,6 +25,7 @@ pub mod scheduler;
 mod server;
 pub mod store;
 pub mod throttle;
+pub mod tls;
 pub mod transfer;
 
 use std::future::Future;
@@ -67,6 +68,7 @@ pub struct Broker {
     router: Router,
     shutdown: CancellationToken,
     scheduler: JoinHandle<()>,
+    tls: Option<Arc<tls::Tls>>,
 }
 
 impl Broker {
@@ -139,13 +141,24 @@ impl Broker {
                 trusted: config.trusted_proxy.clone(),
             },
             inserts: Rate::new(config.insert_rate),
+            hsts: Some(config.hsts_max_age)
+                .filter(|age| *age > 0)
+                .and_then(|age| axum::http::HeaderValue::from_str(&format!("max-age={age}")).ok()),
         });
         match &config.secret {
             Some(secret) => set_keys(&app, secret, config.expiry)?,
             None => keep_secret(&app, config.expiry, shutdown.clone()).await?,
         }
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let tls = Arc::new(tls::Tls::load(cert, key).map_err(Error::Config)?);
+                tls.clone().spawn_reloader(shutdown.clone());
+                Some(tls)
+            }
+            _ => None,
+        };
         let router = http::router(app.clone(), config.max_body);
-        Ok(Self { app, router, shutdown, scheduler })
+        Ok(Self { app, router, shutdown, scheduler, tls })
     }
 
     /// The API as an axum `Router`, ready to serve or to mount.
@@ -198,6 +211,7 @@ impl Broker {
             api,
             self.app.clone(),
             self.router.clone(),
+            self.tls.clone(),
             token.clone(),
         ));
         if let Err(e) = accepting.await {

@@ -31,7 +31,10 @@ async fn main() -> ExitCode {
         }
     };
     match listener.local_addr() {
-        Ok(addr) => tracing::info!("listening on http://{addr}"),
+        Ok(addr) => {
+            let scheme = if config.tls_cert.is_some() { "https" } else { "http" };
+            tracing::info!("listening on {scheme}://{addr}")
+        }
         Err(e) => tracing::warn!(error = %e, "listening on an unknown address"),
     }
     match broker::serve(listener, config, shutdown_signal()).await {

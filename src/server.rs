@@ -6,6 +6,10 @@
 //! keeps no HTTP framework buffers (hyper keeps ~16 KB per connection).
 //! Every other connection goes to hyper with the axum router, which also
 //! serves `/events` when it arrives later on a keep-alive connection.
+//!
+//! With TLS every connection goes to hyper, HTTP/2 or HTTP/1.1 as ALPN
+//! chose, event streams included; a client that speaks plain HTTP to the
+//! TLS port is told so.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +21,8 @@ use axum::extract::ConnectInfo;
 use axum::http::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::IntoResponse;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use axum::response::Response;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -26,6 +31,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
 use crate::http::{App, ops, stream};
+use crate::tls::Tls;
 
 /// Longest request head accepted on the SSE path (hyper answers longer ones).
 const MAX_HEAD: usize = 16 * 1024;
@@ -44,6 +50,7 @@ pub async fn run(
     api: tokio::runtime::Handle,
     app: Arc<App>,
     router: Router,
+    tls: Option<Arc<Tls>>,
     shutdown: CancellationToken,
 ) {
     let tasks = TaskTracker::new();
@@ -60,8 +67,12 @@ pub async fn run(
         };
         let (app, router, shutdown, spawner, api) =
             (app.clone(), router.clone(), shutdown.clone(), tasks.clone(), api.clone());
+        let tls = tls.clone();
         tasks.spawn(async move {
             let _ = socket.set_nodelay(true);
+            if let Some(tls) = tls {
+                return https(socket, peer, &tls, router, app.hsts.clone(), shutdown).await;
+            }
             match read_head(socket).await {
                 Head::Events(socket, headers, query) => {
                     let stall = app.write_stall;
@@ -257,12 +268,7 @@ async fn http(
     shutdown: CancellationToken,
 ) {
     let io = TokioIo::new(Rewind { prefix, at: 0, inner: socket });
-    let service = TowerToHyperService::new(router.map_request(
-        move |mut request: Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            request
-        },
-    ));
+    let service = TowerToHyperService::new(router.map_request(with_peer(peer)));
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
@@ -276,6 +282,73 @@ async fn http(
         () = shutdown.cancelled() => connection.as_mut().graceful_shutdown(),
     }
     let _ = connection.await;
+}
+
+/// Tells the handlers who the peer is (for the per-address login limit).
+fn with_peer<B>(peer: SocketAddr) -> impl Fn(Request<B>) -> Request<B> + Clone {
+    move |mut request| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request
+    }
+}
+
+/// Serves a connection to the TLS port with hyper: HTTP/2 or HTTP/1.1 as
+/// ALPN chose, with `hsts` (a `Strict-Transport-Security` value) on every
+/// answer.
+async fn https(
+    socket: TcpStream,
+    peer: SocketAddr,
+    tls: &Tls,
+    router: Router,
+    hsts: Option<HeaderValue>,
+    shutdown: CancellationToken,
+) {
+    // A TLS client speaks first, and first sends a handshake record (0x16).
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HEAD_TIMEOUT, socket.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == 0x16 => {}
+        Ok(Ok(1)) => return plain_http_refused(socket).await,
+        _ => return,
+    }
+    let accepted = tokio::time::timeout(HEAD_TIMEOUT, tls.acceptor().accept(socket)).await;
+    let stream = match accepted {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => return,
+    };
+    let service =
+        router.map_request(with_peer(peer)).map_response(move |mut response: Response| {
+            if let Some(hsts) = &hsts {
+                response.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+            }
+            response
+        });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let connection =
+        builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result { tracing::debug!(error = %e, "connection error") }
+            return;
+        }
+        () = shutdown.cancelled() => connection.as_mut().graceful_shutdown(),
+    }
+    let _ = connection.await;
+}
+
+/// Answers a plain-HTTP request on the TLS port, rather than leaving the
+/// client waiting for a handshake.
+async fn plain_http_refused(mut socket: TcpStream) {
+    const BODY: &str = r#"{"error":"this port speaks HTTPS: use an https:// URL"}"#;
+    let response = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = socket.write_all(response.as_bytes()).await;
+    let _ = socket.shutdown().await;
 }
 
 /// A socket that first replays the bytes read while choosing a path.

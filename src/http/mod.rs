@@ -64,6 +64,8 @@ pub struct App {
     pub logins: Logins,
     /// Inserts per user, if limited.
     pub inserts: Rate,
+    /// The `Strict-Transport-Security` value sent over HTTPS, if any.
+    pub hsts: Option<HeaderValue>,
 }
 
 /// Failed logins, counted per username and per client address.

@@ -15,4 +15,5 @@ mod sessions;
 mod store;
 mod stream;
 mod support;
+mod tls;
 mod transfer;

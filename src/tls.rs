@@ -1,0 +1,125 @@
+//! HTTPS: rustls (with ring) and a certificate from PEM files.
+//!
+//! TLS 1.3 and 1.2 only; ALPN offers HTTP/2 first, then HTTP/1.1, so a
+//! browser multiplexes all its event streams over one connection instead
+//! of stopping at six. The certificate and key are read again on SIGHUP and
+//! when either file changes (looked at every [`WATCH`]); connections made
+//! before keep theirs, so open streams survive a reload. A certificate that
+//! cannot be used is refused at start-up with a message saying why; on a
+//! reload, the old one stays in use and the reason is logged.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::{self, ServerConfig};
+use tokio_util::sync::CancellationToken;
+
+/// How often the certificate files are looked at for changes.
+pub const WATCH: Duration = Duration::from_secs(2);
+
+/// The server's TLS settings; shared behind an `Arc`.
+pub struct Tls {
+    cert: PathBuf,
+    key: PathBuf,
+    config: RwLock<Arc<ServerConfig>>,
+    /// The files' modification times when last read.
+    stamp: RwLock<Option<(SystemTime, SystemTime)>>,
+}
+
+impl Tls {
+    /// Reads the certificate chain and key; says what is wrong if they
+    /// cannot serve.
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, String> {
+        let config = server_config(cert, key)?;
+        Ok(Self {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            config: RwLock::new(Arc::new(config)),
+            stamp: RwLock::new(stamps(cert, key)),
+        })
+    }
+
+    /// An acceptor with the current certificate.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.config.read().unwrap_or_else(PoisonError::into_inner).clone())
+    }
+
+    /// Reads the files again; on failure the current certificate stays.
+    pub fn reload(&self) -> Result<(), String> {
+        let stamp = stamps(&self.cert, &self.key);
+        let config = server_config(&self.cert, &self.key)?;
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
+        *self.stamp.write().unwrap_or_else(PoisonError::into_inner) = stamp;
+        Ok(())
+    }
+
+    /// Reloads on SIGHUP and when the files change, until `shutdown`.
+    pub fn spawn_reloader(self: Arc<Self>, shutdown: CancellationToken) {
+        tokio::spawn(async move {
+            #[cfg(unix)]
+            let mut hangup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            loop {
+                #[cfg(unix)]
+                let signalled = async {
+                    match hangup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                #[cfg(not(unix))]
+                let signalled = std::future::pending::<Option<()>>();
+                let why = tokio::select! {
+                    _ = signalled => "SIGHUP",
+                    () = tokio::time::sleep(WATCH) => {
+                        let now = stamps(&self.cert, &self.key);
+                        if now == *self.stamp.read().unwrap_or_else(PoisonError::into_inner) {
+                            continue;
+                        }
+                        "the files changed"
+                    }
+                    () = shutdown.cancelled() => return,
+                };
+                match self.reload() {
+                    Ok(()) => {
+                        tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded ({why})")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "TLS certificate not reloaded ({why}); the previous one stays in use")
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn stamps(cert: &Path, key: &Path) -> Option<(SystemTime, SystemTime)> {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    Some((modified(cert)?, modified(key)?))
+}
+
+/// A rustls server configuration for the chain in `cert` and the key in
+/// `key`: TLS 1.3 and 1.2, ALPN `h2` then `http/1.1`.
+fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<_, _>>())
+        .map_err(|e| format!("cannot read the certificate {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{} holds no PEM certificate", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read the private key {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("the certificate and key cannot be used together: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}

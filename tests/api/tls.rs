@@ -1,0 +1,184 @@
+//! HTTPS with certificates from files: HTTP/2 and HTTP/1.1 on one port,
+//! reloads, plain HTTP on the TLS port, unusable certificates.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use reqwest::Version;
+use serde_json::json;
+
+use crate::support::{NOW, Sse, TestApp, config, eventually, ok_json};
+
+/// A test CA and a certificate it signed for `localhost` and 127.0.0.1.
+struct Certificates {
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Certificates {
+    fn new(dir: &Path) -> Self {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "Broker test CA");
+        let ca = params.self_signed(&ca_key).unwrap();
+        let certs = Self { ca, ca_key, cert: dir.join("cert.pem"), key: dir.join("key.pem") };
+        certs.issue("first");
+        certs
+    }
+
+    /// Writes a new server certificate (with `name` as its organisation);
+    /// returns it in DER.
+    fn issue(&self, name: &str) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, name);
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        std::fs::write(&self.key, key.serialize_pem()).unwrap();
+        std::fs::write(&self.cert, cert.pem()).unwrap();
+        cert.der().to_vec()
+    }
+
+    fn client(&self, app: &TestApp, http1: bool) -> reqwest::Client {
+        let root = reqwest::Certificate::from_pem(self.ca.pem().as_bytes()).unwrap();
+        let addr = app.base.trim_start_matches("https://localhost:");
+        let addr = format!("127.0.0.1:{addr}").parse().unwrap();
+        let builder = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(root)
+            .resolve("localhost", addr);
+        let builder = if http1 { builder.http1_only() } else { builder };
+        builder.build().unwrap()
+    }
+}
+
+/// A broker serving HTTPS with `certs`, its client trusting the test CA.
+async fn https(certs: &Certificates) -> TestApp {
+    let (cert, key) = (certs.cert.to_str().unwrap(), certs.key.to_str().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--tls-cert", cert, "--tls-key", key];
+    let mut app = TestApp::start_with_config(config(dir.path(), None, &args)).await;
+    app.base = app.base.replace("http://127.0.0.1", "https://localhost");
+    app.http = certs.client(&app, false);
+    app
+}
+
+#[tokio::test]
+async fn https_serves_http2_and_http1_with_every_stream_on_one_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certificates::new(dir.path());
+    let mut app = https(&certs).await;
+    let health = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.version(), Version::HTTP_2);
+    assert_eq!(health.headers()["strict-transport-security"], "max-age=31536000");
+    let alice = app.user("alice").await;
+    // Twelve streams: over HTTP/1.1 a browser would stop at six.
+    let mut streams = Vec::new();
+    for _ in 0..12 {
+        let response = app.open_stream("/events", &[]).await;
+        assert_eq!(response.version(), Version::HTTP_2);
+        streams.push(Sse::new(response));
+    }
+    let http1 = certs.client(&app, true);
+    let response = http1.get(app.url("/events")).send().await.unwrap();
+    assert_eq!(response.version(), Version::HTTP_11);
+    streams.push(Sse::new(response));
+    app.insert(&alice, "over-tls", NOW, json!({"n": 1})).await;
+    for stream in &mut streams {
+        assert_eq!(stream.next().await.event, "over-tls");
+    }
+    // Resume works as over plain HTTP.
+    let resumed = app.open_stream("/events", &[("last-event-id", "0")]).await;
+    assert_eq!(Sse::new(resumed).next().await.event, "over-tls");
+    // Shutting down ends every stream.
+    app.shut_down().await;
+    for stream in &mut streams {
+        stream.ended().await;
+    }
+}
+
+#[tokio::test]
+async fn plain_http_to_the_tls_port_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = https(&Certificates::new(dir.path())).await;
+    let plain = app.base.replace("https://localhost", "http://127.0.0.1");
+    let response = reqwest::get(format!("{plain}/healthz")).await.unwrap();
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("HTTPS"), "{body}");
+}
+
+/// The certificate a new TLS connection to `app` is shown.
+async fn presented(app: &TestApp, certs: &Certificates) -> Vec<u8> {
+    use tokio_rustls::rustls::{self, pki_types::ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certs.ca.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let port = app.base.trim_start_matches("https://localhost:");
+    let socket = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}")).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, socket).await;
+    tls.unwrap().get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test]
+async fn a_changed_certificate_is_served_to_new_connections_and_streams_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certificates::new(dir.path());
+    let app = https(&certs).await;
+    let alice = app.user("alice").await;
+    let mut stream = app.subscribe().await;
+    let first = presented(&app, &certs).await;
+    let second = certs.issue("second");
+    assert_ne!(first, second);
+    eventually("the new certificate", || async { presented(&app, &certs).await == second }).await;
+    app.insert(&alice, "after-reload", NOW, json!(1)).await;
+    assert_eq!(stream.next().await.event, "after-reload");
+    // A broken file is not taken: the current certificate stays.
+    std::fs::write(&certs.cert, "garbage").unwrap();
+    ok_json(app.http.get(app.url("/healthz")).send().await.unwrap()).await;
+    assert_eq!(presented(&app, &certs).await, second);
+}
+
+#[tokio::test]
+async fn unusable_certificates_are_refused_at_start_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certificates::new(dir.path());
+    let other = tempfile::tempdir().unwrap();
+    let mismatched = Certificates::new(other.path());
+    let (cert, key) = (certs.cert.to_str().unwrap(), certs.key.to_str().unwrap());
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    let garbage = garbage.to_str().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    let wrong_key = mismatched.key.to_str().unwrap();
+    for (cert, key, reason) in [
+        (garbage, key, "holds no PEM certificate"),
+        (missing, key, "cannot read the certificate"),
+        (cert, garbage, "cannot read the private key"),
+        (cert, wrong_key, "cannot be used together"),
+    ] {
+        let data = tempfile::tempdir().unwrap();
+        let args = ["--tls-cert", cert, "--tls-key", key];
+        let error = broker::Broker::open(config(data.path(), None, &args)).await.err();
+        let message = error.map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains(reason), "{cert} {key}: {message}");
+    }
+    // The binary says so and exits with an error.
+    let output = crate::process::command(dir.path())
+        .args(["--tls-cert", garbage, "--tls-key", key, "--save-path", "data", "--port", "0"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("holds no PEM certificate"));
+}
