@@ -139,6 +139,11 @@ pub struct Config {
     #[arg(long, env = "BROKER_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// Also listen for plain HTTP on this port (on `--host`), answering
+    /// every request with a permanent redirect to HTTPS.
+    #[arg(long, env = "BROKER_HTTP_REDIRECT_PORT", requires = "tls_cert")]
+    pub http_redirect_port: Option<u16>,
+
     /// `max-age` of the `Strict-Transport-Security` header sent over HTTPS,
     /// in seconds; 0 sends none.
     #[arg(long, env = "BROKER_HSTS_MAX_AGE", default_value_t = 31_536_000)]

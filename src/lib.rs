@@ -69,6 +69,8 @@ pub struct Broker {
     shutdown: CancellationToken,
     scheduler: JoinHandle<()>,
     tls: Option<Arc<tls::Tls>>,
+    /// Where plain HTTP is redirected to HTTPS from.
+    redirect: Option<std::net::SocketAddr>,
 }
 
 impl Broker {
@@ -158,7 +160,9 @@ impl Broker {
             _ => None,
         };
         let router = http::router(app.clone(), config.max_body);
-        Ok(Self { app, router, shutdown, scheduler, tls })
+        let redirect =
+            config.http_redirect_port.map(|port| std::net::SocketAddr::new(config.host, port));
+        Ok(Self { app, router, shutdown, scheduler, tls, redirect })
     }
 
     /// The API as an axum `Router`, ready to serve or to mount.
@@ -188,6 +192,19 @@ impl Broker {
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
         let token = self.shutdown.clone();
+        if let Some(from) = self.redirect {
+            let https_port = listener.local_addr()?.port();
+            let plain = TcpListener::bind(from).await?;
+            tracing::info!("redirecting http://{from} to HTTPS");
+            let shutdown = token.clone().cancelled_owned();
+            let redirects = tls::redirect_to_https(https_port);
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(plain, redirects).with_graceful_shutdown(shutdown).await
+                {
+                    tracing::error!(error = %e, "the redirect listener failed");
+                }
+            });
+        }
         tokio::spawn({
             let token = token.clone();
             async move {

@@ -7,6 +7,8 @@
 //! before keep theirs, so open streams survive a reload. A certificate that
 //! cannot be used is refused at start-up with a message saying why; on a
 //! reload, the old one stays in use and the reason is logged.
+//!
+//! [`redirect_to_https`] is what answers on the plain-HTTP port.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -122,4 +124,33 @@ fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, String> {
         .map_err(|e| format!("the certificate and key cannot be used together: {e}"))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// A router that answers every request with a permanent redirect (308) to
+/// the same host and path over HTTPS on `https_port`.
+pub fn redirect_to_https(https_port: u16) -> axum::Router {
+    use axum::http::{StatusCode, Uri, header};
+    use axum::response::IntoResponse;
+    axum::Router::new().fallback(move |headers: axum::http::HeaderMap, uri: Uri| async move {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| {
+            // The name without the plain port (IPv6 literals keep their brackets).
+            match h.rsplit_once(':') {
+                Some((name, port))
+                    if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    name
+                }
+                _ => h,
+            }
+        });
+        let Some(host) = host.filter(|h| !h.is_empty()) else {
+            let body = r#"{"error":"a Host header is needed to redirect to HTTPS"}"#;
+            return (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "application/json")], body)
+                .into_response();
+        };
+        let port = if https_port == 443 { String::new() } else { format!(":{https_port}") };
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let location = format!("https://{host}{port}{path}");
+        (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, location)]).into_response()
+    })
 }

@@ -182,3 +182,38 @@ async fn unusable_certificates_are_refused_at_start_with_a_reason() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("holds no PEM certificate"));
 }
+
+#[tokio::test]
+async fn the_plain_http_port_redirects_to_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certificates::new(dir.path());
+    let (cert, key) = (certs.cert.to_str().unwrap(), certs.key.to_str().unwrap());
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let plain_port = plain.to_string();
+    let args = [
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+        "--host",
+        "127.0.0.1",
+        "--http-redirect-port",
+        &plain_port,
+    ];
+    let data = tempfile::tempdir().unwrap();
+    let app = TestApp::start_with_config(config(data.path(), None, &args)).await;
+    let https_port = app.base.rsplit(':').next().unwrap().to_owned();
+    let client =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    eventually("the redirect listener", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", plain)).await.is_ok()
+    })
+    .await;
+    let url = format!("http://localhost:{plain}/events?event=a&event=b");
+    let response = client.get(url).send().await.unwrap();
+    assert_eq!(response.status(), 308);
+    assert_eq!(
+        response.headers()["location"],
+        format!("https://localhost:{https_port}/events?event=a&event=b").as_str()
+    );
+}
