@@ -113,6 +113,15 @@ fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, String> {
     if chain.is_empty() {
         return Err(format!("{} holds no PEM certificate", cert.display()));
     }
+    let expires = not_after(&chain[0])
+        .ok_or_else(|| format!("{} is not an X.509 certificate", cert.display()))?;
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    if expires <= i64::try_from(now).unwrap_or(i64::MAX) {
+        return Err(format!(
+            "the certificate {} expired at {expires} (UNIX seconds); renew it",
+            cert.display()
+        ));
+    }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| format!("cannot read the private key {}: {e}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -153,4 +162,89 @@ pub fn redirect_to_https(https_port: u16) -> axum::Router {
         let location = format!("https://{host}{port}{path}");
         (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, location)]).into_response()
     })
+}
+
+/// When a DER certificate expires (its `notAfter`), in UNIX seconds; `None`
+/// if it is not a certificate.
+fn not_after(cert: &[u8]) -> Option<i64> {
+    // Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version
+    // OPTIONAL, serialNumber, signature, issuer, validity SEQUENCE {
+    // notBefore, notAfter }, … }, … }
+    let (_, certificate, _) = der(cert)?;
+    let (_, tbs, _) = der(certificate)?;
+    let mut rest = tbs;
+    let (tag, _, after) = der(rest)?;
+    if tag == 0xa0 {
+        rest = after; // the explicit version
+    }
+    for _ in 0..3 {
+        rest = der(rest)?.2; // serial number, signature algorithm, issuer
+    }
+    let (_, validity, _) = der(rest)?;
+    let (_, _, after_not_before) = der(validity)?;
+    let (tag, time, _) = der(after_not_before)?;
+    let time = std::str::from_utf8(time).ok()?.strip_suffix('Z')?;
+    let (year, rest) = match tag {
+        0x17 => {
+            // UTCTime: YYMMDDHHMMSS, years 1950 to 2049.
+            let yy: i64 = time.get(..2)?.parse().ok()?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, time.get(2..)?)
+        }
+        0x18 => (time.get(..4)?.parse().ok()?, time.get(4..)?), // GeneralizedTime
+        _ => return None,
+    };
+    let field = |i: usize| -> Option<i64> { rest.get(i..i + 2)?.parse().ok() };
+    let (month, day) = (field(0)?, field(2)?);
+    let seconds = field(4)? * 3600 + field(6)? * 60 + field(8)?;
+    Some(days_from_civil(year, month, day) * 86_400 + seconds)
+}
+
+/// One DER element at the start of `input`: its tag, its contents and what
+/// follows it.
+fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let length = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let bytes = usize::from(first & 0x7f);
+        if bytes == 0 || bytes > 4 {
+            return None;
+        }
+        let (len, after) = (rest.get(..bytes)?, rest.get(bytes..)?);
+        rest = after;
+        len.iter().fold(0usize, |n, b| (n << 8) | usize::from(*b))
+    };
+    Some((tag, rest.get(..length)?, rest.get(length..)?))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_count_days_since_1970() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(days_from_civil(2026, 11, 30), 20_787);
+        assert_eq!(days_from_civil(2050, 1, 1), 29_220);
+    }
+
+    #[test]
+    fn garbage_is_no_certificate() {
+        assert_eq!(not_after(b""), None);
+        assert_eq!(not_after(b"\x30\x82\xff\xff"), None);
+        assert_eq!(not_after(&[0x30, 0x03, 0x02, 0x01, 0x01]), None);
+    }
 }

@@ -32,9 +32,16 @@ impl Certificates {
     /// Writes a new server certificate (with `name` as its organisation);
     /// returns it in DER.
     fn issue(&self, name: &str) -> Vec<u8> {
+        self.issue_until(name, (2049, 12, 31))
+    }
+
+    /// The same, valid until `(year, month, day)`.
+    fn issue_until(&self, name: &str, (year, month, day): (i32, u8, u8)) -> Vec<u8> {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params =
             rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(year, month, day);
         params.distinguished_name.push(rcgen::DnType::OrganizationName, name);
         let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
         std::fs::write(&self.key, key.serialize_pem()).unwrap();
@@ -173,6 +180,15 @@ async fn unusable_certificates_are_refused_at_start_with_a_reason() {
         let message = error.map(|e| e.to_string()).unwrap_or_default();
         assert!(message.contains(reason), "{cert} {key}: {message}");
     }
+    // Expired (UTCTime), then valid far ahead (GeneralizedTime, from 2050).
+    certs.issue_until("old", (2021, 1, 1));
+    let data = tempfile::tempdir().unwrap();
+    let args = ["--tls-cert", cert, "--tls-key", key];
+    let error = broker::Broker::open(config(data.path(), None, &args)).await.err();
+    let message = error.map(|e| e.to_string()).unwrap_or_default();
+    assert!(message.contains("expired at 1609459200"), "{message}");
+    certs.issue_until("long-lived", (2060, 1, 1));
+    assert!(broker::Broker::open(config(data.path(), None, &args)).await.is_ok());
     // The binary says so and exits with an error.
     let output = crate::process::command(dir.path())
         .args(["--tls-cert", garbage, "--tls-key", key, "--save-path", "data", "--port", "0"])
