@@ -138,9 +138,16 @@ test('over HTTPS, twelve EventSources on one page all receive live events, befor
   await until('the broker to reload its certificate', () => logged(broker.log, 'TLS certificate reloaded'));
   await page.evaluate(() => window.ping());
   await until('the event after the reload on every stream', async () => (await pinged(page, 2)) === STREAMS);
-  const fresh = await context.newPage();
-  assert.equal((await fresh.goto(`${broker.url}/healthz`)).status(), 200);
-  await fresh.close();
+  // The console works over HTTPS, beside the twelve streams of the other page.
+  const console = await context.newPage();
+  const errors = [];
+  console.on('pageerror', (error) => errors.push(error));
+  await console.goto(`${broker.url}/`);
+  await until('the console stream to be live', () => console.$eval('#stream-status', (el) => el.dataset.state === 'live'));
+  await page.evaluate(() => window.ping());
+  await console.locator('#feed li[data-event="ping"]').first().waitFor({ timeout: 30_000 });
+  assert.deepEqual(errors, []);
+  await console.close();
   await page.close();
 });
 
