@@ -35,7 +35,9 @@ trap stop EXIT INT TERM
 upstream=""
 for i in $(seq 1 "$nodes"); do
   node_port=$((port + i))
-  "$bin" --host 127.0.0.1 --port "$node_port" --database-url "$url" \
+  # nginx (on loopback) names the client in X-Forwarded-For: the login
+  # limits per address count clients, not the balancer.
+  "$bin" --host 127.0.0.1 --port "$node_port" --database-url "$url" --trusted-proxy 127.0.0.1 \
     >"$run/node-$node_port.log" 2>&1 &
   pids+=($!)
   echo $! >"$run/node-$node_port.pid"
