@@ -67,7 +67,7 @@ pub async fn run(addr: SocketAddr, path: String, count: usize, source: IpAddr, e
             let opened = async {
                 let socket = TcpSocket::new_v4()?;
                 socket.bind(SocketAddr::new(source, 0))?;
-                let mut stream = socket.connect(addr).await?;
+                let mut stream = crate::http::secure(socket.connect(addr).await?).await?;
                 stream.write_all(&request).await?;
                 let (status, chunked, rest) = read_head(&mut stream).await?;
                 Ok::<_, std::io::Error>((stream, status, chunked, rest))

@@ -1,16 +1,63 @@
 //! A minimal HTTP/1.1 keep-alive client and a streaming decoder for SSE
 //! bodies (chunked or not). Enough to load a server hard without a general
-//! purpose client's overhead on the same two cores.
+//! purpose client's overhead on the same two cores. With `--tls-ca`, every
+//! connection speaks HTTP/1.1 over TLS (to the name `localhost`).
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls;
+
+/// A connection, plain or TLS.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// The CA file and connector when connections use TLS.
+static TLS: OnceLock<(PathBuf, TlsConnector)> = OnceLock::new();
+
+/// Makes every connection of this process use TLS, trusting the CA in `ca`.
+pub fn use_tls(ca: &Path) -> Result<(), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
+        roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let _ = TLS.set((ca.to_owned(), TlsConnector::from(Arc::new(config))));
+    Ok(())
+}
+
+/// The CA file, if connections use TLS (for client processes).
+pub fn tls_ca() -> Option<&'static Path> {
+    TLS.get().map(|(path, _)| path.as_path())
+}
+
+/// Wraps a connected socket in TLS if this process uses it.
+pub async fn secure(tcp: TcpStream) -> io::Result<Box<dyn Io>> {
+    match TLS.get() {
+        Some((_, connector)) => {
+            let name = ServerName::try_from("localhost").map_err(|e| bad(e.to_string()))?;
+            Ok(Box::new(connector.connect(name, tcp).await?))
+        }
+        None => Ok(Box::new(tcp)),
+    }
+}
 
 /// One keep-alive connection.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     buf: Vec<u8>,
     host: String,
 }
@@ -29,6 +76,7 @@ impl Conn {
     pub async fn connect(addr: SocketAddr) -> io::Result<Self> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
+        let stream = secure(stream).await?;
         Ok(Self { stream, buf: Vec::with_capacity(4096), host: addr.to_string() })
     }
 
@@ -89,7 +137,7 @@ impl Conn {
 
 /// Reads the head of a streaming response from `stream`: the status, whether
 /// the body is chunked, and the body bytes already read.
-pub async fn read_head(stream: &mut TcpStream) -> io::Result<(u16, bool, Vec<u8>)> {
+pub async fn read_head(stream: &mut (impl AsyncRead + Unpin)) -> io::Result<(u16, bool, Vec<u8>)> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     loop {

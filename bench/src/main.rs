@@ -33,6 +33,10 @@ pub fn now_ns() -> u64 {
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    /// Speak HTTP/1.1 over TLS (to the name `localhost`), trusting the CA
+    /// certificate in this PEM file.
+    #[arg(long, global = true)]
+    tls_ca: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
@@ -172,6 +176,10 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(Err(e)) = cli.tls_ca.as_deref().map(http::use_tls) {
+        eprintln!("broker-bench: --tls-ca: {e}");
+        std::process::exit(2);
+    }
     // A client process is one thread: the measured server, not the load
     // generator, should get the machine's cores.
     let runtime = match cli.command {
@@ -395,7 +403,11 @@ impl Clients {
         for i in 0..procs {
             let count = subs.subscribers / procs + usize::from(i < subs.subscribers % procs);
             let source = Ipv4Addr::new(127, 0, 0, subs.first_source.wrapping_add(i as u8));
-            let mut child = Command::new(&exe)
+            let mut child = Command::new(&exe);
+            if let Some(ca) = http::tls_ca() {
+                child.arg("--tls-ca").arg(ca);
+            }
+            let mut child = child
                 .args(["client", "--addr", &addrs[i % addrs.len()].to_string(), "--path", path])
                 .args(["--count", &count.to_string(), "--source", &source.to_string()])
                 .args(["--events", &events.to_string()])
@@ -789,7 +801,8 @@ async fn schedule(target: &Target, events: usize, window: u64, idle: u64) -> Res
                     "GET {path} HTTP/1.1\r\nHost: bench\r\n{}\r\n",
                     resume.unwrap_or_default()
                 );
-                let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else { return };
+                let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else { return };
+                let Ok(mut stream) = http::secure(tcp).await else { return };
                 if stream.write_all(request.as_bytes()).await.is_err() {
                     return;
                 }
