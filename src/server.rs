@@ -273,13 +273,25 @@ async fn http(
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
         .serve_connection(io, service);
+    until_shutdown(connection, &shutdown, |c| c.graceful_shutdown()).await;
+}
+
+/// Runs a hyper connection; on shutdown, lets it finish gracefully.
+async fn until_shutdown<C, E>(
+    connection: C,
+    shutdown: &CancellationToken,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let mut connection = std::pin::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => {
             if let Err(e) = result { tracing::debug!(error = %e, "connection error") }
             return;
         }
-        () = shutdown.cancelled() => connection.as_mut().graceful_shutdown(),
+        () = shutdown.cancelled() => graceful(connection.as_mut()),
     }
     let _ = connection.await;
 }
@@ -328,15 +340,7 @@ async fn https(
     builder.http2().timer(TokioTimer::new());
     let connection =
         builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-    let mut connection = std::pin::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => {
-            if let Err(e) = result { tracing::debug!(error = %e, "connection error") }
-            return;
-        }
-        () = shutdown.cancelled() => connection.as_mut().graceful_shutdown(),
-    }
-    let _ = connection.await;
+    until_shutdown(connection, &shutdown, |c| c.graceful_shutdown()).await;
 }
 
 /// Answers a plain-HTTP request on the TLS port, rather than leaving the
