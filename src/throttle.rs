@@ -9,7 +9,8 @@
 //! against Broker's [`Clock`]; memory is bounded by forgetting idle keys.
 
 use std::collections::HashMap;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::marker::PhantomData;
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::{Mutex, PoisonError};
@@ -22,12 +23,16 @@ use crate::clock::Clock;
 /// Most keys one limiter remembers; beyond it, idle keys are forgotten first.
 const MAX_KEYS: usize = 100_000;
 
-/// Failed attempts per key, with the delay they earned.
+/// Failed attempts per key, with the delay they earned. Keys are kept as
+/// 64-bit hashes (keyed per process), so a client that sends huge usernames
+/// costs the table no more than one that sends short ones.
 #[derive(Debug)]
-pub struct Failures<K> {
+pub struct Failures<K: ?Sized> {
     limit: u32,
     window_ms: i64,
-    keys: Mutex<HashMap<K, Strikes>>,
+    keys: Mutex<HashMap<u64, Strikes>>,
+    hasher: RandomState,
+    of: PhantomData<fn(&K)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -37,18 +42,19 @@ struct Strikes {
     blocked_until: i64,
 }
 
-impl<K: Hash + Eq + Clone> Failures<K> {
+impl<K: Hash + ?Sized> Failures<K> {
     /// `limit` failures (0: no limit) within `window_secs` of each other.
     pub fn new(limit: u32, window_secs: u64) -> Self {
         let window_ms = i64::try_from(window_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-        Self { limit, window_ms, keys: Mutex::default() }
+        let (keys, hasher, of) = (Mutex::default(), RandomState::new(), PhantomData);
+        Self { limit, window_ms, keys, hasher, of }
     }
 
     /// Seconds until `key` may try again, if it must wait.
     pub fn wait(&self, key: &K, clock: &Clock) -> Option<u64> {
         let now = clock.now_millis();
         let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        let until = keys.get(key)?.blocked_until;
+        let until = keys.get(&self.hasher.hash_one(key))?.blocked_until;
         (until > now).then(|| u64::try_from((until - now + 999) / 1000).unwrap_or(1))
     }
 
@@ -57,17 +63,16 @@ impl<K: Hash + Eq + Clone> Failures<K> {
         if self.limit == 0 {
             return;
         }
-        let now = clock.now_millis();
+        let (now, key) = (clock.now_millis(), self.hasher.hash_one(key));
         let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        if keys.len() >= MAX_KEYS && !keys.contains_key(key) {
+        if keys.len() >= MAX_KEYS && !keys.contains_key(&key) {
             let window = self.window_ms;
             keys.retain(|_, s| now - s.last <= window);
             if keys.len() >= MAX_KEYS {
                 keys.clear(); // under a flood of distinct keys, start over
             }
         }
-        let strikes =
-            keys.entry(key.clone()).or_insert(Strikes { count: 0, last: now, blocked_until: 0 });
+        let strikes = keys.entry(key).or_insert(Strikes { count: 0, last: now, blocked_until: 0 });
         if now - strikes.last > self.window_ms {
             strikes.count = 0;
         }
@@ -82,7 +87,8 @@ impl<K: Hash + Eq + Clone> Failures<K> {
 
     /// Forgets `key`'s failures (after a successful login).
     pub fn clear(&self, key: &K) {
-        self.keys.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
+        let key = self.hasher.hash_one(key);
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
     }
 }
 
@@ -199,27 +205,27 @@ mod tests {
     #[test]
     fn failures_earn_a_growing_delay_then_are_forgotten() {
         let (clock, hand) = Clock::manual(1_000_000);
-        let f = Failures::new(3, 900);
-        let key = "alice".to_owned();
+        let f = Failures::<str>::new(3, 900);
+        let key = "alice";
         for _ in 0..2 {
-            f.fail(&key, &clock);
-            assert_eq!(f.wait(&key, &clock), None);
+            f.fail(key, &clock);
+            assert_eq!(f.wait(key, &clock), None);
         }
-        f.fail(&key, &clock);
-        assert_eq!(f.wait(&key, &clock), Some(1));
+        f.fail(key, &clock);
+        assert_eq!(f.wait(key, &clock), Some(1));
         hand.advance(1000);
-        assert_eq!(f.wait(&key, &clock), None);
-        f.fail(&key, &clock);
-        assert_eq!(f.wait(&key, &clock), Some(2));
+        assert_eq!(f.wait(key, &clock), None);
+        f.fail(key, &clock);
+        assert_eq!(f.wait(key, &clock), Some(2));
         hand.advance(2000);
-        f.fail(&key, &clock);
-        assert_eq!(f.wait(&key, &clock), Some(4));
+        f.fail(key, &clock);
+        assert_eq!(f.wait(key, &clock), Some(4));
         hand.advance(901_000);
-        assert_eq!(f.wait(&key, &clock), None);
-        f.fail(&key, &clock);
-        assert_eq!(f.wait(&key, &clock), None, "a whole window later, counting starts over");
-        f.clear(&key);
-        assert_eq!(f.wait(&key, &clock), None);
+        assert_eq!(f.wait(key, &clock), None);
+        f.fail(key, &clock);
+        assert_eq!(f.wait(key, &clock), None, "a whole window later, counting starts over");
+        f.clear(key);
+        assert_eq!(f.wait(key, &clock), None);
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub struct App {
 /// Failed logins, counted per username and per client address.
 pub struct Logins {
     /// By username as given (known or not).
-    pub names: Failures<String>,
+    pub names: Failures<str>,
     /// By client address.
     pub addresses: Failures<IpAddr>,
     /// Proxies whose `X-Forwarded-For` is believed.
