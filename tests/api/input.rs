@@ -49,9 +49,21 @@ async fn malformed_requests_get_json_errors() {
         let message = error_json(send(body.clone()).await, status).await;
         assert!(!message.is_empty(), "{body}");
     }
-    let no_type =
-        app.http.post(app.url("/insert")).bearer_auth(&user.jwt).body("{}").send().await.unwrap();
-    error_json(no_type, 415).await;
+    for body in ["{}", "[1]"] {
+        let no_type =
+            app.http.post(app.url("/insert")).bearer_auth(&user.jwt).body(body).send().await;
+        error_json(no_type.unwrap(), 415).await;
+    }
+    let json_suffix = app
+        .http
+        .post(app.url("/insert"))
+        .bearer_auth(&user.jwt)
+        .header("content-type", "application/vnd.broker+json; charset=utf-8")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    error_json(json_suffix, 422).await; // JSON taken; fields missing
     error_json(app.get_as(&user.jwt, "/events/collections/42").await, 400).await;
     error_json(app.http.get(app.url("/nowhere")).send().await.unwrap(), 404).await;
     error_json(app.http.delete(app.url("/users")).send().await.unwrap(), 405).await;
