@@ -90,6 +90,13 @@ impl Broker {
             .iter()
             .map(|o| o.parse().map_err(|_| Error::Config(format!("invalid origin {o:?}"))))
             .collect::<Result<Vec<_>, _>>()?;
+        // Checked before anything starts: an unusable certificate stops here.
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(Arc::new(tls::Tls::load(cert, key).map_err(Error::Config)?))
+            }
+            _ => None,
+        };
         let metrics = Arc::new(metrics::Metrics::default());
         let store = store::open(&config, metrics.clone())?;
         let passwords = Passwords::new().await.map_err(|e| Error::Config(e.to_string()))?;
@@ -151,14 +158,9 @@ impl Broker {
             Some(secret) => set_keys(&app, secret, config.expiry)?,
             None => keep_secret(&app, config.expiry, shutdown.clone()).await?,
         }
-        let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => {
-                let tls = Arc::new(tls::Tls::load(cert, key).map_err(Error::Config)?);
-                tls.clone().spawn_reloader(shutdown.clone());
-                Some(tls)
-            }
-            _ => None,
-        };
+        if let Some(tls) = &tls {
+            tls.clone().spawn_reloader(shutdown.clone());
+        }
         let router = http::router(app.clone(), config.max_body);
         let redirect =
             config.http_redirect_port.map(|port| std::net::SocketAddr::new(config.host, port));
