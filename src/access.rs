@@ -100,9 +100,30 @@ pub struct AccessState {
     pub users: HashMap<Uuid, Standing>,
     /// Tokens logged out and not yet expired, by id.
     pub revoked: HashSet<Uuid>,
+    /// For each user, the private collections they may read (derived from
+    /// `collections` by [`AccessState::indexed`]).
+    pub private_readable: HashMap<Uuid, Vec<Uuid>>,
 }
 
 impl AccessState {
+    /// The same rules with [`AccessState::private_readable`] filled in, so
+    /// that a subscriber's sync does not walk every claimed collection.
+    pub fn indexed(mut self) -> Self {
+        let mut readable: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+        for (id, rule) in self.collections.iter().filter(|(_, r)| r.private) {
+            for user in std::iter::once(&rule.owner).chain(rule.members.keys()) {
+                readable.entry(*user).or_default().push(*id);
+            }
+        }
+        self.private_readable = readable;
+        self
+    }
+
+    /// The private collections `user` may read.
+    pub fn private_readable(&self, user: Uuid) -> &[Uuid] {
+        self.private_readable.get(&user).map_or(&[], Vec::as_slice)
+    }
+
     /// The collection's rule if it is private: what a published event of it
     /// carries to the streams.
     pub fn private_rule(&self, collection: &Uuid) -> Option<Arc<Rule>> {
@@ -166,7 +187,7 @@ impl Access {
         if version == self.current().version {
             return Ok(None);
         }
-        let state = Arc::new(store.access().await?);
+        let state = Arc::new(store.access().await?.indexed());
         let mut current = self.state.write().unwrap_or_else(PoisonError::into_inner);
         // Two refreshes may race: the newer state wins.
         if state.version <= current.version {
@@ -257,7 +278,12 @@ mod tests {
                 (other, Standing { generation: 0, disabled: true }),
             ]),
             revoked: HashSet::from([jti]),
-        };
+            ..AccessState::default()
+        }
+        .indexed();
+        assert_eq!(state.private_readable(owner), [c]);
+        assert_eq!(state.private_readable(writer), [c]);
+        assert!(state.private_readable(other).is_empty());
         assert!(state.may_read(&unclaimed, None) && state.may_write(&unclaimed, other));
         assert!(!state.may_read(&c, Some(other)) && state.private_rule(&c).is_some());
         assert_eq!(state.refuses(&claims(owner, None, 2)), None);

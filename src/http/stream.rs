@@ -351,16 +351,10 @@ async fn private_state(
     user: Uuid,
 ) -> Result<Vec<Published>, ApiError> {
     let rules = feed.rules();
-    let readable: Vec<Uuid> = rules
-        .collections
-        .iter()
-        .filter(|(id, rule)| {
-            rule.private
-                && rule.may_read(Some(user))
-                && (filter.collections().is_empty() || filter.collections().contains(id))
-        })
-        .map(|(id, _)| *id)
-        .collect();
+    let selected =
+        |id: &&Uuid| filter.collections().is_empty() || filter.collections().contains(id);
+    let readable: Vec<Uuid> =
+        rules.private_readable(user).iter().filter(selected).copied().collect();
     if readable.is_empty() {
         return Ok(Vec::new());
     }

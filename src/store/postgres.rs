@@ -919,7 +919,7 @@ impl Store for PostgresStore {
                 .collect::<Result<_, _>>()?;
             tx.commit().await?;
             let collections = rules.into_iter().map(|(id, r)| (id, Arc::new(r))).collect();
-            Ok(AccessState { version, collections, users, revoked })
+            Ok(AccessState { version, collections, users, revoked, ..AccessState::default() })
         })
         .await
     }
