@@ -139,9 +139,45 @@ pub struct Config {
     #[arg(long, env = "BROKER_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// Names clients reach this server by: start-up fails unless the
+    /// `--tls-cert` certificate is valid for each (repeat or separate with
+    /// commas).
+    #[arg(long, env = "BROKER_TLS_NAME", value_delimiter = ',', requires = "tls_cert")]
+    pub tls_name: Vec<String>,
+
+    /// Serve HTTPS with a certificate obtained and renewed automatically
+    /// (ACME, from Let's Encrypt unless `--acme-directory` says otherwise)
+    /// for this domain name; repeat or separate with commas for several.
+    /// The account and certificate are kept in the data directory, or in
+    /// the database that several nodes share.
+    #[arg(long, env = "BROKER_ACME_DOMAIN", value_delimiter = ',', conflicts_with = "tls_cert")]
+    pub acme_domain: Vec<String>,
+
+    /// Contact address given to the ACME certificate authority (for its
+    /// notices about the certificates).
+    #[arg(long, env = "BROKER_ACME_EMAIL")]
+    pub acme_email: Option<String>,
+
+    /// Directory URL of the ACME certificate authority.
+    #[arg(long, env = "BROKER_ACME_DIRECTORY", default_value = crate::tls::acme::LETS_ENCRYPT)]
+    pub acme_directory: String,
+
+    /// PEM root certificate to trust for the ACME server instead of the
+    /// system's (a private CA, or a test CA such as pebble).
+    #[arg(long, env = "BROKER_ACME_CA")]
+    pub acme_ca: Option<PathBuf>,
+
+    /// How the certificate authority checks this server answers for the
+    /// domains: a TLS handshake on the HTTPS port (`--port`, which must be
+    /// reachable as 443), or an HTTP request on `--http-redirect-port`
+    /// (reachable as 80).
+    #[arg(long, env = "BROKER_ACME_CHALLENGE", value_enum, default_value = "tls-alpn-01")]
+    pub acme_challenge: crate::tls::acme::Challenge,
+
     /// Also listen for plain HTTP on this port (on `--host`), answering
-    /// every request with a permanent redirect to HTTPS.
-    #[arg(long, env = "BROKER_HTTP_REDIRECT_PORT", requires = "tls_cert")]
+    /// every request with a permanent redirect to HTTPS (and ACME HTTP-01
+    /// challenges). Needs `--tls-cert` or `--acme-domain`.
+    #[arg(long, env = "BROKER_HTTP_REDIRECT_PORT")]
     pub http_redirect_port: Option<u16>,
 
     /// `max-age` of the `Strict-Transport-Security` header sent over HTTPS,

@@ -91,12 +91,7 @@ impl Broker {
             .map(|o| o.parse().map_err(|_| Error::Config(format!("invalid origin {o:?}"))))
             .collect::<Result<Vec<_>, _>>()?;
         // Checked before anything starts: an unusable certificate stops here.
-        let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => {
-                Some(Arc::new(tls::Tls::load(cert, key).map_err(Error::Config)?))
-            }
-            _ => None,
-        };
+        let tls = tls_settings(&config)?.map(Arc::new);
         let metrics = Arc::new(metrics::Metrics::default());
         let store = store::open(&config, metrics.clone())?;
         let passwords = Passwords::new().await.map_err(|e| Error::Config(e.to_string()))?;
@@ -159,7 +154,7 @@ impl Broker {
             None => keep_secret(&app, config.expiry, shutdown.clone()).await?,
         }
         if let Some(tls) = &tls {
-            tls.clone().spawn_reloader(shutdown.clone());
+            tls.clone().spawn(app.store.clone(), app.clock.clone(), shutdown.clone());
         }
         let router = http::router(app.clone(), config.max_body);
         let redirect =
@@ -199,7 +194,7 @@ impl Broker {
             let plain = TcpListener::bind(from).await?;
             tracing::info!("redirecting http://{from} to HTTPS");
             let shutdown = token.clone().cancelled_owned();
-            let redirects = tls::redirect_to_https(https_port);
+            let redirects = tls::redirect_to_https(https_port, self.app.store.clone());
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(plain, redirects).with_graceful_shutdown(shutdown).await
                 {
@@ -252,6 +247,42 @@ pub async fn serve(
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     Broker::open(config).await?.serve(listener, signal).await
+}
+
+/// HTTPS as configured: certificate files (checked now) or ACME.
+fn tls_settings(config: &Config) -> Result<Option<tls::Tls>, Error> {
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(tls::Tls::load(cert, key, &config.tls_name).map_err(Error::Config)?)
+        }
+        _ if !config.acme_domain.is_empty() => {
+            let challenge = config.acme_challenge;
+            if challenge == tls::acme::Challenge::Http01 && config.http_redirect_port.is_none() {
+                let why = "--acme-challenge http-01 needs --http-redirect-port";
+                return Err(Error::Config(why.into()));
+            }
+            for domain in &config.acme_domain {
+                if rustls_pki_types::DnsName::try_from(domain.as_str()).is_err() {
+                    return Err(Error::Config(format!(
+                        "--acme-domain {domain:?} is not a DNS name"
+                    )));
+                }
+            }
+            Some(tls::Tls::acme(tls::acme::Settings {
+                domains: config.acme_domain.clone(),
+                email: config.acme_email.clone(),
+                directory: config.acme_directory.clone(),
+                ca: config.acme_ca.clone(),
+                challenge,
+            }))
+        }
+        _ => None,
+    };
+    if tls.is_none() && config.http_redirect_port.is_some() {
+        let why = "--http-redirect-port needs HTTPS: --tls-cert or --acme-domain";
+        return Err(Error::Config(why.into()));
+    }
+    Ok(tls)
 }
 
 /// File descriptors kept for the database, the listener and ordinary

@@ -71,7 +71,7 @@ pub async fn run(
         tasks.spawn(async move {
             let _ = socket.set_nodelay(true);
             if let Some(tls) = tls {
-                return https(socket, peer, &tls, router, app.hsts.clone(), shutdown).await;
+                return https(socket, peer, &tls, &app, router, shutdown).await;
             }
             match read_head(socket).await {
                 Head::Events(socket, headers, query) => {
@@ -305,14 +305,13 @@ fn with_peer<B>(peer: SocketAddr) -> impl Fn(Request<B>) -> Request<B> + Clone {
 }
 
 /// Serves a connection to the TLS port with hyper: HTTP/2 or HTTP/1.1 as
-/// ALPN chose, with `hsts` (a `Strict-Transport-Security` value) on every
-/// answer.
+/// ALPN chose, with the app's `Strict-Transport-Security` on every answer.
 async fn https(
     socket: TcpStream,
     peer: SocketAddr,
     tls: &Tls,
+    app: &App,
     router: Router,
-    hsts: Option<HeaderValue>,
     shutdown: CancellationToken,
 ) {
     // A TLS client speaks first, and first sends a handshake record (0x16).
@@ -322,12 +321,14 @@ async fn https(
         Ok(Ok(1)) => return plain_http_refused(socket).await,
         _ => return,
     }
-    let accepted = tokio::time::timeout(HEAD_TIMEOUT, tls.acceptor().accept(socket)).await;
+    let accepted = tokio::time::timeout(HEAD_TIMEOUT, tls.accept(socket, app.store.as_ref())).await;
     let stream = match accepted {
-        Ok(Ok(stream)) => stream,
+        Ok(Ok(Some(stream))) => stream,
+        Ok(Ok(None)) => return, // an ACME challenge, answered
         Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => return,
     };
+    let hsts = app.hsts.clone();
     let service =
         router.map_request(with_peer(peer)).map_response(move |mut response: Response| {
             if let Some(hsts) = &hsts {

@@ -294,6 +294,20 @@ pub trait Store: Send + Sync + 'static {
     /// else `candidate`, kept from now on.
     async fn keep_secret(&self, candidate: String) -> Result<String, StoreError>;
 
+    /// A value of the automatic-certificate (ACME) state: the account, the
+    /// certificate, pending challenge answers. Kept in the data directory
+    /// beside SQLite, in the shared database on PostgreSQL so that nodes
+    /// share one certificate.
+    async fn acme_get(&self, name: &str) -> Result<Option<String>, StoreError>;
+
+    /// Sets (or with `None` removes) a value of the ACME state.
+    async fn acme_put(&self, name: &str, value: Option<&str>) -> Result<(), StoreError>;
+
+    /// Takes or extends the lease that lets one node order certificates:
+    /// true if `holder` now holds it until `until` (UNIX seconds), because it
+    /// was free, had expired at `now`, or was `holder`'s already.
+    async fn acme_lease(&self, holder: &str, now: i64, until: i64) -> Result<bool, StoreError>;
+
     /// Applies a change to the access rules or an account.
     async fn change(&self, change: Change) -> Result<Changed, StoreError>;
 

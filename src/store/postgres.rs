@@ -560,6 +560,11 @@ mod sql {
     pub const IMPORT_HEAD: &str = "UPDATE head SET seq = GREATEST(seq, $1)";
     pub const SECRET_PUT: &str = "INSERT INTO settings (name, value) VALUES ('jwt_secret', $1) ON CONFLICT (name) DO NOTHING";
     pub const SECRET_GET: &str = "SELECT value FROM settings WHERE name = 'jwt_secret'";
+    pub const ACME_GET: &str = "SELECT value FROM settings WHERE name = 'acme:' || $1";
+    pub const ACME_PUT: &str = "INSERT INTO settings (name, value) VALUES ('acme:' || $1, $2) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value";
+    pub const ACME_DELETE: &str = "DELETE FROM settings WHERE name = 'acme:' || $1";
+    /// The lease's value is "<holder> <until>".
+    pub const ACME_LEASE: &str = "INSERT INTO settings (name, value) VALUES ('acme-lease', $1::text || ' ' || $3::bigint::text) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value WHERE split_part(settings.value, ' ', 1) = $1 OR split_part(settings.value, ' ', 2)::bigint < $2::bigint";
 }
 
 fn limit(n: usize) -> i64 {
@@ -865,6 +870,32 @@ impl Store for PostgresStore {
         self.run(async |client| {
             client.execute(sql::SECRET_PUT, &[&candidate]).await?;
             Ok(client.query_one(sql::SECRET_GET, &[]).await?.try_get(0)?)
+        })
+        .await
+    }
+
+    async fn acme_get(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.run(async |client| {
+            let row = client.query_opt(sql::ACME_GET, &[&name]).await?;
+            Ok(row.map(|row| row.try_get(0)).transpose()?)
+        })
+        .await
+    }
+
+    async fn acme_put(&self, name: &str, value: Option<&str>) -> Result<(), StoreError> {
+        self.run(async |client| {
+            match value {
+                Some(value) => client.execute(sql::ACME_PUT, &[&name, &value]).await?,
+                None => client.execute(sql::ACME_DELETE, &[&name]).await?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    async fn acme_lease(&self, holder: &str, now: i64, until: i64) -> Result<bool, StoreError> {
+        self.run(async |client| {
+            Ok(client.execute(sql::ACME_LEASE, &[&holder, &now, &until]).await? == 1)
         })
         .await
     }

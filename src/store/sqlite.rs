@@ -910,6 +910,69 @@ impl Store for SqliteStore {
             .map_err(|e| StoreError::Backend(format!("secret task failed: {e}")))?
             .map_err(|e| StoreError::Backend(format!("cannot keep the secret: {e}")))
     }
+
+    async fn acme_get(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let path = acme_path(&self.dir, name);
+        blocking(move || match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await
+    }
+
+    async fn acme_put(&self, name: &str, value: Option<&str>) -> Result<(), StoreError> {
+        let path = acme_path(&self.dir, name);
+        let value = value.map(str::to_owned);
+        blocking(move || match value {
+            Some(value) => write_private(&path, &value),
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+        })
+        .await
+    }
+
+    async fn acme_lease(&self, _: &str, _: i64, _: i64) -> Result<bool, StoreError> {
+        Ok(true) // One node per SQLite database.
+    }
+}
+
+/// Runs file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StoreError::Backend(format!("file task failed: {e}")))?
+        .map_err(|e| StoreError::Backend(format!("data directory: {e}")))
+}
+
+/// The file of an ACME state value, `<data>/acme/<name>` (names are made
+/// of domain names, URLs and base64url tokens; anything else becomes `_`).
+fn acme_path(dir: &Path, name: &str) -> PathBuf {
+    let safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    let file: String = name.chars().map(|c| if safe(c) { c } else { '_' }).collect();
+    dir.join("acme").join(file)
+}
+
+/// Writes `value` to `path` whole (through a temporary file), readable by
+/// its owner only.
+fn write_private(path: &Path, value: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let temporary = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&temporary)?;
+    file.write_all(value.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
 }
 
 /// The JWT secret kept in the data directory, `candidate` written there

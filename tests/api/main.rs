@@ -3,6 +3,7 @@
 
 mod access;
 mod accounts;
+mod acme;
 mod cluster;
 mod events;
 mod filters;

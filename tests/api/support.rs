@@ -136,8 +136,14 @@ impl TestApp {
 
     /// A new broker with exactly this configuration, its clock at [`T0`].
     pub async fn start_with_config(config: Config) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::start_on(listener, config).await
+    }
+
+    /// The same, on `listener`.
+    pub async fn start_on(listener: tokio::net::TcpListener, config: Config) -> Self {
         let dir = Arc::new(tempfile::tempdir().expect("temporary directory"));
-        Self::serve(config, dir, Clock::manual(T0).1.clone()).await
+        Self::serve_on(listener, config, dir, Clock::manual(T0).1.clone()).await
     }
 
     /// Stops this broker gracefully, sets the clock to `secs`, and starts a
@@ -176,11 +182,20 @@ impl TestApp {
     }
 
     async fn serve(config: Config, dir: Arc<TempDir>, clock: Arc<ManualClock>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve_on(listener, config, dir, clock).await
+    }
+
+    async fn serve_on(
+        listener: tokio::net::TcpListener,
+        config: Config,
+        dir: Arc<TempDir>,
+        clock: Arc<ManualClock>,
+    ) -> Self {
         let broker = Broker::open_with_clock(config, Clock::Manual(clock.clone()))
             .await
             .expect("broker starts");
         let hub = broker.hub();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("address");
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(broker.serve(listener, async move {
@@ -430,14 +445,24 @@ impl Sse {
 }
 
 /// Waits until `check` holds, failing the test after the deadline.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    eventually_within(DEADLINE, what, check).await;
+}
+
+/// The same, with another deadline (for work outside Broker, such as a
+/// certificate authority's).
+pub async fn eventually_within<F, Fut>(deadline: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
     let start = tokio::time::Instant::now();
     while !check().await {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

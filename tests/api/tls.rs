@@ -10,21 +10,20 @@ use serde_json::json;
 use crate::support::{NOW, Sse, TestApp, config, eventually, ok_json};
 
 /// A test CA and a certificate it signed for `localhost` and 127.0.0.1.
-struct Certificates {
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
-    cert: PathBuf,
-    key: PathBuf,
+pub struct Certificates {
+    pub ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Certificates {
-    fn new(dir: &Path) -> Self {
+    pub fn new(dir: &Path) -> Self {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params.distinguished_name.push(rcgen::DnType::CommonName, "Broker test CA");
-        let ca = params.self_signed(&ca_key).unwrap();
-        let certs = Self { ca, ca_key, cert: dir.join("cert.pem"), key: dir.join("key.pem") };
+        let ca = rcgen::CertifiedIssuer::self_signed(params, ca_key).unwrap();
+        let certs = Self { ca, cert: dir.join("cert.pem"), key: dir.join("key.pem") };
         certs.issue("first");
         certs
     }
@@ -43,7 +42,7 @@ impl Certificates {
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
         params.not_after = rcgen::date_time_ymd(year, month, day);
         params.distinguished_name.push(rcgen::DnType::OrganizationName, name);
-        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
         std::fs::write(&self.key, key.serialize_pem()).unwrap();
         std::fs::write(&self.cert, cert.pem()).unwrap();
         cert.der().to_vec()
@@ -168,14 +167,15 @@ async fn unusable_certificates_are_refused_at_start_with_a_reason() {
     let missing = dir.path().join("missing.pem");
     let missing = missing.to_str().unwrap();
     let wrong_key = mismatched.key.to_str().unwrap();
-    for (cert, key, reason) in [
-        (garbage, key, "holds no PEM certificate"),
-        (missing, key, "cannot read the certificate"),
-        (cert, garbage, "cannot read the private key"),
-        (cert, wrong_key, "cannot be used together"),
+    for (cert, key, name, reason) in [
+        (garbage, key, "localhost", "holds no PEM certificate"),
+        (missing, key, "localhost", "cannot read the certificate"),
+        (cert, garbage, "localhost", "cannot read the private key"),
+        (cert, wrong_key, "localhost", "cannot be used together"),
+        (cert, key, "broker.example.org", "not valid for broker.example.org"),
     ] {
         let data = tempfile::tempdir().unwrap();
-        let args = ["--tls-cert", cert, "--tls-key", key];
+        let args = ["--tls-cert", cert, "--tls-key", key, "--tls-name", name];
         let error = broker::Broker::open(config(data.path(), None, &args)).await.err();
         let message = error.map(|e| e.to_string()).unwrap_or_default();
         assert!(message.contains(reason), "{cert} {key}: {message}");
