@@ -24,7 +24,7 @@ use axum::response::IntoResponse;
 use axum::response::Response;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -54,6 +54,19 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let tasks = TaskTracker::new();
+    // Over HTTPS every answer carries Strict-Transport-Security.
+    let router = match app.hsts.clone().filter(|_| tls.is_some()) {
+        Some(hsts) => {
+            router.layer(axum::middleware::map_response(move |mut response: Response| {
+                let hsts = hsts.clone();
+                async move {
+                    response.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+                    response
+                }
+            }))
+        }
+        None => router,
+    };
     loop {
         let (socket, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -71,12 +84,14 @@ pub async fn run(
         tasks.spawn(async move {
             let _ = socket.set_nodelay(true);
             if let Some(tls) = tls {
-                return https(socket, peer, &tls, &app, router, shutdown).await;
+                return https(socket, peer, &tls, app, router, shutdown).await;
             }
             match read_head(socket).await {
                 Head::Events(socket, headers, query) => {
                     let stall = app.write_stall;
-                    if let Some((subscriber, socket)) = events(socket, app, headers, query).await {
+                    if let Some((subscriber, socket)) =
+                        events(socket, app, headers, query, false).await
+                    {
                         // A task of its own, sized for the stream alone.
                         spawner.spawn(stream::write_to(subscriber, socket, stall));
                     }
@@ -109,16 +124,16 @@ async fn accept_failed(error: &std::io::Error) {
     }
 }
 
-enum Head {
+enum Head<S> {
     /// `GET /events…` with its headers and query string.
-    Events(TcpStream, HeaderMap, Option<String>),
+    Events(S, HeaderMap, Option<String>),
     /// Anything else, with the bytes already read.
-    Other(TcpStream, Vec<u8>),
+    Other(S, Vec<u8>),
     /// The client left or took too long.
     Gone,
 }
 
-async fn read_head(mut socket: TcpStream) -> Head {
+async fn read_head<S: AsyncRead + Unpin>(mut socket: S) -> Head<S> {
     let mut buf = Vec::with_capacity(512);
     let read = tokio::time::timeout(HEAD_TIMEOUT, async {
         loop {
@@ -182,21 +197,22 @@ fn parse_events_head(buf: &[u8]) -> Parsed {
 /// Answers an event-stream request: on success writes the response head
 /// and the first chunk and hands back the stream to write; on failure
 /// writes the error response and closes.
-async fn events(
-    mut socket: TcpStream,
+async fn events<S: AsyncWrite + Unpin>(
+    mut socket: S,
     app: Arc<App>,
     headers: HeaderMap,
     query: Option<String>,
-) -> Option<(stream::Subscriber, TcpStream)> {
+    tls: bool,
+) -> Option<(stream::Subscriber, S)> {
     let started = std::time::Instant::now();
     let (metrics, stall) = (app.hub.metrics.clone(), app.write_stall);
-    match Box::pin(open_events(app, headers, query)).await {
+    match Box::pin(open_events(app, headers, query, tls)).await {
         Ok((mut subscriber, mut head)) => {
             metrics.request("/events", 200, started.elapsed());
             head.extend_from_slice(&subscriber.take_first().unwrap_or_default());
             // The sync may be large: a peer that takes none of it is dropped
             // like any stalled stream.
-            stream::write(&mut socket, &head, stall).await.ok()?;
+            stream::write_all(&mut socket, &head, stall).await.ok()?;
             Some((subscriber, socket))
         }
         Err((status, response)) => {
@@ -208,15 +224,19 @@ async fn events(
     }
 }
 
-/// Opens the stream: its subscriber and response head, or the whole error
-/// response.
+/// Opens the stream: its subscriber and response head (with HSTS over
+/// `tls`), or the whole error response.
 async fn open_events(
     app: Arc<App>,
     headers: HeaderMap,
     query: Option<String>,
+    tls: bool,
 ) -> Result<(stream::Subscriber, Vec<u8>), (u16, Vec<u8>)> {
     let id = ops::request_id(headers.get(ops::REQUEST_ID));
-    let cors = format!("{}{}: {id}\r\n", cors_headers(&app.origins, &headers), ops::REQUEST_ID);
+    let mut cors = format!("{}{}: {id}\r\n", cors_headers(&app.origins, &headers), ops::REQUEST_ID);
+    if let Some(hsts) = app.hsts.as_ref().filter(|_| tls) {
+        cors.push_str(&format!("strict-transport-security: {}\r\n", hsts.to_str().unwrap_or("")));
+    }
     match stream::open(&app, &headers, query.as_deref()).await {
         Ok(subscriber) => {
             let mut head = String::from("HTTP/1.1 200 OK\r\n");
@@ -260,13 +280,15 @@ fn cors_headers(origins: &[HeaderValue], headers: &HeaderMap) -> String {
 }
 
 /// Serves an ordinary HTTP/1.1 connection with hyper.
-async fn http(
-    socket: TcpStream,
+async fn http<S>(
+    socket: S,
     peer: SocketAddr,
     prefix: Vec<u8>,
     router: Router,
     shutdown: CancellationToken,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(Rewind { prefix, at: 0, inner: socket });
     let service = TowerToHyperService::new(router.map_request(with_peer(peer)));
     let connection = hyper::server::conn::http1::Builder::new()
@@ -310,7 +332,7 @@ async fn https(
     socket: TcpStream,
     peer: SocketAddr,
     tls: &Tls,
-    app: &App,
+    app: Arc<App>,
     router: Router,
     shutdown: CancellationToken,
 ) {
@@ -328,19 +350,25 @@ async fn https(
         Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => return,
     };
-    let hsts = app.hsts.clone();
-    let service =
-        router.map_request(with_peer(peer)).map_response(move |mut response: Response| {
-            if let Some(hsts) = &hsts {
-                response.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+        // HTTP/1.1: the lean stream path, as over plain HTTP.
+        match read_head(stream).await {
+            Head::Events(stream, headers, query) => {
+                let stall = app.write_stall;
+                let opened = events(stream, app, headers, query, true).await;
+                if let Some((subscriber, stream)) = opened {
+                    stream::write_to_tls(subscriber, stream, stall).await;
+                }
             }
-            response
-        });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
-    let connection =
-        builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+            Head::Other(stream, prefix) => http(stream, peer, prefix, router, shutdown).await,
+            Head::Gone => {}
+        }
+        return;
+    }
+    let service = TowerToHyperService::new(router.map_request(with_peer(peer)));
+    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(stream), service);
     until_shutdown(connection, &shutdown, |c| c.graceful_shutdown()).await;
 }
 
@@ -357,13 +385,13 @@ async fn plain_http_refused(mut socket: TcpStream) {
 }
 
 /// A socket that first replays the bytes read while choosing a path.
-struct Rewind {
+struct Rewind<S> {
     prefix: Vec<u8>,
     at: usize,
-    inner: TcpStream,
+    inner: S,
 }
 
-impl AsyncRead for Rewind {
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -384,7 +412,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl tokio::io::AsyncWrite for Rewind {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,

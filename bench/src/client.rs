@@ -42,6 +42,12 @@ impl Tally {
     }
 }
 
+/// An open event stream's body.
+enum Body {
+    Http1(Box<dyn crate::http::Io>),
+    H2(h2::RecvStream),
+}
+
 /// Runs a client process: `count` connections from `source` to `addr`.
 pub async fn run(addr: SocketAddr, path: String, count: usize, source: IpAddr, events: usize) {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
@@ -60,19 +66,24 @@ pub async fn run(addr: SocketAddr, path: String, count: usize, source: IpAddr, e
     let gate = Arc::new(Semaphore::new(CONNECTING));
     let (status_tx, mut status_rx) = mpsc::unbounded_channel::<Result<u16, String>>();
     for _ in 0..count {
-        let (gate, request, tally, status_tx) =
-            (gate.clone(), request.clone(), tally.clone(), status_tx.clone());
+        let (gate, request, tally, status_tx, path) =
+            (gate.clone(), request.clone(), tally.clone(), status_tx.clone(), path.clone());
         tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
             let opened = async {
                 let socket = TcpSocket::new_v4()?;
                 socket.bind(SocketAddr::new(source, 0))?;
-                let mut stream = crate::http::secure(socket.connect(addr).await?).await?;
+                let tcp = socket.connect(addr).await?;
+                if crate::http::http2() {
+                    let (status, body) = crate::http::open_h2(tcp, &path).await?;
+                    return Ok((Body::H2(body), status, false, Vec::new()));
+                }
+                let mut stream = crate::http::secure(tcp).await?;
                 stream.write_all(&request).await?;
                 let (status, chunked, rest) = read_head(&mut stream).await?;
-                Ok::<_, std::io::Error>((stream, status, chunked, rest))
+                Ok::<_, std::io::Error>((Body::Http1(stream), status, chunked, rest))
             };
-            let (mut stream, chunked, rest) = match opened.await {
+            let (stream, chunked, rest) = match opened.await {
                 Ok((stream, 200, chunked, rest)) => (stream, chunked, rest),
                 Ok((_, status, _, _)) => {
                     let _ = status_tx.send(Ok(status));
@@ -92,12 +103,22 @@ pub async fn run(addr: SocketAddr, path: String, count: usize, source: IpAddr, e
                 }
             };
             decoder.feed(&rest, &mut on_data);
-            let mut buf = vec![0u8; 4096];
-            while let Ok(n) = stream.read(&mut buf).await {
-                if n == 0 {
-                    break;
+            match stream {
+                Body::Http1(mut stream) => {
+                    let mut buf = vec![0u8; 4096];
+                    while let Ok(n) = stream.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        decoder.feed(&buf[..n], &mut on_data);
+                    }
                 }
-                decoder.feed(&buf[..n], &mut on_data);
+                Body::H2(mut body) => {
+                    while let Some(Ok(data)) = body.data().await {
+                        let _ = body.flow_control().release_capacity(data.len());
+                        decoder.feed(&data, &mut on_data);
+                    }
+                }
             }
             tally.errors.fetch_add(1, Ordering::Relaxed); // the stream ended
         });

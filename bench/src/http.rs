@@ -1,7 +1,8 @@
 //! A minimal HTTP/1.1 keep-alive client and a streaming decoder for SSE
 //! bodies (chunked or not). Enough to load a server hard without a general
 //! purpose client's overhead on the same two cores. With `--tls-ca`, every
-//! connection speaks HTTP/1.1 over TLS (to the name `localhost`).
+//! connection speaks HTTP/1.1 over TLS (to the name `localhost`); with
+//! `--http2` as well, event streams speak HTTP/2 (one per connection).
 
 use std::io;
 use std::net::SocketAddr;
@@ -19,8 +20,10 @@ use tokio_rustls::rustls;
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// The CA file and connector when connections use TLS.
-static TLS: OnceLock<(PathBuf, TlsConnector)> = OnceLock::new();
+/// The CA file and connectors (HTTP/1.1, HTTP/2) when connections use TLS.
+static TLS: OnceLock<(PathBuf, TlsConnector, TlsConnector)> = OnceLock::new();
+/// Whether event streams speak HTTP/2.
+static HTTP2: OnceLock<()> = OnceLock::new();
 
 /// Makes every connection of this process use TLS, trusting the CA in `ca`.
 pub fn use_tls(ca: &Path) -> Result<(), String> {
@@ -34,25 +37,59 @@ pub fn use_tls(ca: &Path) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    let mut h2 = config.clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let _ = TLS.set((ca.to_owned(), TlsConnector::from(Arc::new(config))));
+    h2.alpn_protocols = vec![b"h2".to_vec()];
+    let connectors = (TlsConnector::from(Arc::new(config)), TlsConnector::from(Arc::new(h2)));
+    let _ = TLS.set((ca.to_owned(), connectors.0, connectors.1));
     Ok(())
+}
+
+/// Makes event streams speak HTTP/2 (over TLS: [`use_tls`] first).
+pub fn use_http2() -> Result<(), String> {
+    TLS.get().ok_or("--http2 needs --tls-ca (browsers speak HTTP/2 over TLS only)")?;
+    let _ = HTTP2.set(());
+    Ok(())
+}
+
+/// Whether event streams speak HTTP/2.
+pub fn http2() -> bool {
+    HTTP2.get().is_some()
 }
 
 /// The CA file, if connections use TLS (for client processes).
 pub fn tls_ca() -> Option<&'static Path> {
-    TLS.get().map(|(path, _)| path.as_path())
+    TLS.get().map(|(path, _, _)| path.as_path())
 }
 
 /// Wraps a connected socket in TLS if this process uses it.
 pub async fn secure(tcp: TcpStream) -> io::Result<Box<dyn Io>> {
     match TLS.get() {
-        Some((_, connector)) => {
+        Some((_, connector, _)) => {
             let name = ServerName::try_from("localhost").map_err(|e| bad(e.to_string()))?;
             Ok(Box::new(connector.connect(name, tcp).await?))
         }
         None => Ok(Box::new(tcp)),
     }
+}
+
+/// Opens an event stream over HTTP/2 on `tcp`: its status and body.
+pub async fn open_h2(tcp: TcpStream, path: &str) -> io::Result<(u16, h2::RecvStream)> {
+    let h2_error = |e: h2::Error| bad(e.to_string());
+    let (_, _, connector) = TLS.get().ok_or_else(|| bad("HTTP/2 without TLS"))?;
+    let name = ServerName::try_from("localhost").map_err(|e| bad(e.to_string()))?;
+    let tls = connector.connect(name, tcp).await?;
+    let (mut send, connection) = h2::client::handshake(tls).await.map_err(h2_error)?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = http::Request::get(format!("https://localhost{path}"))
+        .header("accept", "text/event-stream")
+        .body(())
+        .map_err(|e| bad(e.to_string()))?;
+    let (response, _) = send.send_request(request, true).map_err(h2_error)?;
+    let response = response.await.map_err(h2_error)?;
+    Ok((response.status().as_u16(), response.into_body()))
 }
 
 /// One keep-alive connection.

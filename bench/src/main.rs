@@ -37,6 +37,10 @@ struct Cli {
     /// certificate in this PEM file.
     #[arg(long, global = true)]
     tls_ca: Option<PathBuf>,
+    /// With `--tls-ca`: event streams speak HTTP/2, one per connection
+    /// (requests that publish stay on HTTP/1.1).
+    #[arg(long, global = true, requires = "tls_ca")]
+    http2: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
@@ -178,6 +182,10 @@ fn main() {
     let cli = Cli::parse();
     if let Some(Err(e)) = cli.tls_ca.as_deref().map(http::use_tls) {
         eprintln!("broker-bench: --tls-ca: {e}");
+        std::process::exit(2);
+    }
+    if let Err(e) = cli.http2.then(http::use_http2).unwrap_or(Ok(())) {
+        eprintln!("broker-bench: {e}");
         std::process::exit(2);
     }
     // A client process is one thread: the measured server, not the load
@@ -406,6 +414,9 @@ impl Clients {
             let mut child = Command::new(&exe);
             if let Some(ca) = http::tls_ca() {
                 child.arg("--tls-ca").arg(ca);
+            }
+            if http::http2() {
+                child.arg("--http2");
             }
             let mut child = child
                 .args(["client", "--addr", &addrs[i % addrs.len()].to_string(), "--path", path])

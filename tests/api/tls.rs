@@ -91,6 +91,7 @@ async fn https_serves_http2_and_http1_with_every_stream_on_one_connection() {
     let http1 = certs.client(&app, true);
     let response = http1.get(app.url("/events")).send().await.unwrap();
     assert_eq!(response.version(), Version::HTTP_11);
+    assert_eq!(response.headers()["strict-transport-security"], "max-age=31536000");
     streams.push(Sse::new(response));
     app.insert(&alice, "over-tls", NOW, json!({"n": 1})).await;
     for stream in &mut streams {

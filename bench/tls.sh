@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# HTTPS side by side: Broker (--tls-cert) and nginx + nchan over TLS (one
+# worker), each measured with event streams over HTTP/1.1 and over HTTP/2
+# (one stream per connection), a fresh server for every line. Prints each
+# pair with its ratios. Results go to target/bench/tls-*.json.
+#   N subscribers (18000), K single events (50), B events in the burst (20).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-18000} K=${K:-50} B=${B:-20}
+out=target/bench
+mkdir -p "$out"
+cargo build --release --workspace --quiet
+bench=target/release/broker-bench
+work=$(mktemp -d)
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+# A CA and an ECDSA P-256 certificate for localhost, as a deployment has.
+openssl ecparam -name prime256v1 -genkey -noout -out "$work/ca.key"
+openssl req -x509 -new -key "$work/ca.key" -subj /CN=bench-ca -days 7 -out "$work/ca.pem"
+openssl ecparam -name prime256v1 -genkey -noout -out "$work/key.pem"
+openssl req -new -key "$work/key.pem" -subj /CN=localhost -out "$work/cert.csr"
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$work/san"
+openssl x509 -req -in "$work/cert.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
+  -CAcreateserial -days 7 -extfile "$work/san" -out "$work/cert.pem" 2>/dev/null
+
+wait_port() {
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on $1" >&2
+  return 1
+}
+
+source=2
+# run <what> <name> <target> <port> <start command…>: a fresh server, one measurement.
+run() {
+  local what=$1 name=$2 target=$3 port=$4 mode=()
+  shift 4
+  [[ $name == *h2* ]] && mode=(--http2)
+  "$@" &
+  local server=$!
+  pids+=("$server")
+  wait_port "$port"
+  local pid=$server
+  [ "$target" = nchan ] && pid=$(pgrep -P "$server" | head -n 1)
+  local args=(--tls-ca "$work/ca.pem" "${mode[@]}" "$what" --target "$target"
+    --addr "127.0.0.1:$port" --pid "$pid" -n "$N" --first-source "$source"
+    --json "$out/tls-$name-$what.json")
+  [ "$what" = fanout ] && args+=(-k "$K" -b "$B")
+  echo "== $name $what"
+  "$bench" "${args[@]}"
+  source=$((source + 10))
+  kill "$server"; wait "$server" 2>/dev/null || true
+}
+
+broker() {
+  local data
+  data=$(mktemp -d -p "$work")
+  exec target/release/broker --host 127.0.0.1 --port 18443 --save-path "$data" --secret bench \
+    --tls-cert "$work/cert.pem" --tls-key "$work/key.pem" 2>>"$out/tls-broker.log"
+}
+nginx_nchan() {
+  local prefix
+  prefix=$(mktemp -d -p "$work")
+  mkdir -p "$prefix/tmp"
+  # Beside the configuration, where nginx looks for relative paths.
+  cp "$work/cert.pem" "$work/key.pem" bench/nchan/nginx-tls.conf "$prefix/"
+  exec nginx -p "$prefix" -c "$prefix/nginx-tls.conf" 2>>"$out/tls-nginx.log"
+}
+
+for what in subscribers fanout; do
+  for mode in h1 h2; do
+    run "$what" "broker-$mode" broker 18443 broker
+    run "$what" "nchan-$mode" nchan 18444 nginx_nchan
+  done
+done
+
+for what in subscribers fanout; do
+  for mode in h1 h2; do
+    echo
+    echo "## $what over $mode"
+    "$bench" compare "$out/tls-broker-$mode-$what.json" "$out/tls-nchan-$mode-$what.json"
+  done
+done
