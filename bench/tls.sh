@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # HTTPS side by side: Broker (--tls-cert) and nginx + nchan over TLS (one
-# worker), each measured with event streams over HTTP/1.1 and over HTTP/2
-# (one stream per connection), a fresh server for every line. Prints each
-# pair with its ratios. Results go to target/bench/tls-*.json.
-#   N subscribers (18000), K single events (50), B events in the burst (20).
+# worker), each measured with event streams over HTTP/1.1 (h1), over HTTP/2
+# with one stream per connection (h2) and with S streams per connection as
+# a browser shares one among its tabs (h2s), a fresh server for every line.
+# Prints each pair with its ratios. Results go to target/bench/tls-*.json.
+#   N subscribers (18000), K single events (50), B events in the burst (20),
+#   S streams per shared HTTP/2 connection (6).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${N:-18000} K=${K:-50} B=${B:-20}
+N=${N:-18000} K=${K:-50} B=${B:-20} S=${S:-6}
 out=target/bench
 mkdir -p "$out"
 cargo build --release --workspace --quiet
@@ -38,7 +40,8 @@ source=2
 run() {
   local what=$1 name=$2 target=$3 port=$4 mode=()
   shift 4
-  [[ $name == *h2* ]] && mode=(--http2)
+  [[ $name == *-h2 ]] && mode=(--http2)
+  [[ $name == *-h2s ]] && mode=(--http2 --h2-streams "$S")
   "$@" &
   local server=$!
   pids+=("$server")
@@ -71,14 +74,14 @@ nginx_nchan() {
 }
 
 for what in subscribers fanout; do
-  for mode in h1 h2; do
+  for mode in h1 h2 h2s; do
     run "$what" "broker-$mode" broker 18443 broker
     run "$what" "nchan-$mode" nchan 18444 nginx_nchan
   done
 done
 
 for what in subscribers fanout; do
-  for mode in h1 h2; do
+  for mode in h1 h2 h2s; do
     echo
     echo "## $what over $mode"
     "$bench" compare "$out/tls-broker-$mode-$what.json" "$out/tls-nchan-$mode-$what.json"

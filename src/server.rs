@@ -39,6 +39,8 @@ const MAX_HEAD: usize = 16 * 1024;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connections may take to finish once shutdown starts.
 pub const GRACE: Duration = Duration::from_secs(5);
+/// Most bytes queued for one HTTP/2 stream beyond its client's window.
+const H2_SEND_BUFFER: usize = 64 * 1024;
 /// What a request line must start with to take the SSE path.
 const EVENTS: &[u8] = b"GET /events";
 
@@ -368,6 +370,8 @@ async fn https(
     let service = TowerToHyperService::new(router.map_request(with_peer(peer)));
     let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
+        // What a stream whose client reads nothing can hold (hyper's default: 400 KiB).
+        .max_send_buf_size(H2_SEND_BUFFER)
         .serve_connection(TokioIo::new(stream), service);
     until_shutdown(connection, &shutdown, |c| c.graceful_shutdown()).await;
 }

@@ -48,7 +48,36 @@ enum Body {
     H2(h2::RecvStream),
 }
 
-/// Runs a client process: `count` connections from `source` to `addr`.
+/// Reads an event stream to its end, recording each bench event.
+async fn read(stream: Body, chunked: bool, rest: Vec<u8>, tally: Arc<Tally>) {
+    let mut decoder = SseDecoder::new(chunked);
+    let mut on_data = |data: &[u8]| {
+        if let Some(n) = payload_number(data) {
+            tally.record(n);
+        }
+    };
+    decoder.feed(&rest, &mut on_data);
+    match stream {
+        Body::Http1(mut stream) => {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                decoder.feed(&buf[..n], &mut on_data);
+            }
+        }
+        Body::H2(mut body) => {
+            while let Some(Ok(data)) = body.data().await {
+                let _ = body.flow_control().release_capacity(data.len());
+                decoder.feed(&data, &mut on_data);
+            }
+        }
+    }
+    tally.errors.fetch_add(1, Ordering::Relaxed); // the stream ended
+}
+
+/// Runs a client process: `count` streams from `source` to `addr`.
 pub async fn run(addr: SocketAddr, path: String, count: usize, source: IpAddr, events: usize) {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let tally = Arc::new(Tally {
@@ -65,62 +94,46 @@ pub async fn run(addr: SocketAddr, path: String, count: usize, source: IpAddr, e
     let start = Instant::now();
     let gate = Arc::new(Semaphore::new(CONNECTING));
     let (status_tx, mut status_rx) = mpsc::unbounded_channel::<Result<u16, String>>();
-    for _ in 0..count {
+    // One stream per connection, or several per HTTP/2 connection.
+    let per = crate::http::http2().unwrap_or(1);
+    let mut left = count;
+    while left > 0 {
+        let streams = per.min(left);
+        left -= streams;
         let (gate, request, tally, status_tx, path) =
             (gate.clone(), request.clone(), tally.clone(), status_tx.clone(), path.clone());
         tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
-            let opened = async {
+            let mut opened = Vec::with_capacity(streams);
+            let connected = async {
                 let socket = TcpSocket::new_v4()?;
                 socket.bind(SocketAddr::new(source, 0))?;
                 let tcp = socket.connect(addr).await?;
-                if crate::http::http2() {
-                    let (status, body) = crate::http::open_h2(tcp, &path).await?;
-                    return Ok((Body::H2(body), status, false, Vec::new()));
+                if crate::http::http2().is_some() {
+                    let send = crate::http::connect_h2(tcp).await?;
+                    for _ in 0..streams {
+                        let (status, body) = crate::http::open_h2(send.clone(), &path).await?;
+                        opened.push((Body::H2(body), status, false, Vec::new()));
+                    }
+                    return Ok(());
                 }
                 let mut stream = crate::http::secure(tcp).await?;
                 stream.write_all(&request).await?;
                 let (status, chunked, rest) = read_head(&mut stream).await?;
-                Ok::<_, std::io::Error>((Body::Http1(stream), status, chunked, rest))
+                opened.push((Body::Http1(stream), status, chunked, rest));
+                Ok::<_, std::io::Error>(())
             };
-            let (stream, chunked, rest) = match opened.await {
-                Ok((stream, 200, chunked, rest)) => (stream, chunked, rest),
-                Ok((_, status, _, _)) => {
-                    let _ = status_tx.send(Ok(status));
-                    return;
-                }
-                Err(e) => {
-                    let _ = status_tx.send(Err(e.to_string()));
-                    return;
-                }
-            };
-            let _ = status_tx.send(Ok(200));
-            drop((permit, status_tx));
-            let mut decoder = SseDecoder::new(chunked);
-            let mut on_data = |data: &[u8]| {
-                if let Some(n) = payload_number(data) {
-                    tally.record(n);
-                }
-            };
-            decoder.feed(&rest, &mut on_data);
-            match stream {
-                Body::Http1(mut stream) => {
-                    let mut buf = vec![0u8; 4096];
-                    while let Ok(n) = stream.read(&mut buf).await {
-                        if n == 0 {
-                            break;
-                        }
-                        decoder.feed(&buf[..n], &mut on_data);
-                    }
-                }
-                Body::H2(mut body) => {
-                    while let Some(Ok(data)) = body.data().await {
-                        let _ = body.flow_control().release_capacity(data.len());
-                        decoder.feed(&data, &mut on_data);
-                    }
+            let failed = connected.await.err().map(|e| e.to_string());
+            for _ in opened.len()..streams {
+                let _ = status_tx.send(Err(failed.clone().unwrap_or_default()));
+            }
+            for (stream, status, chunked, rest) in opened {
+                let _ = status_tx.send(Ok(status));
+                if status == 200 {
+                    tokio::spawn(read(stream, chunked, rest, tally.clone()));
                 }
             }
-            tally.errors.fetch_add(1, Ordering::Relaxed); // the stream ended
+            drop(permit);
         });
     }
     drop(status_tx);

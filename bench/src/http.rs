@@ -22,8 +22,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// The CA file and connectors (HTTP/1.1, HTTP/2) when connections use TLS.
 static TLS: OnceLock<(PathBuf, TlsConnector, TlsConnector)> = OnceLock::new();
-/// Whether event streams speak HTTP/2.
-static HTTP2: OnceLock<()> = OnceLock::new();
+/// Event streams per HTTP/2 connection, when they speak HTTP/2.
+static HTTP2: OnceLock<usize> = OnceLock::new();
 
 /// Makes every connection of this process use TLS, trusting the CA in `ca`.
 pub fn use_tls(ca: &Path) -> Result<(), String> {
@@ -45,16 +45,17 @@ pub fn use_tls(ca: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Makes event streams speak HTTP/2 (over TLS: [`use_tls`] first).
-pub fn use_http2() -> Result<(), String> {
+/// Makes event streams speak HTTP/2 (over TLS: [`use_tls`] first),
+/// `streams` on each connection.
+pub fn use_http2(streams: usize) -> Result<(), String> {
     TLS.get().ok_or("--http2 needs --tls-ca (browsers speak HTTP/2 over TLS only)")?;
-    let _ = HTTP2.set(());
+    let _ = HTTP2.set(streams.max(1));
     Ok(())
 }
 
-/// Whether event streams speak HTTP/2.
-pub fn http2() -> bool {
-    HTTP2.get().is_some()
+/// Event streams per HTTP/2 connection, if they speak HTTP/2.
+pub fn http2() -> Option<usize> {
+    HTTP2.get().copied()
 }
 
 /// The CA file, if connections use TLS (for client processes).
@@ -73,16 +74,24 @@ pub async fn secure(tcp: TcpStream) -> io::Result<Box<dyn Io>> {
     }
 }
 
-/// Opens an event stream over HTTP/2 on `tcp`: its status and body.
-pub async fn open_h2(tcp: TcpStream, path: &str) -> io::Result<(u16, h2::RecvStream)> {
-    let h2_error = |e: h2::Error| bad(e.to_string());
+/// An HTTP/2 connection over TLS on `tcp`, driven by a task of its own.
+pub async fn connect_h2(tcp: TcpStream) -> io::Result<h2::client::SendRequest<bytes::Bytes>> {
     let (_, _, connector) = TLS.get().ok_or_else(|| bad("HTTP/2 without TLS"))?;
     let name = ServerName::try_from("localhost").map_err(|e| bad(e.to_string()))?;
     let tls = connector.connect(name, tcp).await?;
-    let (mut send, connection) = h2::client::handshake(tls).await.map_err(h2_error)?;
+    let (send, connection) = h2::client::handshake(tls).await.map_err(h2_error)?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
+    Ok(send)
+}
+
+/// Opens an event stream on an HTTP/2 connection: its status and body.
+pub async fn open_h2(
+    send: h2::client::SendRequest<bytes::Bytes>,
+    path: &str,
+) -> io::Result<(u16, h2::RecvStream)> {
+    let mut send = send.ready().await.map_err(h2_error)?;
     let request = http::Request::get(format!("https://localhost{path}"))
         .header("accept", "text/event-stream")
         .body(())
@@ -90,6 +99,10 @@ pub async fn open_h2(tcp: TcpStream, path: &str) -> io::Result<(u16, h2::RecvStr
     let (response, _) = send.send_request(request, true).map_err(h2_error)?;
     let response = response.await.map_err(h2_error)?;
     Ok((response.status().as_u16(), response.into_body()))
+}
+
+fn h2_error(e: h2::Error) -> io::Error {
+    bad(e.to_string())
 }
 
 /// One keep-alive connection.

@@ -41,6 +41,10 @@ struct Cli {
     /// (requests that publish stay on HTTP/1.1).
     #[arg(long, global = true, requires = "tls_ca")]
     http2: bool,
+    /// With `--http2`: event streams per connection (a browser puts all of
+    /// an origin's on one).
+    #[arg(long, global = true, default_value_t = 1, requires = "http2")]
+    h2_streams: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
@@ -184,7 +188,7 @@ fn main() {
         eprintln!("broker-bench: --tls-ca: {e}");
         std::process::exit(2);
     }
-    if let Err(e) = cli.http2.then(http::use_http2).unwrap_or(Ok(())) {
+    if let Err(e) = if cli.http2 { http::use_http2(cli.h2_streams) } else { Ok(()) } {
         eprintln!("broker-bench: {e}");
         std::process::exit(2);
     }
@@ -415,8 +419,8 @@ impl Clients {
             if let Some(ca) = http::tls_ca() {
                 child.arg("--tls-ca").arg(ca);
             }
-            if http::http2() {
-                child.arg("--http2");
+            if let Some(streams) = http::http2() {
+                child.args(["--http2", "--h2-streams", &streams.to_string()]);
             }
             let mut child = child
                 .args(["client", "--addr", &addrs[i % addrs.len()].to_string(), "--path", path])

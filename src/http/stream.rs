@@ -162,11 +162,125 @@ pub async fn subscribe(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let subscriber = open(&app, &headers, query.as_deref()).await?;
-    let body = futures_util::stream::unfold(subscriber, |mut s| async move {
-        s.next_chunk().await.map(|chunk| (Ok::<_, Infallible>(chunk), s))
+    let mut subscriber = open(&app, &headers, query.as_deref()).await?;
+    // hyper polls a body only while its client has room (over HTTP/2, while
+    // the stream's window is open): a task of the stream's own notices a
+    // client that takes nothing for `--write-stall` and ends the stream,
+    // as the lean path does.
+    let handoff = Arc::new(Handoff::default());
+    let stall = app.write_stall;
+    let giver = Giver(handoff.clone());
+    tokio::spawn(async move {
+        loop {
+            let chunk = tokio::select! {
+                chunk = subscriber.next_chunk() => chunk,
+                () = giver.taker_gone() => None,
+            };
+            let Some(chunk) = chunk else { break };
+            if !giver.give(chunk, stall).await {
+                break;
+            }
+        }
+    });
+    let body = futures_util::stream::unfold(Taker(handoff), |taker| async move {
+        taker.take().await.map(|chunk| (Ok::<_, Infallible>(chunk), taker))
     });
     Ok((STREAM_HEADERS, Body::from_stream(body)).into_response())
+}
+
+/// One chunk at a time from a stream's task to its hyper body: lighter
+/// than a channel, and it tells each side when the other is gone.
+#[derive(Default)]
+struct Handoff {
+    chunk: std::sync::Mutex<Option<Bytes>>,
+    /// The body was dropped (the client is gone) or the task ended.
+    taker_gone: std::sync::atomic::AtomicBool,
+    giver_gone: std::sync::atomic::AtomicBool,
+    taker: futures_util::task::AtomicWaker,
+    giver: futures_util::task::AtomicWaker,
+}
+
+impl Handoff {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Bytes>> {
+        self.chunk.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The task's end of a [`Handoff`].
+struct Giver(Arc<Handoff>);
+
+impl Giver {
+    /// Hands `chunk` over once the body took the previous one; false if the
+    /// body is gone or took nothing for `stall`.
+    async fn give(&self, chunk: Bytes, stall: Duration) -> bool {
+        use std::sync::atomic::Ordering::Acquire;
+        let mut chunk = Some(chunk);
+        let handed = std::future::poll_fn(|cx| {
+            self.0.giver.register(cx.waker());
+            if self.0.taker_gone.load(Acquire) {
+                return std::task::Poll::Ready(false);
+            }
+            let mut slot = self.0.slot();
+            if slot.is_some() {
+                return std::task::Poll::Pending;
+            }
+            *slot = chunk.take();
+            self.0.taker.wake();
+            std::task::Poll::Ready(true)
+        });
+        // The timer is only polled (registered) if the body is behind.
+        tokio::select! {
+            biased;
+            handed = handed => handed,
+            () = tokio::time::sleep(stall) => false,
+        }
+    }
+
+    /// Resolves when the body is dropped.
+    async fn taker_gone(&self) {
+        std::future::poll_fn(|cx| {
+            self.0.giver.register(cx.waker());
+            match self.0.taker_gone.load(std::sync::atomic::Ordering::Acquire) {
+                true => std::task::Poll::Ready(()),
+                false => std::task::Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Giver {
+    fn drop(&mut self) {
+        self.0.giver_gone.store(true, std::sync::atomic::Ordering::Release);
+        self.0.taker.wake();
+    }
+}
+
+/// The body's end of a [`Handoff`].
+struct Taker(Arc<Handoff>);
+
+impl Taker {
+    /// The next chunk, or `None` once the task ended and all is taken.
+    async fn take(&self) -> Option<Bytes> {
+        std::future::poll_fn(|cx| {
+            self.0.taker.register(cx.waker());
+            // Read before the slot: a chunk given just before the end is kept.
+            let ended = self.0.giver_gone.load(std::sync::atomic::Ordering::Acquire);
+            if let Some(chunk) = self.0.slot().take() {
+                self.0.giver.wake();
+                return std::task::Poll::Ready(Some(chunk));
+            }
+            if ended { std::task::Poll::Ready(None) } else { std::task::Poll::Pending }
+        })
+        .await
+    }
+}
+
+impl Drop for Taker {
+    fn drop(&mut self) {
+        self.0.taker_gone.store(true, std::sync::atomic::Ordering::Release);
+        self.0.giver.wake();
+    }
 }
 
 /// Checks a subscription request (query, token, connection limit) and

@@ -63,9 +63,15 @@ impl Certificates {
 
 /// A broker serving HTTPS with `certs`, its client trusting the test CA.
 async fn https(certs: &Certificates) -> TestApp {
+    https_with(certs, &[]).await
+}
+
+/// The same, with more options.
+async fn https_with(certs: &Certificates, extra: &[&str]) -> TestApp {
     let (cert, key) = (certs.cert.to_str().unwrap(), certs.key.to_str().unwrap());
     let dir = tempfile::tempdir().unwrap();
-    let args = ["--tls-cert", cert, "--tls-key", key];
+    let mut args = vec!["--tls-cert", cert, "--tls-key", key];
+    args.extend_from_slice(extra);
     let mut app = TestApp::start_with_config(config(dir.path(), None, &args)).await;
     app.base = app.base.replace("http://127.0.0.1", "https://localhost");
     app.http = certs.client(&app, false);
@@ -105,6 +111,51 @@ async fn https_serves_http2_and_http1_with_every_stream_on_one_connection() {
     for stream in &mut streams {
         stream.ended().await;
     }
+}
+
+/// Over HTTP/2 the stream keeps the promises it makes over HTTP/1.1: the
+/// latest state on connect, filters, heartbeats, and a stream whose client
+/// takes nothing (HTTP/2 flow control holds its data back) is dropped after
+/// `--write-stall` while the others get everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_the_stream_keeps_its_promises() {
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certificates::new(dir.path());
+    let app = https_with(&certs, &["--heartbeat", "1", "--write-stall", "1"]).await;
+    let alice = app.user("alice").await;
+    app.insert(&alice, "a", NOW, json!(1)).await;
+    app.insert(&alice, "b", NOW, json!(2)).await;
+    let filtered = app.open_stream("/events?event=b", &[]).await;
+    assert_eq!(filtered.version(), Version::HTTP_2);
+    assert_eq!(Sse::new(filtered).next().await.event, "b", "the latest b, and no a");
+    let mut raw = app.open_stream("/events?event=none", &[]).await.bytes_stream();
+    let mut seen = Vec::new();
+    while !seen.windows(3).any(|w| w == b":\n\n") {
+        let chunk = tokio::time::timeout(crate::support::DEADLINE, raw.next()).await;
+        seen.extend_from_slice(&chunk.expect("a heartbeat").unwrap().unwrap());
+    }
+    // 48 events of 64 KiB: more than the client's 2 MiB stream window and
+    // what the server queues.
+    let stalled = app.open_stream("/events?event=big", &[]).await;
+    let mut live = app.subscribe_to("/events?event=big", &[]).await;
+    let before = app.hub.subscribers();
+    let padding = "x".repeat(64 * 1024);
+    for n in 0..48 {
+        app.insert(&alice, "big", NOW, json!([n, padding])).await;
+        assert_eq!(live.next().await.data[0], n);
+    }
+    eventually("the stalled stream to be dropped", || async {
+        app.hub.subscribers() == before - 1
+    })
+    .await;
+    Sse::new(stalled).ended().await;
+    // A client that goes away is let go at once, heartbeat or not.
+    drop(live);
+    eventually("the departed stream to be dropped", || async {
+        app.hub.subscribers() == before - 2
+    })
+    .await;
 }
 
 #[tokio::test]
