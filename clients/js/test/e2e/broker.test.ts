@@ -1,0 +1,145 @@
+// The client against the real Broker binary (built by `cargo build`;
+// BROKER_BIN overrides its path), each test with its own data directory.
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { afterEach, expect, it, onTestFinished, vi } from "vitest";
+import { Broker, type BrokerEvent } from "../../src/index.js";
+
+const BIN = process.env.BROKER_BIN ?? resolve(__dirname, "../../../../target/debug/broker");
+const running: { stop(): Promise<void> }[] = [];
+
+afterEach(async () => {
+  await Promise.all(running.splice(0).map((b) => b.stop()));
+});
+
+async function freePort(): Promise<number> {
+  return new Promise((done) => {
+    const server = createServer().listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => done(port));
+    });
+  });
+}
+
+/** A Broker process on `port` with its data in `dir`; ready when it answers. */
+async function start(dir: string, port: number, ...args: string[]) {
+  const child: ChildProcess = spawn(
+    BIN,
+    ["--host", "127.0.0.1", "--port", String(port), "--save-path", dir, "--secret", "e2e", ...args],
+    { stdio: ["ignore", "ignore", process.env.BROKER_LOG ? "inherit" : "ignore"] },
+  );
+  const url = `http://127.0.0.1:${port}`;
+  await vi.waitFor(async () => expect((await fetch(`${url}/healthz`)).ok).toBe(true), { timeout: 20_000, interval: 50 });
+  const handle = {
+    url,
+    async stop() {
+      if (child.exitCode !== null) return;
+      const exited = new Promise((done) => child.once("exit", done));
+      child.kill("SIGTERM");
+      await exited;
+    },
+  };
+  running.push(handle);
+  return handle;
+}
+
+function dataDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), "broker-e2e-"));
+  onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+async function user(url: string, name: string, options = {}): Promise<Broker> {
+  const broker = new Broker({ url, ...options });
+  await broker.signUp(name, "correct horse battery");
+  await broker.logIn(name, "correct horse battery");
+  return broker;
+}
+
+it("resumes across a server restart: nothing lost, nothing repeated, in order", async () => {
+  const dir = dataDir();
+  const port = await freePort();
+  let server = await start(dir, port);
+  const alice = await user(server.url, "alice");
+  const reader = new Broker({ url: server.url });
+  const seen: BrokerEvent[] = [];
+  const sub = reader.subscribe({ onEvent: (e) => seen.push(e), maxBackoff: 500 });
+  const board = crypto.randomUUID();
+  for (let n = 0; n < 10; n++) await alice.insert(`card-${n % 3}`, board, { n });
+  await vi.waitFor(() => expect(seen).toHaveLength(10), { timeout: 10_000 });
+  await server.stop();
+  server = await start(dir, port);
+  // Inserted before the subscriber is back: the resume carries them.
+  const again = new Broker({ url: server.url });
+  await again.logIn("alice", "correct horse battery");
+  for (let n = 10; n < 20; n++) await again.insert(`card-${n % 3}`, board, { n });
+  await vi.waitFor(() => expect(seen).toHaveLength(20), { timeout: 20_000 });
+  expect(seen.map((e) => (e.data as { n: number }).n)).toEqual([...Array(20).keys()]);
+  expect(seen.map((e) => e.id)).toEqual([...Array(20).keys()].map((n) => n + 1));
+  expect((sub.state.get("card-1")?.data as { n: number }).n).toBe(19);
+  sub.close();
+  for (const b of [alice, reader, again]) b.close();
+}, 60_000);
+
+it("a stream outlives its token: refreshed by itself, the stream goes on", async () => {
+  const dir = dataDir();
+  const server = await start(dir, await freePort(), "--expiry", "3", "--private-stream");
+  const alice = await user(server.url, "alice");
+  const tokens: (string | null)[] = [];
+  alice.onToken((t) => tokens.push(t));
+  const seen: number[] = [];
+  const errors: number[] = [];
+  const sub = alice.subscribe({
+    onEvent: (e) => seen.push((e.data as { n: number }).n),
+    onStatus: (_, error) => error && errors.push(error.status),
+  });
+  const collection = crypto.randomUUID();
+  for (let n = 0; n < 16; n++) {
+    await alice.insert("tick", collection, { n });
+    await new Promise((r) => setTimeout(r, 500)); // 8 s: the first token lives 3
+  }
+  await vi.waitFor(() => expect(seen).toHaveLength(16), { timeout: 10_000 });
+  expect(seen).toEqual([...Array(16).keys()]);
+  expect(tokens.length).toBeGreaterThanOrEqual(2);
+  expect(errors.filter((s) => s === 401)).toEqual([]);
+  sub.close();
+  alice.close();
+}, 60_000);
+
+it("a private collection's events reach its members only", async () => {
+  const dir = dataDir();
+  const server = await start(dir, await freePort());
+  const [alice, bob, carol] = [await user(server.url, "alice"), await user(server.url, "bob"), await user(server.url, "carol")];
+  const board = crypto.randomUUID();
+  const open = crypto.randomUUID();
+  await alice.claim(board, true);
+  await alice.addMember(board, "bob", "reader");
+  const seen = new Map<string, string[]>();
+  const subs = [
+    ["bob", bob],
+    ["carol", carol],
+    ["anonymous", new Broker({ url: server.url })],
+  ].map(([name, client]) => {
+    seen.set(name as string, []);
+    return (client as Broker).subscribe({ onEvent: (e) => seen.get(name as string)!.push(e.event) });
+  });
+  await alice.insert("secret", board, { plan: "x" });
+  await alice.insert("public", open, {});
+  await vi.waitFor(() => expect([...seen.values()].every((events) => events.includes("public"))).toBe(true), { timeout: 10_000 });
+  expect(seen.get("bob")).toEqual(["secret", "public"]);
+  expect(seen.get("carol")).toEqual(["public"]);
+  expect(seen.get("anonymous")).toEqual(["public"]);
+  // The listing too: carol is refused with the server's status and message.
+  const refused = await (async () => {
+    for await (const event of carol.collectionEvents(board)) return event;
+  })().catch((e) => e);
+  expect(refused).toMatchObject({ name: "BrokerError", status: 403 });
+  const bobs = [];
+  for await (const event of bob.collectionEvents(board)) bobs.push(event.event);
+  expect(bobs).toEqual(["secret"]);
+  for (const s of subs) s.close();
+  for (const b of [alice, bob, carol]) b.close();
+}, 60_000);

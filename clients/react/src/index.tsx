@@ -1,0 +1,185 @@
+import {
+  createContext,
+  useCallback,
+  useContext,
+  useEffect,
+  useMemo,
+  useSyncExternalStore,
+  type ReactNode,
+} from "react";
+import type { Broker, BrokerEvent, Subscription } from "@broker/client";
+
+/** What to read: collections and event names (all by default). */
+export interface Filter {
+  collections?: string[];
+  events?: string[];
+}
+
+/**
+ * One stream per filter, shared by every hook that asks for it and closed
+ * when the last one goes: an app's components do not each open one.
+ */
+class Live {
+  subscription?: Subscription;
+  /** A new Map on every change, so that React sees it changed. */
+  state: ReadonlyMap<string, BrokerEvent> = new Map();
+  events: BrokerEvent[] = [];
+  status: "connecting" | "open" | "closed" = "connecting";
+  private listeners = new Set<() => void>();
+  users = 0;
+  key = "";
+
+  constructor(broker: Broker, filter: Filter, keep: number) {
+    this.subscription = broker.subscribe({
+      ...filter,
+      onEvent: (event) => {
+        this.events = [...this.events.slice(-(keep - 1)), event];
+      },
+      onState: (state) => {
+        this.state = new Map(state);
+        this.notify();
+      },
+      onReset: () => {
+        this.events = [];
+      },
+      onStatus: (status) => {
+        this.status = status;
+        this.notify();
+      },
+    });
+  }
+
+  listen = (listener: () => void) => {
+    this.listeners.add(listener);
+    return () => void this.listeners.delete(listener);
+  };
+
+  private notify() {
+    for (const listener of this.listeners) listener();
+  }
+}
+
+/** The events each filter's stream keeps for {@link useBrokerEvents}. */
+const KEEP = 500;
+
+interface Shared {
+  broker: Broker;
+  /** The stream of `filter`, opened if need be (and closed again unless held). */
+  get(filter: Filter): Live;
+  hold(live: Live): void;
+  release(live: Live): void;
+}
+
+const Context = createContext<Shared | null>(null);
+
+/** Makes `client` available to the hooks below it. */
+export function BrokerProvider({ client, children }: { client: Broker; children?: ReactNode }) {
+  const shared = useMemo<Shared>(() => {
+    const lives = new Map<string, Live>();
+    const key = (f: Filter) => JSON.stringify([[...(f.collections ?? [])].sort(), [...(f.events ?? [])].sort()]);
+    // A stream nobody holds is closed a moment later (a component that
+    // re-mounts at once, as under StrictMode, keeps it).
+    const reap = (k: string, live: Live) =>
+      setTimeout(() => {
+        if (live.users === 0 && lives.get(k) === live) {
+          live.subscription?.close();
+          lives.delete(k);
+        }
+      }, 1000);
+    return {
+      broker: client,
+      get(filter) {
+        const k = key(filter);
+        let live = lives.get(k);
+        if (!live) {
+          lives.set(k, (live = new Live(client, filter, KEEP)));
+          live.key = k;
+          reap(k, live);
+        }
+        return live;
+      },
+      hold(live) {
+        live.users++;
+      },
+      release(live) {
+        if (--live.users === 0) reap(live.key, live);
+      },
+    };
+  }, [client]);
+  return <Context.Provider value={shared}>{children}</Context.Provider>;
+}
+
+function useShared(): Shared {
+  const shared = useContext(Context);
+  if (!shared) throw new Error("the Broker hooks need a <BrokerProvider> above them");
+  return shared;
+}
+
+/** The client given to the provider. */
+export function useBroker(): Broker {
+  return useShared().broker;
+}
+
+/** The shared stream of `filter`, held while the component is mounted. */
+function useLive(filter: Filter): Live {
+  const shared = useShared();
+  const key = JSON.stringify(filter);
+  const live = useMemo(() => shared.get(filter), [shared, key]); // eslint-disable-line react-hooks/exhaustive-deps
+  useEffect(() => {
+    shared.hold(live);
+    return () => shared.release(live);
+  }, [shared, live]);
+  return live;
+}
+
+/**
+ * The live state: the latest event of each name within `filter`. The
+ * component re-renders when an event within its filter arrives.
+ */
+export function useBrokerState(filter: Filter = {}): ReadonlyMap<string, BrokerEvent> {
+  const live = useLive(filter);
+  return useSyncExternalStore(live.listen, () => live.state, () => live.state);
+}
+
+/**
+ * The latest event named `name` (within `filter`): the component re-renders
+ * only when that one changes.
+ */
+export function useBrokerValue(name: string, filter: Filter = {}): BrokerEvent | undefined {
+  const live = useLive(filter);
+  const get = () => live.state.get(name);
+  return useSyncExternalStore(live.listen, get, get);
+}
+
+/** The events within `filter` as they arrive, oldest first (the last 500). */
+export function useBrokerEvents(filter: Filter = {}): readonly BrokerEvent[] {
+  const live = useLive(filter);
+  return useSyncExternalStore(live.listen, () => live.events, () => live.events);
+}
+
+/** Whether the stream of `filter` is open, connecting again, or closed. */
+export function useBrokerStatus(filter: Filter = {}): "connecting" | "open" | "closed" {
+  const live = useLive(filter);
+  return useSyncExternalStore(live.listen, () => live.status, () => live.status);
+}
+
+/** The session: whether one is logged in, and the calls that change it. */
+export function useAuth() {
+  const broker = useBroker();
+  const token = useSyncExternalStore(
+    useCallback((listener: () => void) => broker.onToken(listener), [broker]),
+    () => broker.token,
+    () => broker.token,
+  );
+  return useMemo(
+    () => ({
+      token,
+      loggedIn: token !== null,
+      signUp: broker.signUp.bind(broker),
+      logIn: broker.logIn.bind(broker),
+      logOut: broker.logOut.bind(broker),
+      changePassword: broker.changePassword.bind(broker),
+    }),
+    [broker, token],
+  );
+}
