@@ -1,0 +1,90 @@
+// @vitest-environment jsdom
+import { act, StrictMode } from "react";
+import { createRoot } from "react-dom/client";
+import { afterEach, expect, it, vi } from "vitest";
+import { Broker } from "@broker/client";
+import { BrokerProvider, useAuth, useBrokerEvents, useBrokerState, useBrokerValue } from "../src/index.js";
+
+(globalThis as { IS_REACT_ACT_ENVIRONMENT?: boolean }).IS_REACT_ACT_ENVIRONMENT = true;
+
+const encoder = new TextEncoder();
+
+/** A fake Broker whose event stream the test writes to; counts the streams opened. */
+function fakeBroker() {
+  let push!: (text: string) => void;
+  let streams = 0;
+  const fetch = vi.fn(async (input: RequestInfo | URL) => {
+    const url = String(input);
+    if (url.endsWith("/login")) {
+      return new Response(JSON.stringify({ jwt: "a.eyJzdWIiOiJ1In0.b" }), { headers: { "content-type": "application/json" } });
+    }
+    streams++;
+    const body = new ReadableStream<Uint8Array>({
+      start(controller) {
+        push = (text) => controller.enqueue(encoder.encode(text));
+      },
+    });
+    return new Response(body);
+  });
+  const broker = new Broker({ url: "http://b", fetch: fetch as unknown as typeof globalThis.fetch });
+  const send = (id: number, event: string, data: unknown) =>
+    push(`id:${id}\ndata:${JSON.stringify({ event, collection_id: "c", data })}\n\n`);
+  return { broker, send, streams: () => streams };
+}
+
+const roots: (() => void)[] = [];
+afterEach(() => roots.splice(0).forEach((unmount) => act(unmount)));
+
+async function render(broker: Broker, children: React.ReactNode) {
+  const container = document.createElement("div");
+  const root = createRoot(container);
+  await act(async () => root.render(<StrictMode><BrokerProvider client={broker}>{children}</BrokerProvider></StrictMode>));
+  roots.push(() => root.unmount());
+  return container;
+}
+
+async function until(check: () => boolean) {
+  await vi.waitFor(() => expect(check()).toBe(true), { timeout: 2000, interval: 5 });
+}
+
+it("shares one stream, keeps the state, and re-renders only the component whose value changed", async () => {
+  const { broker, send, streams } = fakeBroker();
+  const renders = { a: 0, b: 0 };
+  function Value({ name }: { name: "a" | "b" }) {
+    const event = useBrokerValue(name);
+    renders[name]++;
+    return <span data-name={name}>{String(event?.data ?? "")}</span>;
+  }
+  function All() {
+    const state = useBrokerState();
+    const events = useBrokerEvents();
+    return <p>{[...state.keys()].sort().join(",")} / {events.length}</p>;
+  }
+  const view = await render(broker, [<Value key="a" name="a" />, <Value key="b" name="b" />, <All key="all" />]);
+  await until(() => streams() === 1);
+  await act(async () => send(1, "a", 1));
+  await until(() => view.textContent === "1a / 1");
+  const before = { ...renders };
+  await act(async () => send(2, "a", 2));
+  await act(async () => send(3, "a", 3));
+  await until(() => view.querySelector('[data-name="a"]')?.textContent === "3");
+  expect(renders.b).toBe(before.b); // b did not change: not rendered again
+  expect(renders.a).toBeGreaterThan(before.a);
+  await act(async () => send(4, "b", "x"));
+  await until(() => view.textContent === "3xa,b / 4");
+  expect(streams()).toBe(1); // three components, one stream
+});
+
+it("useAuth follows the session", async () => {
+  const { broker } = fakeBroker();
+  let auth!: ReturnType<typeof useAuth>;
+  function Session() {
+    auth = useAuth();
+    return <b>{auth.loggedIn ? "in" : "out"}</b>;
+  }
+  const view = await render(broker, <Session />);
+  expect(view.textContent).toBe("out");
+  await act(async () => void (await auth.logIn("alice", "pw")));
+  expect(view.textContent).toBe("in");
+  broker.close();
+});

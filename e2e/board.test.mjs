@@ -1,0 +1,119 @@
+// The example board (examples/board, built with Vite on @broker/react) in
+// two headless Chromium profiles, two users, against the real binary: live
+// updates both ways, and a scheduled card that appears at its time.
+//
+//   BROKER_BIN (default target/debug/broker), CHROMIUM (default /usr/bin/chromium)
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createReadStream, createWriteStream, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { tmpdir } from 'node:os';
+import { extname, join, normalize } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { freePort, launch, until } from './support.mjs';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const BROKER_BIN = process.env.BROKER_BIN || join(ROOT, 'target/debug/broker');
+const DIST = join(ROOT, 'examples/board/dist');
+
+/** Serves the built app, as `vite preview` or any static server would. */
+function serve(port) {
+  const types = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css' };
+  const server = createServer((req, res) => {
+    let path = normalize(join(DIST, decodeURIComponent(new URL(req.url, 'http://x').pathname)));
+    try {
+      if (!path.startsWith(DIST)) throw new Error('outside');
+      if (statSync(path).isDirectory()) path = join(path, 'index.html');
+    } catch {
+      res.writeHead(404).end();
+      return;
+    }
+    res.writeHead(200, { 'content-type': types[extname(path)] || 'application/octet-stream' });
+    createReadStream(path).pipe(res);
+  });
+  return new Promise((resolve) => server.listen(port, '127.0.0.1', () => resolve(server)));
+}
+
+let broker;
+let web;
+let appUrl;
+let dir;
+const contexts = [];
+const pageErrors = [];
+
+before(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'broker-board-'));
+  const [brokerPort, webPort] = [await freePort(), await freePort()];
+  const origin = `http://127.0.0.1:${webPort}`;
+  broker = spawn(BROKER_BIN, [
+    '--host', '127.0.0.1', '--port', String(brokerPort), '--save-path', join(dir, 'data'),
+    '--secret', 'board', '--origin', origin,
+  ], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const log = createWriteStream(join(ROOT, 'target/e2e-board-broker.log'));
+  broker.stdout.pipe(log);
+  broker.stderr.pipe(log);
+  const brokerUrl = `http://127.0.0.1:${brokerPort}`;
+  await until('broker to answer', () => fetch(`${brokerUrl}/healthz`).then((r) => r.ok, () => false));
+  web = await serve(webPort);
+  appUrl = `${origin}/?broker=${encodeURIComponent(brokerUrl)}`;
+});
+
+after(async () => {
+  for (const context of contexts) await context.close();
+  web?.close();
+  if (broker) {
+    const exited = new Promise((resolve) => broker.once('exit', resolve));
+    broker.kill('SIGTERM');
+    await exited;
+  }
+  rmSync(dir, { recursive: true, force: true });
+  assert.deepEqual(pageErrors, [], 'no uncaught errors in the pages');
+});
+
+/** A user signed up and logged in on the board, in a browser profile of its own. */
+async function user(name) {
+  const context = await launch(join(dir, `profile-${name}`));
+  contexts.push(context);
+  const page = await context.newPage();
+  page.on('pageerror', (error) => pageErrors.push(error));
+  await page.goto(appUrl);
+  await page.getByLabel('username').fill(name);
+  await page.getByLabel('password').fill('correct horse battery');
+  await page.getByRole('button', { name: 'Sign up' }).click();
+  await page.locator('[data-status="open"]').waitFor();
+  return page;
+}
+
+const titles = (page) => page.locator('[data-card]').evaluateAll((cards) => cards.map((c) => c.dataset.card).sort());
+
+test('two users see each other’s cards live, and a scheduled card at its time', async () => {
+  const alice = await user('alice');
+  const bob = await user('bob');
+
+  await alice.getByLabel('title').fill('From Alice');
+  await alice.getByRole('button', { name: 'Add', exact: true }).click();
+  await until('bob to see Alice’s card', async () => (await titles(bob)).includes('From Alice'));
+
+  await bob.getByLabel('title').fill('From Bob');
+  await bob.getByRole('button', { name: 'Add', exact: true }).click();
+  await until('alice to see Bob’s card', async () => (await titles(alice)).includes('From Bob'));
+
+  // Bob moves Alice's card to "doing": Alice sees it move.
+  await bob.locator('[data-card="From Alice"]').getByRole('button', { name: '→' }).click();
+  await until('the card to move for Alice', () =>
+    alice.locator('[data-column="doing"] [data-card="From Alice"]').count());
+
+  // A card scheduled 3 s ahead is absent until then, then there for both.
+  await alice.getByLabel('title').fill('Later');
+  await alice.getByLabel('delay').fill('3');
+  const scheduled = Date.now();
+  await alice.getByRole('button', { name: 'Add', exact: true }).click();
+  await until('the insert to be accepted', async () => (await alice.getByLabel('title').inputValue()) === '');
+  assert.ok(!(await titles(bob)).includes('Later'), 'not before its time');
+  await until('the scheduled card for bob', async () => (await titles(bob)).includes('Later'));
+  await until('the scheduled card for alice', async () => (await titles(alice)).includes('Later'));
+  // Timestamps are whole seconds: it may come up to a second early, never more.
+  assert.ok(Date.now() - scheduled >= 2000, 'it appeared at its time');
+  assert.deepEqual(await titles(bob), ['From Alice', 'From Bob', 'Later']);
+});

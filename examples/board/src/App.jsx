@@ -1,0 +1,138 @@
+import { useState } from "react";
+import { useAuth, useBroker, useBrokerState, useBrokerStatus } from "@broker/react";
+
+// The board everyone shares, and the team's private one (claimed by
+// whoever creates it first). Each card is an event named `card:<id>`; its
+// latest event is the card (data `null`: deleted).
+const BOARD = "3a7c9d52-6b1e-4f0a-9c8d-0b0a4d000001";
+const TEAM = "3a7c9d52-6b1e-4f0a-9c8d-0b0a4d000002";
+const COLUMNS = ["todo", "doing", "done"];
+const FILTER = { collections: [BOARD, TEAM] };
+
+export function App() {
+  const { loggedIn } = useAuth();
+  return loggedIn ? <Board /> : <Login />;
+}
+
+function Login() {
+  const { signUp, logIn } = useAuth();
+  const [error, setError] = useState("");
+  const submit = (create) => async (e) => {
+    e.preventDefault();
+    const form = new FormData(e.target.form ?? e.target);
+    const [name, password] = [form.get("username"), form.get("password")];
+    setError("");
+    try {
+      if (create) await signUp(name, password);
+      await logIn(name, password);
+    } catch (err) {
+      setError(err.message);
+    }
+  };
+  return (
+    <main>
+      <h1>Broker board</h1>
+      <form onSubmit={submit(false)}>
+        <input type="text" name="username" placeholder="username" aria-label="username" required />
+        <input type="password" name="password" placeholder="password" aria-label="password" required />
+        <button type="submit">Log in</button>
+        <button type="button" className="quiet" onClick={submit(true)}>Sign up</button>
+      </form>
+      {error && <p className="error" role="alert">{error}</p>}
+    </main>
+  );
+}
+
+function Board() {
+  const broker = useBroker();
+  const { logOut } = useAuth();
+  const state = useBrokerState(FILTER);
+  const status = useBrokerStatus(FILTER);
+  const [error, setError] = useState("");
+  const cards = [...state.values()].filter((e) => e.event.startsWith("card:") && e.data);
+  const run = (work) => work().then(() => setError(""), (err) => setError(err.message));
+
+  const add = (e) => {
+    e.preventDefault();
+    const form = new FormData(e.target);
+    const delay = Number(form.get("delay") || 0);
+    const collection = form.get("team") ? TEAM : BOARD;
+    const at = new Date(Date.now() + delay * 1000);
+    e.target.reset();
+    run(() => broker.insert(`card:${crypto.randomUUID()}`, collection, { title: form.get("title"), column: "todo" }, at));
+  };
+  const move = (card, column) => run(() => broker.insert(card.event, card.collectionId, { ...card.data, column }));
+  const remove = (card) => run(() => broker.insert(card.event, card.collectionId, null));
+
+  return (
+    <>
+      <header>
+        <h1>Broker board</h1>
+        <span className="status" data-status={status}>{status}</span>
+        <button className="quiet" onClick={() => logOut()}>Log out</button>
+      </header>
+      <main>
+        <form onSubmit={add}>
+          <input type="text" name="title" placeholder="a new card" aria-label="title" required />
+          <label>appears in <input type="number" name="delay" min="0" defaultValue="0" aria-label="delay" /> s</label>
+          <label><input type="checkbox" name="team" /> team only</label>
+          <button type="submit">Add</button>
+        </form>
+        {error && <p className="error" role="alert">{error}</p>}
+        <div className="columns">
+          {COLUMNS.map((column) => (
+            <div className="column" key={column} data-column={column}>
+              <h2>{column}</h2>
+              {cards
+                .filter((card) => card.data.column === column)
+                .map((card) => (
+                  <Card key={card.event} card={card} move={move} remove={remove} />
+                ))}
+            </div>
+          ))}
+        </div>
+        <Team run={run} />
+      </main>
+    </>
+  );
+}
+
+function Card({ card, move, remove }) {
+  const at = COLUMNS.indexOf(card.data.column);
+  return (
+    <div className="card" data-card={card.data.title}>
+      {card.data.title}
+      {card.collectionId === TEAM && <span className="badge">team</span>}
+      <div className="actions">
+        {at > 0 && <button className="quiet" onClick={() => move(card, COLUMNS[at - 1])}>←</button>}
+        {at < COLUMNS.length - 1 && <button className="quiet" onClick={() => move(card, COLUMNS[at + 1])}>→</button>}
+        <button className="quiet" onClick={() => remove(card)}>×</button>
+      </div>
+    </div>
+  );
+}
+
+/** The team's private board: create it (once), add members by name. */
+function Team({ run }) {
+  const broker = useBroker();
+  const [members, setMembers] = useState(null);
+  const claim = () => run(async () => setMembers((await broker.claim(TEAM, true)).members));
+  const add = (e) => {
+    e.preventDefault();
+    const name = new FormData(e.target).get("member");
+    e.target.reset();
+    run(async () => setMembers((await broker.addMember(TEAM, name, "writer")).members));
+  };
+  return (
+    <section>
+      <h2>Team</h2>
+      <p className="status">Cards marked “team only” go to the team's private board: only its members see them.</p>
+      <form onSubmit={add}>
+        <button type="button" className="quiet" onClick={claim}>Create the team board</button>
+        <input type="text" name="member" placeholder="username" aria-label="member" required />
+        <button type="submit">Add to the team</button>
+      </form>
+      {members && <p className="status">members: {members.map((m) => m.username).join(", ") || "none yet"}</p>}
+    </section>
+  );
+}
