@@ -1,3 +1,4 @@
+// @vitest-environment jsdom
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { Broker, BrokerError, SseParser, tokenExpiry, type BrokerEvent } from "../../src/index.js";
 
@@ -86,6 +87,24 @@ describe("requests", () => {
     expect(requests[1].url).toBe("http://b/insert");
     expect(requests[1].headers.get("authorization")).toBe(`Bearer ${jwt}`);
     expect(await requests[1].json()).toEqual({ event: "card", collection_id: "c", timestamp: 2_000_000_000, data: { x: 1 } });
+    broker.close();
+  });
+
+  it("in cookie mode, send cookies and keep no token in storage", async () => {
+    const jwt = token(Date.now() / 1000 + 3600);
+    const inits: RequestInit[] = [];
+    const fetch = (async (_: RequestInfo | URL, init?: RequestInit) => {
+      inits.push(init ?? {});
+      return inits.length === 1 ? json(200, { jwt }) : stream([frame(1, "a", 1)], new Promise(() => {}));
+    }) as typeof globalThis.fetch;
+    localStorage.clear();
+    const broker = new Broker({ url: "http://b", fetch, storage: "cookie" });
+    await broker.logIn("alice", "pw");
+    const sub = broker.subscribe();
+    await until(() => sub.state.has("a"));
+    expect(inits.map((i) => i.credentials)).toEqual(["include", "include"]);
+    expect(localStorage.length).toBe(0);
+    sub.close();
     broker.close();
   });
 
