@@ -11,14 +11,8 @@ mkdir -p "$out"
 cargo build --release --workspace --quiet
 bench=target/release/broker-bench
 
-wait_port() {
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2
-  return 1
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 # Each run connects from its own source addresses (127.0.0.<first>…), so that
 # no run waits for the ephemeral ports that an earlier one left in TIME_WAIT.

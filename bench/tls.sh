@@ -26,14 +26,8 @@ printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$work/san"
 openssl x509 -req -in "$work/cert.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
   -CAcreateserial -days 7 -extfile "$work/san" -out "$work/cert.pem" 2>/dev/null
 
-wait_port() {
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2
-  return 1
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 source=2
 # run <what> <name> <target> <port> <start command…>: a fresh server, one measurement.

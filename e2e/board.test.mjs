@@ -6,34 +6,15 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { createReadStream, createWriteStream, mkdtempSync, rmSync, statSync } from 'node:fs';
-import { createServer } from 'node:http';
+import { createWriteStream, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { extname, join, normalize } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { freePort, launch, until } from './support.mjs';
+import { freePort, launch, serveDir, until } from './support.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const BROKER_BIN = process.env.BROKER_BIN || join(ROOT, 'target/debug/broker');
 const DIST = join(ROOT, 'examples/board/dist');
-
-/** Serves the built app, as `vite preview` or any static server would. */
-function serve(port) {
-  const types = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css' };
-  const server = createServer((req, res) => {
-    let path = normalize(join(DIST, decodeURIComponent(new URL(req.url, 'http://x').pathname)));
-    try {
-      if (!path.startsWith(DIST)) throw new Error('outside');
-      if (statSync(path).isDirectory()) path = join(path, 'index.html');
-    } catch {
-      res.writeHead(404).end();
-      return;
-    }
-    res.writeHead(200, { 'content-type': types[extname(path)] || 'application/octet-stream' });
-    createReadStream(path).pipe(res);
-  });
-  return new Promise((resolve) => server.listen(port, '127.0.0.1', () => resolve(server)));
-}
 
 let broker;
 let web;
@@ -55,7 +36,7 @@ before(async () => {
   broker.stderr.pipe(log);
   const brokerUrl = `http://127.0.0.1:${brokerPort}`;
   await until('broker to answer', () => fetch(`${brokerUrl}/healthz`).then((r) => r.ok, () => false));
-  web = await serve(webPort);
+  web = await serveDir(DIST, webPort);
   appUrl = `${origin}/?broker=${encodeURIComponent(brokerUrl)}`;
 });
 

@@ -8,12 +8,11 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { createReadStream, createWriteStream, mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
-import { createServer } from 'node:http';
+import { createWriteStream, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { extname, join, normalize } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { DEADLINE, freePort, launch, until } from './support.mjs';
+import { DEADLINE, freePort, launch, serveDir, until } from './support.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const BROKER_BIN = process.env.BROKER_BIN || join(ROOT, 'target/debug/broker');
@@ -46,24 +45,7 @@ class Broker {
 }
 
 /** Serves the examples folder, as a developer would with any static server. */
-function serveExamples(port) {
-  const types = { '.html': 'text/html', '.js': 'text/javascript', '.json': 'application/json' };
-  const base = join(ROOT, 'examples');
-  const server = createServer((req, res) => {
-    let path = normalize(join(base, decodeURIComponent(new URL(req.url, 'http://x').pathname)));
-    try {
-      if (!path.startsWith(base)) throw new Error('outside');
-      if (statSync(path).isDirectory()) path = join(path, 'index.html');
-      statSync(path);
-    } catch {
-      res.writeHead(404).end();
-      return;
-    }
-    res.writeHead(200, { 'content-type': types[extname(path)] || 'application/octet-stream' });
-    createReadStream(path).pipe(res);
-  });
-  return new Promise((resolve) => server.listen(port, '127.0.0.1', () => resolve(server)));
-}
+const serveExamples = (port) => serveDir(join(ROOT, 'examples'), port);
 
 let broker;
 let examples;

@@ -1,6 +1,8 @@
 // What the browser tests share: waiting for a condition, free ports, and
 // Debian's Chromium started the way this machine needs it.
+import { createReadStream, statSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { extname, join, normalize } from 'node:path';
 import { chromium } from 'playwright-core';
 
 export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -39,4 +41,23 @@ export function launch(profileDir, options = {}) {
     ],
     ...options,
   });
+}
+
+/** Serves the files under `base` on 127.0.0.1:`port`, as any static web server would. */
+export function serveDir(base, port) {
+  const types = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.json': 'application/json' };
+  const server = createServer((req, res) => {
+    let path = normalize(join(base, decodeURIComponent(new URL(req.url, 'http://x').pathname)));
+    try {
+      if (!path.startsWith(base)) throw new Error('outside');
+      if (statSync(path).isDirectory()) path = join(path, 'index.html');
+      statSync(path);
+    } catch {
+      res.writeHead(404).end();
+      return;
+    }
+    res.writeHead(200, { 'content-type': types[extname(path)] || 'application/octet-stream' });
+    createReadStream(path).pipe(res);
+  });
+  return new Promise((resolve) => server.listen(port, '127.0.0.1', () => resolve(server)));
 }

@@ -978,7 +978,6 @@ fn write_private(path: &Path, value: &str) -> std::io::Result<()> {
 /// The JWT secret kept in the data directory, `candidate` written there
 /// (readable by its owner only) if there is none yet.
 fn stored_secret(dir: &Path, candidate: String) -> std::io::Result<String> {
-    use std::io::Write as _;
     let path = dir.join("secret");
     match std::fs::read_to_string(&path) {
         Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_owned()),
@@ -986,13 +985,7 @@ fn stored_secret(dir: &Path, candidate: String) -> std::io::Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&path)?;
-    file.write_all(candidate.as_bytes())?;
-    file.sync_all()?;
+    write_private(&path, &candidate)?;
     tracing::info!(path = %path.display(), "generated a new JWT secret");
     Ok(candidate)
 }

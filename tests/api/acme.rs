@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio_rustls::rustls::{self, pki_types::ServerName};
+use tokio_rustls::rustls;
 
 use crate::support::{NOW, Sse, TestApp, TestDb, config, eventually_within, on_postgres};
 use crate::tls::Certificates;
@@ -124,19 +124,7 @@ async fn presented(
     port: u16,
     root: &rustls::pki_types::CertificateDer<'static>,
 ) -> Result<Vec<u8>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(root.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let socket = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let name = ServerName::try_from(DOMAIN).unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, socket).await;
-    let tls = tls.map_err(|e| e.to_string())?;
-    Ok(tls.get_ref().1.peer_certificates().unwrap()[0].to_vec())
+    crate::tls::presented_by(port, DOMAIN, root).await
 }
 
 /// What `port` presents once `wanted` says so, failing after [`ISSUING`].

@@ -171,20 +171,31 @@ async fn plain_http_to_the_tls_port_gets_a_clear_error() {
 
 /// The certificate a new TLS connection to `app` is shown.
 async fn presented(app: &TestApp, certs: &Certificates) -> Vec<u8> {
+    let port = app.base.trim_start_matches("https://localhost:").parse().unwrap();
+    presented_by(port, "localhost", certs.ca.der()).await.unwrap()
+}
+
+/// The leaf certificate 127.0.0.1:`port` presents for `name`, if the
+/// handshake succeeds and the chain verifies against `root`.
+pub async fn presented_by(
+    port: u16,
+    name: &str,
+    root: &tokio_rustls::rustls::pki_types::CertificateDer<'static>,
+) -> Result<Vec<u8>, String> {
     use tokio_rustls::rustls::{self, pki_types::ServerName};
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(certs.ca.der().clone()).unwrap();
+    roots.add(root.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let port = app.base.trim_start_matches("https://localhost:");
-    let socket = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}")).await.unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
+    let socket = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = ServerName::try_from(name.to_owned()).unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, socket).await;
-    tls.unwrap().get_ref().1.peer_certificates().unwrap()[0].to_vec()
+    let tls = tls.map_err(|e| e.to_string())?;
+    Ok(tls.get_ref().1.peer_certificates().unwrap()[0].to_vec())
 }
 
 #[tokio::test]
