@@ -53,12 +53,13 @@ after(async () => {
 });
 
 /** A user signed up and logged in on the board, in a browser profile of its own. */
-async function user(name) {
+async function user(name, query = '', watch = () => {}) {
   const context = await launch(join(dir, `profile-${name}`));
   contexts.push(context);
   const page = await context.newPage();
   page.on('pageerror', (error) => pageErrors.push(error));
-  await page.goto(appUrl);
+  watch(page);
+  await page.goto(appUrl + query);
   await page.getByLabel('username').fill(name);
   await page.getByLabel('password').fill('correct horse battery');
   await page.getByRole('button', { name: 'Sign up' }).click();
@@ -68,9 +69,12 @@ async function user(name) {
 
 const titles = (page) => page.locator('[data-card]').evaluateAll((cards) => cards.map((c) => c.dataset.card).sort());
 
+let alice;
+let bob;
+
 test('two users see each other’s cards live, and a scheduled card at its time', async () => {
-  const alice = await user('alice');
-  const bob = await user('bob');
+  alice = await user('alice');
+  bob = await user('bob');
 
   await alice.getByLabel('title').fill('From Alice');
   await alice.getByRole('button', { name: 'Add', exact: true }).click();
@@ -97,4 +101,29 @@ test('two users see each other’s cards live, and a scheduled card at its time'
   // Timestamps are whole seconds: it may come up to a second early, never more.
   assert.ok(Date.now() - scheduled >= 2000, 'it appeared at its time');
   assert.deepEqual(await titles(bob), ['From Alice', 'From Bob', 'Later']);
+});
+
+test('a team card reaches the team only; a cookie-mode page reads its stream by the cookie', async () => {
+  // carol keeps no token in storage: her stream is authenticated by the cookie alone.
+  const streams = [];
+  const carol = await user('carol', '&storage=cookie', (page) =>
+    page.on('request', (r) => r.url().includes('/events?') && streams.push(r)));
+  await alice.getByRole('button', { name: 'Create the team board' }).click();
+  await alice.getByLabel('member').fill('carol');
+  await alice.getByRole('button', { name: 'Add to the team' }).click();
+  await until('carol in the team', () => alice.getByText('members: carol').count());
+  await alice.getByLabel('title').fill('Team secret');
+  await alice.getByLabel('team only').check();
+  await alice.getByRole('button', { name: 'Add', exact: true }).click();
+  await until('carol to see the team card', async () => (await titles(carol)).includes('Team secret'));
+  await until('alice to see it', async () => (await titles(alice)).includes('Team secret'));
+  await alice.getByLabel('title').fill('After the secret');
+  await alice.getByRole('button', { name: 'Add', exact: true }).click();
+  await until('bob to see the next card', async () => (await titles(bob)).includes('After the secret'));
+  assert.ok(!(await titles(bob)).includes('Team secret'), 'bob is not in the team');
+  const last = streams.at(-1);
+  const headers = await last.allHeaders();
+  assert.equal(headers.authorization, undefined, 'no token in a header');
+  assert.match(headers.cookie ?? '', /broker_token=/);
+  assert.equal(await carol.evaluate(() => localStorage.length), 0);
 });

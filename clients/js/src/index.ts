@@ -93,7 +93,8 @@ export interface BrokerOptions {
   /**
    * Where the token is kept: in memory (default), `localStorageStorage()`,
    * or `"cookie"`: in memory only, requests send cookies, and the stream is
-   * authenticated by the `broker_token` cookie that `/login` sets.
+   * authenticated by the `broker_token` cookie that `/login` sets (and
+   * `/refresh` renews), not by a header.
    */
   storage?: TokenStorage | "cookie";
   /** The `fetch` to use (default: the global one). */
@@ -408,7 +409,8 @@ export class Broker {
       controller = new AbortController();
       const headers: Record<string, string> = { accept: "text/event-stream" };
       const token = this.storage.get();
-      if (token) headers.authorization = `Bearer ${token}`;
+      // In cookie mode the stream is authenticated by the cookie alone.
+      if (token && !this.cookies) headers.authorization = `Bearer ${token}`;
       if (last !== undefined) headers["last-event-id"] = String(last);
       let response: Response;
       try {

@@ -4,10 +4,14 @@ import { Broker, localStorageStorage } from "@broker/client";
 import { BrokerProvider } from "@broker/react";
 import { App } from "./App.jsx";
 
+const params = new URLSearchParams(location.search);
 // Broker's URL: ?broker=… or the default of `broker` on this machine.
-const url = new URLSearchParams(location.search).get("broker") ?? "http://localhost:8080";
-// The token survives a reload; each browser (profile) is its own user.
-const client = new Broker({ url, storage: localStorageStorage() });
+const url = params.get("broker") ?? "http://localhost:8080";
+// The token survives a reload (each browser profile is its own user); with
+// ?storage=cookie the page keeps it in memory only and the stream is
+// authenticated by Broker's HttpOnly cookie.
+const storage = params.get("storage") === "cookie" ? "cookie" : localStorageStorage();
+const client = new Broker({ url, storage });
 
 createRoot(document.getElementById("root")).render(
   <StrictMode>

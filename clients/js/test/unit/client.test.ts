@@ -103,6 +103,7 @@ describe("requests", () => {
     const sub = broker.subscribe();
     await until(() => sub.state.has("a"));
     expect(inits.map((i) => i.credentials)).toEqual(["include", "include"]);
+    expect(new Headers(inits[1].headers).get("authorization")).toBeNull(); // the cookie does it
     expect(localStorage.length).toBe(0);
     sub.close();
     broker.close();
