@@ -7,8 +7,9 @@
 //! Every other connection goes to hyper with the axum router, which also
 //! serves `/events` when it arrives later on a keep-alive connection.
 //!
-//! With TLS every connection goes to hyper, HTTP/2 or HTTP/1.1 as ALPN
-//! chose, event streams included; a client that speaks plain HTTP to the
+//! With TLS the same holds for HTTP/1.1 (the stream is written straight to
+//! the TLS connection); a connection that chose HTTP/2 by ALPN goes to
+//! hyper, event streams included; a client that speaks plain HTTP to the
 //! TLS port is told so.
 
 use std::sync::Arc;

@@ -13,6 +13,11 @@
 //! read them, in the sync, the replay and live; the others see a gap in
 //! the ids. A stream whose token is revoked (logout, password change,
 //! disabled account) ends when the new rules reach it.
+//!
+//! A stream is written straight to its connection ([`write_to`],
+//! [`write_to_tls`]) or, over HTTP/2 and on keep-alive connections, handed
+//! to hyper one chunk at a time by a task that ends it when the client
+//! takes nothing for `--write-stall`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
