@@ -40,7 +40,7 @@ impl Wake {
 
 /// Starts the scheduler; it stops when `shutdown` is cancelled, after
 /// finishing the publication under way. Everything due is published in
-/// transactions of up to [`BATCH`] events and handed to the feed. With
+/// transactions of up to 4,096 events and handed to the feed. With
 /// `poll`, it also looks at least that often.
 pub fn spawn(
     store: Arc<dyn Store>,

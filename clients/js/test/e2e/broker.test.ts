@@ -143,3 +143,34 @@ it("a private collection's events reach its members only", async () => {
   for (const s of subs) s.close();
   for (const b of [alice, bob, carol]) b.close();
 }, 60_000);
+
+it("password change, log out and the administration calls", async () => {
+  const dir = dataDir();
+  const server = await start(dir, await freePort());
+  const alice = await user(server.url, "alice");
+  const bob = await user(server.url, "bob");
+  // alice becomes an administrator (the CLI works while the server runs).
+  const granted = spawn(BIN, ["admin", "grant", "alice", "--save-path", dir], { stdio: "ignore" });
+  expect(await new Promise((done) => granted.once("exit", done))).toBe(0);
+  expect((await alice.me()).admin).toBe(true);
+  const names = [];
+  for await (const user of alice.users("", 1)) names.push(user.username);
+  expect(names).toEqual(["alice", "bob"]);
+  const bobId = (await bob.me()).id;
+  // A changed password keeps this session and revokes the others.
+  const elsewhere = new Broker({ url: server.url });
+  await elsewhere.logIn("bob", "correct horse battery");
+  await bob.changePassword("correct horse battery", "a new secret");
+  expect((await bob.me()).username).toBe("bob");
+  await expect(elsewhere.me()).rejects.toMatchObject({ status: 401 });
+  // Disabled by the administrator: bob's token is refused.
+  expect((await alice.setDisabled(bobId, true)).disabled).toBe(true);
+  await expect(bob.me()).rejects.toMatchObject({ status: 401, message: "account disabled" });
+  // Log out: the token is gone here and refused everywhere.
+  const token = alice.token;
+  await alice.logOut();
+  expect(alice.token).toBeNull();
+  const stale = new Broker({ url: server.url, storage: { get: () => token, set: () => {} } });
+  await expect(stale.me()).rejects.toMatchObject({ status: 401 });
+  for (const b of [alice, bob, elsewhere]) b.close();
+}, 60_000);
