@@ -87,7 +87,7 @@ pub async fn run(
         tasks.spawn(async move {
             let _ = socket.set_nodelay(true);
             if let Some(tls) = tls {
-                return https(socket, peer, &tls, app, router, shutdown).await;
+                return https(socket, peer, &tls, app, router, shutdown, spawner).await;
             }
             match read_head(socket).await {
                 Head::Events(socket, headers, query) => {
@@ -331,6 +331,10 @@ fn with_peer<B>(peer: SocketAddr) -> impl Fn(Request<B>) -> Request<B> + Clone {
 
 /// Serves a connection to the TLS port with hyper: HTTP/2 or HTTP/1.1 as
 /// ALPN chose, with the app's `Strict-Transport-Security` on every answer.
+///
+/// What lives on (a stream, an HTTP/2 or HTTP/1.1 connection) gets a task
+/// of its own, sized for it alone: this handshake's future is several
+/// kilobytes that an idle connection should not keep.
 async fn https(
     socket: TcpStream,
     peer: SocketAddr,
@@ -338,6 +342,7 @@ async fn https(
     app: Arc<App>,
     router: Router,
     shutdown: CancellationToken,
+    spawner: TaskTracker,
 ) {
     // A TLS client speaks first, and first sends a handshake record (0x16).
     let mut first = [0u8; 1];
@@ -360,10 +365,12 @@ async fn https(
                 let stall = app.write_stall;
                 let opened = events(stream, app, headers, query, true).await;
                 if let Some((subscriber, stream)) = opened {
-                    stream::write_to_tls(subscriber, stream, stall).await;
+                    spawner.spawn(stream::write_to_tls(subscriber, stream, stall));
                 }
             }
-            Head::Other(stream, prefix) => http(stream, peer, prefix, router, shutdown).await,
+            Head::Other(stream, prefix) => {
+                spawner.spawn(http(stream, peer, prefix, router, shutdown));
+            }
             Head::Gone => {}
         }
         return;
@@ -374,7 +381,9 @@ async fn https(
         // What a stream whose client reads nothing can hold (hyper's default: 400 KiB).
         .max_send_buf_size(H2_SEND_BUFFER)
         .serve_connection(TokioIo::new(stream), service);
-    until_shutdown(connection, &shutdown, |c| c.graceful_shutdown()).await;
+    spawner.spawn(
+        async move { until_shutdown(connection, &shutdown, |c| c.graceful_shutdown()).await },
+    );
 }
 
 /// Answers a plain-HTTP request on the TLS port, rather than leaving the
