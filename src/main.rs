@@ -32,7 +32,8 @@ async fn main() -> ExitCode {
     };
     match listener.local_addr() {
         Ok(addr) => {
-            let scheme = if config.tls_cert.is_some() { "https" } else { "http" };
+            let tls = config.tls_cert.is_some() || !config.acme_domain.is_empty();
+            let scheme = if tls { "https" } else { "http" };
             tracing::info!("listening on {scheme}://{addr}")
         }
         Err(e) => tracing::warn!(error = %e, "listening on an unknown address"),

@@ -113,34 +113,42 @@ pub async fn run(
 ) {
     let name = format!("certificate {}", settings.domains.join(","));
     let holder = uuid::Uuid::new_v4().to_string();
-    let (mut installed, mut failures) = (None::<String>, 0u32);
+    // The kept certificate being served, and when to renew it.
+    let (mut installed, mut failures) = (None::<(String, i64)>, 0u32);
     loop {
         let now = clock.now_secs();
         let kept = match store.acme_get(&name).await {
             Ok(kept) => kept,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the kept certificate; retrying");
-                wait(&clock, None, Duration::from_secs(5), &shutdown).await;
+                if wait(&clock, None, Duration::from_secs(5), &shutdown).await {
+                    return;
+                }
                 continue;
             }
         };
-        let mut renew_at = None;
-        if let Some(text) = kept {
-            let usable = serde_json::from_str::<Kept>(&text)
-                .map_err(|e| e.to_string())
-                .and_then(|kept| kept.usable(&settings.domains, now));
-            match usable {
-                Ok(usable) => {
-                    if installed.as_ref() != Some(&text) {
-                        tls.install(usable.config);
-                        tracing::info!(domains = ?settings.domains, "serving the ACME certificate");
-                        installed = Some(text);
-                    }
-                    renew_at = Some(usable.renew_at);
-                }
-                Err(e) => tracing::warn!(error = %e, "the kept certificate cannot be used"),
+        let renew_at = match kept {
+            // Unchanged since it was installed: nothing to parse again.
+            Some(text) if installed.as_ref().is_some_and(|(served, _)| *served == text) => {
+                installed.as_ref().map(|(_, at)| *at)
             }
-        }
+            Some(text) => match serde_json::from_str::<Kept>(&text)
+                .map_err(|e| e.to_string())
+                .and_then(|kept| kept.usable(&settings.domains, now))
+            {
+                Ok(usable) => {
+                    tls.install(usable.config);
+                    tracing::info!(domains = ?settings.domains, "serving the ACME certificate");
+                    installed = Some((text, usable.renew_at));
+                    Some(usable.renew_at)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the kept certificate cannot be used");
+                    None
+                }
+            },
+            None => None,
+        };
         if let Some(at) = renew_at.filter(|at| *at > now) {
             if wait(&clock, Some(at), RECHECK, &shutdown).await {
                 return;
