@@ -298,19 +298,21 @@ async fn http<S>(
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
         .serve_connection(io, service);
-    until_shutdown(connection, &shutdown, |c| c.graceful_shutdown()).await;
+    until_shutdown(Box::pin(connection), &shutdown, |c| c.graceful_shutdown()).await;
 }
 
 /// Runs a hyper connection; on shutdown, lets it finish gracefully.
+///
+/// The connection comes boxed: a future moved into an async fn or block is
+/// stored by each of them, and an HTTP/2 connection over TLS is 2.7 KB.
 async fn until_shutdown<C, E>(
-    connection: C,
+    mut connection: std::pin::Pin<Box<C>>,
     shutdown: &CancellationToken,
     graceful: impl FnOnce(std::pin::Pin<&mut C>),
 ) where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    let mut connection = std::pin::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => {
             if let Err(e) = result { tracing::debug!(error = %e, "connection error") }
@@ -381,6 +383,7 @@ async fn https(
         // What a stream whose client reads nothing can hold (hyper's default: 400 KiB).
         .max_send_buf_size(H2_SEND_BUFFER)
         .serve_connection(TokioIo::new(stream), service);
+    let connection = Box::pin(connection);
     spawner.spawn(
         async move { until_shutdown(connection, &shutdown, |c| c.graceful_shutdown()).await },
     );

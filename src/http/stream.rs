@@ -371,41 +371,61 @@ pub(crate) async fn open(
 /// [`crate::Broker::serve`], which keeps no HTTP buffers per stream. Ends
 /// when the stream does, when the peer closes, or when the peer has not
 /// taken any data for `stall` (`--write-stall`).
-pub(crate) async fn write_to(mut subscriber: Subscriber, mut socket: TcpStream, stall: Duration) {
-    loop {
-        // Readiness is polled directly: the waker lives in the socket's
-        // registration, not in this (per-stream) future.
-        let readable = std::future::poll_fn(|cx| socket.poll_read_ready(cx));
-        tokio::select! {
-            chunk = subscriber.next_chunk() => match chunk {
-                Some(chunk) => if write(&mut socket, &chunk, stall).await.is_err() { break },
-                None => break,
-            },
-            ready = readable => if ready.is_err() || peer_closed(&socket) { break },
+///
+/// Not an `async fn`, which would keep its arguments twice (see
+/// [`write_to_tls`]).
+#[allow(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
+pub(crate) fn write_to(
+    mut subscriber: Subscriber,
+    mut socket: TcpStream,
+    stall: Duration,
+) -> impl Future<Output = ()> {
+    async move {
+        loop {
+            // Readiness is polled directly: the waker lives in the socket's
+            // registration, not in this (per-stream) future.
+            let readable = std::future::poll_fn(|cx| socket.poll_read_ready(cx));
+            tokio::select! {
+                chunk = subscriber.next_chunk() => match chunk {
+                    Some(chunk) => if write(&mut socket, &chunk, stall).await.is_err() { break },
+                    None => break,
+                },
+                ready = readable => if ready.is_err() || peer_closed(&socket) { break },
+            }
         }
+        let _ = socket.shutdown().await;
     }
-    let _ = socket.shutdown().await;
 }
 
 /// Writes a stream to a TLS connection (after its HTTP/1.1 request head),
 /// then closes it: the lean path over HTTPS, with no HTTP buffers either.
 /// Ends like [`write_to`].
-pub(crate) async fn write_to_tls<S>(mut subscriber: Subscriber, mut tls: S, stall: Duration)
+///
+/// Not an `async fn`: that would keep its arguments (the TLS connection is
+/// 1.2 KB) twice, as arguments and as the locals they are moved into.
+#[allow(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
+pub(crate) fn write_to_tls<S>(
+    mut subscriber: Subscriber,
+    mut tls: S,
+    stall: Duration,
+) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut scratch = [0u8; 64];
-    loop {
-        tokio::select! {
-            chunk = subscriber.next_chunk() => match chunk {
-                Some(chunk) => if write_all(&mut tls, &chunk, stall).await.is_err() { break },
-                None => break,
-            },
-            // Whatever the peer sends is discarded; the end of it ends the stream.
-            read = tls.read(&mut scratch) => if !matches!(read, Ok(n) if n > 0) { break },
+    async move {
+        let mut scratch = [0u8; 64];
+        loop {
+            tokio::select! {
+                chunk = subscriber.next_chunk() => match chunk {
+                    Some(chunk) => if write_all(&mut tls, &chunk, stall).await.is_err() { break },
+                    None => break,
+                },
+                // Whatever the peer sends is discarded; the end of it ends the stream.
+                read = tls.read(&mut scratch) => if !matches!(read, Ok(n) if n > 0) { break },
+            }
         }
+        let _ = tls.shutdown().await;
     }
-    let _ = tls.shutdown().await;
 }
 
 /// Writes and flushes all of `bytes` to any connection, failing if the
