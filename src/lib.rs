@@ -138,6 +138,7 @@ impl Broker {
             retry_ms: config.retry,
             max_depth: usize::try_from(config.max_depth).unwrap_or(usize::MAX),
             write_stall: Duration::from_secs(config.write_stall),
+            stalls: http::Stalls::spawn(Duration::from_secs(config.write_stall), shutdown.clone()),
             origins,
             logins: http::Logins {
                 names: Failures::new(config.login_attempts, config.login_window),

@@ -22,6 +22,7 @@ use axum::routing::{get, patch, post, put};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use error::{ApiError, ErrorBody};
+pub use stream::Stalls;
 
 use crate::access::AccessState;
 use crate::auth::{Claims, Keys, Passwords};
@@ -58,6 +59,8 @@ pub struct App {
     pub max_depth: usize,
     /// How long an event stream's peer may refuse data before it is dropped.
     pub write_stall: std::time::Duration,
+    /// The streams served through hyper, watched for stalls.
+    pub stalls: Arc<Stalls>,
     /// Origins allowed by CORS.
     pub origins: Vec<HeaderValue>,
     /// Failed logins per username and per client address.

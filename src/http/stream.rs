@@ -16,8 +16,7 @@
 //!
 //! A stream is written straight to its connection ([`write_to`],
 //! [`write_to_tls`]) or, over HTTP/2 and on keep-alive connections, handed
-//! to hyper one chunk at a time by a task that ends it when the client
-//! takes nothing for `--write-stall`.
+//! to hyper as its body, watched for stalls by one task for all ([`Stalls`]).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -25,6 +24,8 @@ use std::future::Future;
 use std::io::ErrorKind;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -32,9 +33,11 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{ApiError, App, AppState, ErrorBody};
@@ -167,125 +170,111 @@ pub async fn subscribe(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let mut subscriber = open(&app, &headers, query.as_deref()).await?;
-    // hyper polls a body only while its client has room (over HTTP/2, while
-    // the stream's window is open): a task of the stream's own notices a
-    // client that takes nothing for `--write-stall` and ends the stream,
-    // as the lean path does.
-    let handoff = Arc::new(Handoff::default());
-    let stall = app.write_stall;
-    let giver = Giver(handoff.clone());
-    tokio::spawn(async move {
-        loop {
-            let chunk = tokio::select! {
-                chunk = subscriber.next_chunk() => chunk,
-                () = giver.taker_gone() => None,
-            };
-            let Some(chunk) = chunk else { break };
-            if !giver.give(chunk, stall).await {
-                break;
-            }
-        }
+    let subscriber = open(&app, &headers, query.as_deref()).await?;
+    let chunks = futures_util::stream::unfold(subscriber, |mut subscriber| async move {
+        subscriber.next_chunk().await.map(|chunk| (chunk, subscriber))
     });
-    let body = futures_util::stream::unfold(Taker(handoff), |taker| async move {
-        taker.take().await.map(|chunk| (Ok::<_, Infallible>(chunk), taker))
-    });
-    Ok((STREAM_HEADERS, Body::from_stream(body)).into_response())
+    Ok((STREAM_HEADERS, Body::from_stream(app.stalls.watch(Box::pin(chunks)))).into_response())
 }
 
-/// One chunk at a time from a stream's task to its hyper body: lighter
-/// than a channel, and it tells each side when the other is gone.
-#[derive(Default)]
-struct Handoff {
-    chunk: std::sync::Mutex<Option<Bytes>>,
-    /// The body was dropped (the client is gone) or the task ended.
-    taker_gone: std::sync::atomic::AtomicBool,
-    giver_gone: std::sync::atomic::AtomicBool,
-    taker: futures_util::task::AtomicWaker,
-    giver: futures_util::task::AtomicWaker,
+/// The event streams served through hyper (over HTTP/2, or by an app that
+/// mounts Broker's router) and the task that watches them for stalls.
+///
+/// hyper polls a body only while its client has room (over HTTP/2, while
+/// the stream's flow-control window is open): a body that handed out a
+/// chunk and was not polled again for `--write-stall` has a client that
+/// takes nothing. Then its subscriber is dropped, as the lean path drops a
+/// stalled connection: its place and its cursor on the hub are freed at
+/// once, and the stream ends whenever hyper polls it again. One task does
+/// this for every stream, so a stream costs no task of its own.
+pub struct Stalls {
+    streams: std::sync::Mutex<Vec<std::sync::Weak<Watched>>>,
+    stall: Duration,
+    epoch: tokio::time::Instant,
 }
 
-impl Handoff {
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Bytes>> {
-        self.chunk.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
+/// The chunks of one stream and when the last one went out.
+struct Watched {
+    /// `None` once the stream ended or stalled.
+    chunks: std::sync::Mutex<Option<Chunks>>,
+    /// When the body last handed out a chunk and was not polled since, in
+    /// milliseconds since [`Stalls::epoch`]; 0 if it was.
+    handed: AtomicU64,
 }
 
-/// The task's end of a [`Handoff`].
-struct Giver(Arc<Handoff>);
+type Chunks = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
 
-impl Giver {
-    /// Hands `chunk` over once the body took the previous one; false if the
-    /// body is gone or took nothing for `stall`.
-    async fn give(&self, chunk: Bytes, stall: Duration) -> bool {
-        use std::sync::atomic::Ordering::Acquire;
-        let mut chunk = Some(chunk);
-        let handed = std::future::poll_fn(|cx| {
-            self.0.giver.register(cx.waker());
-            if self.0.taker_gone.load(Acquire) {
-                return std::task::Poll::Ready(false);
-            }
-            let mut slot = self.0.slot();
-            if slot.is_some() {
-                return std::task::Poll::Pending;
-            }
-            *slot = chunk.take();
-            self.0.taker.wake();
-            std::task::Poll::Ready(true)
+impl Stalls {
+    /// Watches streams for `stall` until `shutdown`.
+    pub fn spawn(stall: Duration, shutdown: CancellationToken) -> Arc<Self> {
+        let stalls = Arc::new(Self {
+            streams: std::sync::Mutex::default(),
+            stall,
+            epoch: tokio::time::Instant::now(),
         });
-        // The timer is only polled (registered) if the body is behind.
-        tokio::select! {
-            biased;
-            handed = handed => handed,
-            () = tokio::time::sleep(stall) => false,
-        }
-    }
-
-    /// Resolves when the body is dropped.
-    async fn taker_gone(&self) {
-        std::future::poll_fn(|cx| {
-            self.0.giver.register(cx.waker());
-            match self.0.taker_gone.load(std::sync::atomic::Ordering::Acquire) {
-                true => std::task::Poll::Ready(()),
-                false => std::task::Poll::Pending,
+        let sweeper = stalls.clone();
+        tokio::spawn(async move {
+            let tick = (sweeper.stall / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+            while shutdown.run_until_cancelled(tokio::time::sleep(tick)).await.is_some() {
+                sweeper.sweep();
             }
-        })
-        .await
+        });
+        stalls
     }
-}
 
-impl Drop for Giver {
-    fn drop(&mut self) {
-        self.0.giver_gone.store(true, std::sync::atomic::Ordering::Release);
-        self.0.taker.wake();
-    }
-}
-
-/// The body's end of a [`Handoff`].
-struct Taker(Arc<Handoff>);
-
-impl Taker {
-    /// The next chunk, or `None` once the task ended and all is taken.
-    async fn take(&self) -> Option<Bytes> {
-        std::future::poll_fn(|cx| {
-            self.0.taker.register(cx.waker());
-            // Read before the slot: a chunk given just before the end is kept.
-            let ended = self.0.giver_gone.load(std::sync::atomic::Ordering::Acquire);
-            if let Some(chunk) = self.0.slot().take() {
-                self.0.giver.wake();
-                return std::task::Poll::Ready(Some(chunk));
+    /// Drops the subscribers of stalled streams; forgets ended ones.
+    fn sweep(&self) {
+        let (now, stall) = (since(self.epoch), self.stall.as_millis() as u64);
+        lock(&self.streams).retain(|stream| {
+            let Some(stream) = stream.upgrade() else { return false };
+            let handed = stream.handed.load(Ordering::Acquire);
+            if handed == 0 || now.saturating_sub(handed) < stall {
+                return true;
             }
-            if ended { std::task::Poll::Ready(None) } else { std::task::Poll::Pending }
+            // The body sets `handed` while it holds the lock: unchanged
+            // under it, the body was not polled since.
+            let mut chunks = lock(&stream.chunks);
+            let stalled = stream.handed.load(Ordering::Acquire) == handed;
+            if stalled {
+                *chunks = None;
+            }
+            !stalled
+        });
+    }
+
+    /// A body for hyper that hands out `chunks`, watched.
+    fn watch(&self, chunks: Chunks) -> impl Stream<Item = Result<Bytes, Infallible>> + use<> {
+        let watched = Arc::new(Watched {
+            chunks: std::sync::Mutex::new(Some(chunks)),
+            handed: AtomicU64::new(0),
+        });
+        lock(&self.streams).push(Arc::downgrade(&watched));
+        let epoch = self.epoch;
+        futures_util::stream::poll_fn(move |cx| {
+            let mut chunks = lock(&watched.chunks);
+            watched.handed.store(0, Ordering::Release);
+            let next = match chunks.as_mut() {
+                Some(chunks) => chunks.as_mut().poll_next(cx),
+                None => Poll::Ready(None),
+            };
+            match &next {
+                Poll::Ready(Some(_)) => watched.handed.store(since(epoch), Ordering::Release),
+                Poll::Ready(None) => *chunks = None,
+                Poll::Pending => {}
+            }
+            next.map(|chunk| chunk.map(Ok))
         })
-        .await
     }
 }
 
-impl Drop for Taker {
-    fn drop(&mut self) {
-        self.0.taker_gone.store(true, std::sync::atomic::Ordering::Release);
-        self.0.giver.wake();
-    }
+/// Milliseconds since `epoch`, at least 1.
+fn since(epoch: tokio::time::Instant) -> u64 {
+    (epoch.elapsed().as_millis() as u64).max(1)
+}
+
+/// Locks `mutex`, whatever a panicking holder left in it.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Checks a subscription request (query, token, connection limit) and
