@@ -66,7 +66,8 @@ impl Binary {
         crate::limits::rss(self.child.id().expect("running"))
     }
 
-    async fn signal(&self, name: &str) {
+    /// Sends the signal `name` (`-TERM`, `-HUP`) to the process.
+    pub async fn signal(&self, name: &str) {
         let pid = self.child.id().expect("running").to_string();
         let status = Command::new("kill").args([name, &pid]).status().await.unwrap();
         assert!(status.success());
