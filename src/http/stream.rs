@@ -413,7 +413,10 @@ where
                 read = tls.read(&mut scratch) => if !matches!(read, Ok(n) if n > 0) { break },
             }
         }
-        let _ = tls.shutdown().await;
+        // The place is freed now; the TLS close (a record to send) waits for
+        // the peer, so a stalled one gets no longer than `stall` for it.
+        drop(subscriber);
+        let _ = Box::pin(tokio::time::timeout(stall, tls.shutdown())).await;
     }
 }
 

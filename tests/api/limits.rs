@@ -1,7 +1,8 @@
 //! The connection limit and what bounds the server's memory.
 
-use crate::support::{Sse, TestApp, TestDb, error_json, eventually};
+use crate::support::{NOW, Sse, TestApp, TestDb, error_json, eventually};
 use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// Held by the tests that move tens of megabytes, so that they do not run
 /// at once: each measures the server's memory.
@@ -18,6 +19,41 @@ async fn beyond_the_limit_a_subscriber_gets_503_at_once() {
     drop(first);
     eventually("a place to free up", || async { app.hub.subscribers() == 1 }).await;
     app.subscribe().await;
+}
+
+/// Over plain HTTP a client that takes nothing is dropped after
+/// `--write-stall`, well before it falls `--max-lag` behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_is_dropped_after_the_write_stall() {
+    let app = TestApp::spawn_with(&["--write-stall", "1"]).await;
+    let port = app.base.rsplit(':').next().unwrap().parse().unwrap();
+    dropped_when_stalled(&app, small_window(port).await).await;
+}
+
+/// A connection to 127.0.0.1:`port` that receives into a 4 KiB buffer.
+pub async fn small_window(port: u16) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(([127, 0, 0, 1], port).into()).await.unwrap()
+}
+
+/// Subscribes over `connection` (plain or TLS) and never reads; publishes
+/// 8 MiB in 128 events (more than the sockets hold, far less than the
+/// default `--max-lag`) until `app` drops the stream as stalled.
+pub async fn dropped_when_stalled<S: AsyncRead + AsyncWrite + Unpin>(
+    app: &TestApp,
+    mut connection: S,
+) {
+    let alice = app.user("alice").await;
+    connection.write_all(b"GET /events HTTP/1.1\r\nHost: broker\r\n\r\n").await.unwrap();
+    eventually("the subscriber to be counted", || async { app.hub.subscribers() == 1 }).await;
+    let padding = "x".repeat(64 * 1024);
+    for n in 0..128 {
+        app.insert(&alice, "big", NOW, json!([n, padding])).await;
+    }
+    // Only the stall can drop it: a task blocked in a write never reads
+    // the hub, so never finds itself behind.
+    eventually("the stalled stream to be dropped", || async { app.hub.subscribers() == 0 }).await;
 }
 
 /// A subscriber that never reads while 96 MiB of events go out: the

@@ -182,6 +182,18 @@ pub async fn presented_by(
     name: &str,
     root: &tokio_rustls::rustls::pki_types::CertificateDer<'static>,
 ) -> Result<Vec<u8>, String> {
+    let socket = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let tls = connect(socket, name, root).await?;
+    Ok(tls.get_ref().1.peer_certificates().unwrap()[0].to_vec())
+}
+
+/// A TLS client connection over `socket` to `name`, trusting `root` only
+/// (no ALPN: HTTP/1.1).
+async fn connect(
+    socket: tokio::net::TcpStream,
+    name: &str,
+    root: &tokio_rustls::rustls::pki_types::CertificateDer<'static>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     use tokio_rustls::rustls::{self, pki_types::ServerName};
     let mut roots = rustls::RootCertStore::empty();
     roots.add(root.clone()).unwrap();
@@ -191,11 +203,22 @@ pub async fn presented_by(
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let socket = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let name = ServerName::try_from(name.to_owned()).unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, socket).await;
-    let tls = tls.map_err(|e| e.to_string())?;
-    Ok(tls.get_ref().1.peer_certificates().unwrap()[0].to_vec())
+    tls.map_err(|e| e.to_string())
+}
+
+/// Over HTTPS/1.1 (the lean path) a client that takes nothing is dropped
+/// after `--write-stall`, well before it falls `--max-lag` behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_1_1_a_stalled_client_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certificates::new(dir.path());
+    let app = https_with(&certs, &["--write-stall", "1"]).await;
+    let port: u16 = app.base.trim_start_matches("https://localhost:").parse().unwrap();
+    let socket = crate::limits::small_window(port).await;
+    let stalled = connect(socket, "localhost", certs.ca.der()).await.unwrap();
+    crate::limits::dropped_when_stalled(&app, stalled).await;
 }
 
 #[tokio::test]
