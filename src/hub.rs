@@ -40,6 +40,8 @@ pub enum Frame {
         collection_id: Uuid,
         /// Its name, for filtering.
         name: String,
+        /// What an envelope says of it besides its name and collection.
+        about: About,
         /// The complete SSE frame.
         bytes: Bytes,
         /// Where the event's data starts in `bytes` (it ends before the
@@ -73,13 +75,42 @@ pub fn sse_frame(p: &Published) -> String {
     text
 }
 
+/// What an envelope frame tells of an event besides its name, collection
+/// and data: the record's own id (the one `cancel` takes), its author and
+/// its timestamp, so that a stream's events have the shape of the API's.
+#[derive(Debug, Clone, Copy)]
+pub struct About {
+    /// The event's UUID.
+    pub id: Uuid,
+    /// The user who inserted it.
+    pub user_id: Uuid,
+    /// When it was due, in UNIX seconds.
+    pub timestamp: i64,
+}
+
+impl About {
+    /// What `event`'s envelope tells of it.
+    pub fn of(event: &crate::domain::Event) -> Self {
+        Self { id: event.id, user_id: event.user_id, timestamp: event.timestamp }
+    }
+}
+
 /// The same event as an unnamed frame, for subscribers that asked for
-/// `envelope=true`: its data is `{"event", "collection_id", "data"}`, so a
-/// browser's `EventSource.onmessage` sees every event, whatever its name.
-pub fn envelope_frame(seq: i64, collection_id: &Uuid, name: &str, data: &[u8]) -> Bytes {
+/// `envelope=true`: its data is `{"event", "collection_id", "id",
+/// "user_id", "timestamp", "data"}`, so a browser's
+/// `EventSource.onmessage` sees every event, whatever its name, with the
+/// fields of the API's event record.
+pub fn envelope_frame(
+    seq: i64,
+    collection_id: &Uuid,
+    name: &str,
+    about: &About,
+    data: &[u8],
+) -> Bytes {
     let name = serde_json::Value::from(name);
+    let About { id, user_id, timestamp } = about;
     let mut frame = format!(
-        "id:{seq}\ndata:{{\"event\":{name},\"collection_id\":\"{collection_id}\",\"data\":"
+        "id:{seq}\ndata:{{\"event\":{name},\"collection_id\":\"{collection_id}\",\"id\":\"{id}\",\"user_id\":\"{user_id}\",\"timestamp\":{timestamp},\"data\":"
     )
     .into_bytes();
     frame.extend_from_slice(data);
@@ -90,11 +121,13 @@ pub fn envelope_frame(seq: i64, collection_id: &Uuid, name: &str, data: &[u8]) -
 impl Frame {
     /// This event frame as [`envelope_frame`] writes it, made once.
     pub fn envelope(&self) -> Option<Bytes> {
-        let Frame::Event { seq, collection_id, name, bytes, data_at, envelope, .. } = self else {
+        let Frame::Event { seq, collection_id, name, about, bytes, data_at, envelope, .. } = self
+        else {
             return None;
         };
         let data = &bytes[*data_at..bytes.len() - 2];
-        Some(envelope.get_or_init(|| envelope_frame(*seq, collection_id, name, data)).clone())
+        let frame = envelope.get_or_init(|| envelope_frame(*seq, collection_id, name, about, data));
+        Some(frame.clone())
     }
 }
 
@@ -167,6 +200,7 @@ impl Hub {
             seq: p.seq,
             collection_id: p.event.collection_id,
             name: p.event.event.clone(),
+            about: About::of(&p.event),
             data_at: bytes.len() - 2 - p.event.data.get().len(),
             bytes,
             envelope: OnceLock::new(),

@@ -201,6 +201,17 @@ function watch(resume) {
     renderState();
     note('The server did not know the last event seen: starting again from the current state.');
   });
+  // Named collections this user may not read: said, not shown as empty.
+  source.addEventListener('forbidden', (m) => {
+    const { collections, error } = JSON.parse(m.data);
+    if (collections.length === 0) {
+      setStatus('live', 'live');
+      note('Every collection named is readable now.');
+    } else {
+      setStatus('forbidden', `live; not readable: ${collections.length} collection(s)`);
+      note(`Not readable: ${collections.join(', ')}. ${error}`);
+    }
+  });
   source.onerror = () => {
     // The browser reconnects by itself (sending Last-Event-ID) unless the
     // server refused the stream; then try again later, resuming.
@@ -224,7 +235,8 @@ function note(text) {
 function receive(envelope, id) {
   received += 1;
   $('#received-count').textContent = received;
-  state.set(envelope.event, { ...envelope, id });
+  // One row per collection and name: two boards may share names.
+  state.set(`${envelope.collection_id} ${envelope.event}`, { ...envelope, id });
   renderState();
   const li = document.createElement('li');
   li.dataset.id = id;
@@ -250,7 +262,7 @@ function receive(envelope, id) {
 
 function renderState() {
   const rows = [...state.values()]
-    .sort((a, b) => a.event.localeCompare(b.event))
+    .sort((a, b) => a.event.localeCompare(b.event) || a.collection_id.localeCompare(b.collection_id))
     .map((e) => {
       const tr = row([e.event, JSON.stringify(e.data), e.collection_id, e.id]);
       tr.dataset.event = e.event;

@@ -41,9 +41,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{ApiError, App, AppState, ErrorBody};
+use crate::access::AccessState;
 use crate::auth::Claims;
 use crate::domain::{EventName, Filter, Published};
-use crate::hub::{Frame, HEARTBEAT, Permit, envelope_frame, sse_frame};
+use crate::hub::{About, Frame, HEARTBEAT, Permit, envelope_frame, sse_frame};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -128,10 +129,13 @@ pub struct SseEvent {
     #[schema(pattern = "^[0-9]+$")]
     id: Option<String>,
     /// The event's name (none with `envelope=true`); `reset` after an
-    /// unknown last event id.
+    /// unknown last event id; with `envelope=true`, `forbidden` when named
+    /// collections may not be read.
     event: Option<String>,
     /// The event's data, JSON on one line. With `envelope=true`:
-    /// `{"event", "collection_id", "data"}`; for `reset`: `{"reason", "head"}`.
+    /// `{"event", "collection_id", "id", "user_id", "timestamp", "data"}`;
+    /// for `reset`: `{"reason", "head"}`; for `forbidden`:
+    /// `{"collections", "error"}`.
     data: Option<String>,
     /// The reconnection delay in milliseconds, sent first.
     retry: Option<u64>,
@@ -146,7 +150,7 @@ pub(crate) const STREAM_HEADERS: [(header::HeaderName, &str); 3] = [
 
 /// Opens an event stream.
 #[utoipa::path(get, path = "/events", tag = "stream",
-    description = "Server-Sent Events. On connect: `retry:`, then the latest published event of each selected name, or, with a last event id, every selected event published since. Then each event as it is published: `id:` (its sequence number), `event:` (its name), `data:` (its data). With `envelope=true`, events have no `event:` line and `data:` is `{\"event\", \"collection_id\", \"data\"}`. An unknown last event id gets an `event: reset` first. A comment line every heartbeat interval.",
+    description = "Server-Sent Events. On connect: `retry:`, then the latest published event of each selected name (of each collection and name when `collection_id` is given), or, with a last event id, every selected event published since. Then each event as it is published: `id:` (its sequence number), `event:` (its name), `data:` (its data). With `envelope=true`, events have no `event:` line and `data:` is `{\"event\", \"collection_id\", \"id\", \"user_id\", \"timestamp\", \"data\"}`, and a named collection the caller may not read is reported by an `event: forbidden` without id, `{\"collections\", \"error\"}` (again, with the new list, when access changes; an empty list: all readable). An unknown last event id gets an `event: reset` first. A comment line every heartbeat interval.",
     params(
         ("collection_id" = Option<Vec<Uuid>>, Query, description = "Only these collections (repeatable)."),
         ("event" = Option<Vec<EventName>>, Query, description = "Only these event names (repeatable)."),
@@ -310,6 +314,10 @@ pub(crate) async fn open(
     let (ring, delivered) = app.feed.subscribe().await?;
     let mut first = Chunk::default();
     first.push(Bytes::from(format!("retry:{}\n\n", app.retry_ms)));
+    let forbidden = unreadable(&app.feed.rules(), &filter, user);
+    if !forbidden.is_empty() {
+        first.push(forbidden_notice(&forbidden, user, query.envelope));
+    }
     let mut replay = None;
     let known = match last_event_id.as_deref().map(str::parse::<i64>) {
         Some(Ok(seq)) if (0..=delivered).contains(&seq) => Some(seq),
@@ -351,9 +359,44 @@ pub(crate) async fn open(
         busy: false,
         closed: false,
         envelope: query.envelope,
+        forbidden,
         session,
         permit,
     })
+}
+
+/// The collections `filter` names that `user` may not read.
+fn unreadable(rules: &AccessState, filter: &Filter, user: Option<Uuid>) -> Box<[Uuid]> {
+    filter.collections().iter().filter(|c| !rules.may_read(c, user)).copied().collect()
+}
+
+/// Tells a client which of the collections it named it may not read, so
+/// that a missing login does not look like an empty collection. The stream
+/// stays open: access granted later starts delivery, and a new notice.
+/// In an envelope stream, an `event:forbidden` without an id (the resume
+/// position does not move) whose data is `{"collections", "error"}`; an
+/// empty list says every named collection is readable now. In a plain
+/// stream, whose event names are the users' own, a comment, which every
+/// SSE client (1.x's included) ignores.
+fn forbidden_notice(collections: &[Uuid], user: Option<Uuid>, envelope: bool) -> Bytes {
+    let error = match (collections.is_empty(), user) {
+        (true, _) => serde_json::Value::Null,
+        (false, None) => {
+            "not logged in: a private collection is read by its owner and members only".into()
+        }
+        (false, Some(_)) => {
+            "not a member: a private collection is read by its owner and members only".into()
+        }
+    };
+    if !envelope {
+        let ids: Vec<String> = collections.iter().map(Uuid::to_string).collect();
+        return Bytes::from(match error.as_str() {
+            Some(error) => format!(": forbidden: {} ({error})\n\n", ids.join(" ")),
+            None => ": readable: every collection named\n\n".to_owned(),
+        });
+    }
+    let data = serde_json::json!({"collections": collections, "error": error});
+    Bytes::from(format!("event:forbidden\ndata:{data}\n\n"))
 }
 
 /// Writes a stream straight to its socket, then closes it: the lean path of
@@ -485,19 +528,24 @@ async fn sync(
     reader: Reader,
 ) -> Result<i64, ApiError> {
     let snapshot = feed.snapshot(filter, delivered).await?;
-    let mut latest: HashMap<&str, &Published> =
-        snapshot.latest.iter().map(|p| (p.event.event.as_str(), p)).collect();
+    // The state is the latest event of each name (1.x), or of each
+    // collection and name when the stream names collections.
+    let per_collection = !filter.collections().is_empty();
+    let key =
+        |p: &Published| (per_collection.then_some(p.event.collection_id), p.event.event.clone());
+    let mut latest: HashMap<(Option<Uuid>, String), &Published> =
+        snapshot.latest.iter().map(|p| (key(p), p)).collect();
     // The private collections this reader may read have a latest state of
-    // their own, merged in by name; what was published after the shared
-    // snapshot comes live.
+    // their own, merged in; what was published after the shared snapshot
+    // comes live.
     let private = match reader.user {
         Some(user) => private_state(feed, filter, user).await?,
         None => Vec::new(),
     };
     for p in private.iter().filter(|p| p.seq <= snapshot.head) {
-        let name = p.event.event.as_str();
-        if latest.get(name).is_none_or(|q| q.seq < p.seq) {
-            latest.insert(name, p);
+        let slot = latest.entry(key(p)).or_insert(p);
+        if slot.seq < p.seq {
+            *slot = p;
         }
     }
     let mut latest: Vec<&Published> = latest.into_values().collect();
@@ -544,7 +592,8 @@ struct Reader {
 /// A published event as this subscriber reads it.
 fn frame(p: &Published, envelope: bool) -> Bytes {
     if envelope {
-        envelope_frame(p.seq, &p.event.collection_id, &p.event.event, p.event.data.get().as_bytes())
+        let (event, data) = (&p.event, p.event.data.get().as_bytes());
+        envelope_frame(p.seq, &event.collection_id, &event.event, &About::of(event), data)
     } else {
         Bytes::from(sse_frame(p))
     }
@@ -570,6 +619,9 @@ pub(crate) struct Subscriber {
     closed: bool,
     /// Whether events go out as [`envelope_frame`]s.
     envelope: bool,
+    /// The collections the filter names that the subscriber may not read
+    /// (see [`forbidden_notice`]).
+    forbidden: Box<[Uuid]>,
     /// The subscriber's token, if it presented one (boxed: most have none).
     session: Option<Box<Claims>>,
     permit: Permit,
@@ -682,6 +734,11 @@ impl Subscriber {
                     if let Some(why) = self.session.as_deref().and_then(|s| rules.refuses(s)) {
                         self.pending.push(Bytes::from(format!(": disconnected: {why}\n\n")));
                         self.closed = true;
+                    }
+                    let forbidden = unreadable(rules, &self.filter, self.user());
+                    if forbidden != self.forbidden {
+                        self.pending.push(forbidden_notice(&forbidden, self.user(), self.envelope));
+                        self.forbidden = forbidden;
                     }
                 }
                 Ok(Frame::Close) | Err(RecvError::Closed) => self.closed = true,

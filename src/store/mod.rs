@@ -202,8 +202,9 @@ pub struct Listed {
 /// The latest published state, as sent to a subscriber on connect.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// The latest published event of each selected event name (within the
-    /// selected collections), in sequence order.
+    /// The latest published event of each selected event name (of each
+    /// selected collection and name when the filter names collections), in
+    /// sequence order.
     pub latest: Vec<Published>,
     /// The highest sequence number published when the snapshot was taken.
     pub head: i64,
@@ -247,8 +248,9 @@ pub trait Store: Send + Sync + 'static {
     /// own events are due at their timestamp, or at once if that is past).
     async fn next_due(&self) -> Result<Option<i64>, StoreError>;
 
-    /// The latest published event of each name the filter selects, and the
-    /// sequence head, read consistently. With `public_only`, private
+    /// The latest published event of each name the filter selects (of each
+    /// collection and name when it names collections), and the sequence
+    /// head, read consistently. With `public_only`, private
     /// collections are left out (as if they held nothing).
     async fn snapshot(&self, filter: &Filter, public_only: bool) -> Result<Snapshot, StoreError>;
 

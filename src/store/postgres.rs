@@ -515,8 +515,9 @@ mod sql {
         (SELECT MIN(due) FROM events WHERE NOT published AND NOT cancelled AND node IS NULL),
         (SELECT MIN(due) FROM events WHERE NOT published AND NOT cancelled) + $2)";
     pub const PENDING: &str = "SELECT COUNT(*) FROM events WHERE NOT published AND NOT cancelled";
-    /// The latest event of each selected name; empty arrays select all;
-    /// with `$3`, not from private collections.
+    /// The latest event of each selected name (of each collection and name
+    /// when `$1` names collections); empty arrays select all; with `$3`,
+    /// not from private collections.
     pub const LATEST: &str = concat!(
         "SELECT ",
         event_columns!(),
@@ -524,7 +525,7 @@ mod sql {
         " WHERE (cardinality($1::uuid[]) = 0 OR collection_id = ANY($1))",
         " AND (cardinality($2::text[]) = 0 OR event = ANY($2))",
         " AND NOT ($3 AND collection_id IN (SELECT id FROM collections WHERE private))",
-        " GROUP BY event) l",
+        " GROUP BY event, CASE WHEN cardinality($1::uuid[]) = 0 THEN NULL ELSE collection_id END) l",
         " JOIN events e ON e.seq = l.seq ORDER BY e.seq"
     );
     /// Published events in `($1, $2]` that the filter selects, by sequence.

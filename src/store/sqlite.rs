@@ -513,16 +513,18 @@ mod sql {
     /// Reads the pending index only (O(pending)); for metrics scrapes.
     pub const PENDING: &str = "SELECT COUNT(*) FROM events WHERE published = 0 AND cancelled = 0";
 
-    /// The latest event of each selected name: reads the `latest` table (one
-    /// row per collection and name), never the log; with `public_only`, not
-    /// from private collections.
+    /// The latest event of each selected name (of each selected collection
+    /// and name when the filter names collections): reads the `latest`
+    /// table (one row per collection and name), never the log; with
+    /// `public_only`, not from private collections.
     pub fn latest(filter: &Filter, public_only: bool) -> String {
         let public = match public_only {
             true => " AND collection_id NOT IN (SELECT id FROM collections WHERE private = 1)",
             false => "",
         };
+        let by = if filter.collections().is_empty() { "event" } else { "collection_id, event" };
         format!(
-            "SELECT {}, e.seq FROM (SELECT MAX(seq) AS seq FROM latest WHERE {}{public} GROUP BY event) l \
+            "SELECT {}, e.seq FROM (SELECT MAX(seq) AS seq FROM latest WHERE {}{public} GROUP BY {by}) l \
              JOIN events e ON e.seq = l.seq ORDER BY e.seq",
             event_columns!(),
             selection(filter, 1)

@@ -225,8 +225,9 @@ async fn the_sync_shows_each_reader_the_latest_state_it_may_read() {
     assert_eq!(member.take(2).await, published[1..]);
     let filtered =
         format!("?collection_id={}&collection_id={}", carol.collection, alice.collection);
+    // Naming collections: each one's own state, carol's "status" too.
     let mut member = stream_of(&app, &bob, &filtered).await;
-    assert_eq!(member.take(2).await, published[1..]);
+    assert_eq!(member.take(3).await, published);
     let mut public_only =
         stream_of(&app, &bob, &format!("?collection_id={}", carol.collection)).await;
     assert_eq!(public_only.next().await, published[0]);
@@ -236,4 +237,52 @@ async fn the_sync_shows_each_reader_the_latest_state_it_may_read() {
     for stream in [&mut anonymous, &mut outsider, &mut member, &mut public_only] {
         assert_eq!(stream.next().await, marker);
     }
+}
+
+#[tokio::test]
+async fn a_stream_is_told_which_named_collections_it_may_not_read() {
+    let app = TestApp::spawn().await;
+    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
+    claim(&app, &alice, true).await;
+    let public = Uuid::new_v4();
+    let query = format!("?envelope=true&collection_id={}&collection_id={public}", alice.collection);
+    let forbidden =
+        |data: &Value| (data["collections"].clone(), data["error"].as_str().map(str::to_owned));
+    let mut anonymous = app.subscribe_to(&format!("/events{query}"), &[]).await;
+    let (id, event, data) = anonymous.next_raw().await;
+    assert_eq!((id.as_str(), event.as_str()), ("", "forbidden"), "no id: the position stays");
+    let (collections, error) = forbidden(&data);
+    assert_eq!(collections, json!([alice.collection]));
+    assert!(error.unwrap().starts_with("not logged in"));
+    let mut outsider = stream_of(&app, &bob, &query).await;
+    let (_, event, data) = outsider.next_raw().await;
+    assert_eq!(event, "forbidden");
+    assert!(forbidden(&data).1.unwrap().starts_with("not a member"));
+    // The owner is told nothing: her first event is her own.
+    let mut owner = stream_of(&app, &alice, &query).await;
+    ok_json(insert_into(&app, &alice, alice.collection, "secret").await).await;
+    assert_eq!(owner.next().await.data["event"], "secret");
+
+    // Let in, bob is told so on the same stream, and the next event comes.
+    set_member(&app, &alice, "bob", Some("reader")).await;
+    let (_, event, data) = outsider.next_raw().await;
+    assert_eq!((event.as_str(), forbidden(&data)), ("forbidden", (json!([]), None)));
+    ok_json(insert_into(&app, &alice, alice.collection, "welcome").await).await;
+    assert_eq!(outsider.next().await.data["event"], "welcome");
+    // Let out again: told again.
+    set_member(&app, &alice, "bob", None).await;
+    let (_, event, data) = outsider.next_raw().await;
+    assert_eq!((event.as_str(), forbidden(&data).0), ("forbidden", json!([alice.collection])));
+
+    // A plain (1.x) stream gets a comment only: its first event is a real one.
+    let mut plain = app
+        .subscribe_to(
+            &format!("/events?collection_id={}&collection_id={public}", alice.collection),
+            &[],
+        )
+        .await;
+    let body = json!({"event": "open", "collection_id": public, "timestamp": NOW, "data": 1});
+    ok_json(app.insert_raw(&bob.jwt, &body).await).await;
+    assert_eq!(plain.next().await.event, "open");
+    assert_eq!(anonymous.next().await.data["event"], "open", "nothing private before it");
 }

@@ -103,3 +103,37 @@ async fn a_stream_closes_when_its_token_expires() {
     app.insert(&bob, "later", NOW, json!(2)).await;
     assert_eq!(anonymous.take(2).await[1].event, "later", "other streams go on");
 }
+
+#[tokio::test]
+async fn a_stream_naming_collections_syncs_each_collections_own_state() {
+    let app = TestApp::spawn().await;
+    let user = app.user("alice").await;
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let insert = async |collection: Uuid, event: &str| {
+        let body =
+            json!({"event": event, "collection_id": collection, "timestamp": NOW, "data": null});
+        assert_eq!(app.insert_raw(&user.jwt, &body).await.status(), 200);
+    };
+    let mut witness = app.subscribe().await;
+    insert(a, "card:1").await; // 1
+    insert(b, "card:1").await; // 2
+    insert(a, "card:2").await; // 3
+    insert(a, "card:1").await; // 4
+    witness.take(4).await;
+    let of = |events: &[Received]| events.iter().map(|e| e.id).collect::<Vec<_>>();
+
+    // Both boards' card:1, each the latest of its own board.
+    let both = format!("/events?collection_id={a}&collection_id={b}");
+    let mut sse = app.subscribe_to(&both, &[]).await;
+    assert_eq!(of(&sse.take(3).await), [2, 3, 4]);
+    let mut named = app.subscribe_to(&format!("{both}&event=card:1"), &[]).await;
+    assert_eq!(of(&named.take(2).await), [2, 4]);
+    // Unfiltered: 1.x's latest of each name, whatever its collection.
+    let mut all = app.subscribe().await;
+    assert_eq!(of(&all.take(2).await), [3, 4]);
+    // Nothing more in any of them: the next event is the next one out.
+    insert(b, "card:9").await; // 5
+    for stream in [&mut sse, &mut all] {
+        assert_eq!(stream.next().await.id, 5);
+    }
+}

@@ -202,10 +202,17 @@ async fn an_envelope_stream_carries_names_in_the_data_of_unnamed_events() {
     let app = TestApp::spawn().await;
     let user = app.user("alice").await;
     app.publish(&user, &[("a", json!(1)), ("b", json!({"x": [2]}))]).await;
-    let envelope = |id, name: &str, data| Received {
-        id,
-        event: "message".into(),
-        data: json!({"event": name, "collection_id": user.collection, "data": data}),
+    // The fields of the API's event record: its UUID (what cancel takes),
+    // its author and its timestamp, as the listing shows them.
+    let records = app.collection(&user, user.collection).await;
+    let envelope = |id: i64, name: &str, data| {
+        let record = records.iter().find(|r| r["event"] == name).expect("listed");
+        Received {
+            id,
+            event: "message".into(),
+            data: json!({"event": name, "collection_id": user.collection, "id": record["id"],
+                "user_id": user.id, "timestamp": record["timestamp"], "data": data}),
+        }
     };
 
     // The sync, then live events.
@@ -214,8 +221,13 @@ async fn an_envelope_stream_carries_names_in_the_data_of_unnamed_events() {
         sse.take(2).await,
         [envelope(1, "a", json!(1)), envelope(2, "b", json!({"x": [2]}))]
     );
-    app.insert(&user, "line\u{2028}name \"q\"", NOW, json!("c")).await;
-    assert_eq!(sse.next().await, envelope(3, "line\u{2028}name \"q\"", json!("c")));
+    let inserted = app.insert(&user, "line\u{2028}name \"q\"", NOW, json!("c")).await;
+    let live = sse.next().await;
+    assert_eq!(live.data["id"], inserted["id"], "the UUID insert answered");
+    assert_eq!(live.data["data"], "c");
+    assert_eq!(live.data["timestamp"], NOW);
+    assert_eq!(live.data["user_id"], json!(user.id));
+    assert_eq!(live.data["event"], "line\u{2028}name \"q\"");
 
     // A replay.
     let mut sse = app.subscribe_to("/events?envelope=1&last_event_id=1", &[]).await;

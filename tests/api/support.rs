@@ -410,16 +410,19 @@ impl Sse {
 
     /// The next event; fails the test if none comes within the deadline.
     pub async fn next(&mut self) -> Received {
+        let (id, event, data) = self.next_raw().await;
+        Received { id: id.parse().expect("a numeric id"), event, data }
+    }
+
+    /// The next event as it came: its id (the last one seen if it has
+    /// none), name and JSON data.
+    pub async fn next_raw(&mut self) -> (String, String, Value) {
         let event = tokio::time::timeout(DEADLINE, self.0.next())
             .await
             .expect("an event within the deadline")
             .expect("the stream is open")
             .expect("a well-formed event");
-        Received {
-            id: event.id.parse().expect("a numeric id"),
-            event: event.event,
-            data: serde_json::from_str(&event.data).expect("JSON data"),
-        }
+        (event.id, event.event, serde_json::from_str(&event.data).expect("JSON data"))
     }
 
     /// The next `n` events.
