@@ -1,7 +1,12 @@
+import { fileURLToPath } from "node:url";
 import { defineConfig } from "vitest/config";
 
 export default defineConfig({
   esbuild: { jsx: "automatic" },
-  // One copy of React and of the client, though the client is linked.
-  resolve: { dedupe: ["react", "react-dom", "@broker/client"] },
+  // The client from its sources beside this package (a peer dependency,
+  // not installed here); one copy of React.
+  resolve: {
+    alias: { "@broker/client": fileURLToPath(new URL("../js/src/index.ts", import.meta.url)) },
+    dedupe: ["react", "react-dom"],
+  },
 });

@@ -2,26 +2,125 @@ import { SseParser } from "./sse.js";
 
 export { SseParser, type SseMessage } from "./sse.js";
 
-/** An event as Broker stores it. */
-export interface EventRecord {
+/**
+ * An event: what `insert` and `cancel` answer, what listings and the
+ * stream hand over. `cancel(event.id)` takes any of them.
+ */
+export interface BrokerEvent {
+  /** The event's UUID. */
   id: string;
-  user_id: string;
-  collection_id: string;
+  /** The publication sequence number (increasing, never reused): set on events from the stream. */
+  seq?: number;
+  /** Its name, such as `card:42`. */
   event: string;
-  /** UNIX seconds. */
+  collectionId: string;
+  /** Who inserted it. */
+  userId: string;
+  /** When it is (or was) due, in UNIX seconds. */
   timestamp: number;
+  /**
+   * Whether it went out on the stream. `insert()` answers `false` even for
+   * an event due now: it is stored first, then published (within
+   * milliseconds) by the scheduler, which gives it its `seq`.
+   */
   published: boolean;
+  /** Whether its author cancelled it before its time. */
   cancelled: boolean;
   data: unknown;
 }
 
-/** An event as the stream delivers it. */
-export interface BrokerEvent {
-  /** The publication sequence number: increasing, never reused. */
-  id: number;
+/** An event as Broker's JSON has it (snake case). */
+interface Wire {
+  id: string;
   event: string;
-  collectionId: string;
+  collection_id: string;
+  user_id: string;
+  timestamp: number;
+  published?: boolean;
+  cancelled?: boolean;
   data: unknown;
+}
+
+/** The client's {@link BrokerEvent} of Broker's JSON. */
+function eventOf(wire: Wire, seq?: number): BrokerEvent {
+  const published = seq !== undefined || wire.published === true;
+  return {
+    id: wire.id,
+    ...(seq === undefined ? {} : { seq }),
+    event: wire.event,
+    collectionId: wire.collection_id,
+    userId: wire.user_id,
+    timestamp: wire.timestamp,
+    published,
+    cancelled: wire.cancelled === true,
+    data: wire.data,
+  };
+}
+
+/**
+ * The live state of a subscription: the latest event of each name in each
+ * collection (two boards may both have a `card:1`).
+ */
+export interface BrokerState extends Iterable<BrokerEvent> {
+  /** The latest event named `name` in `collectionId`. */
+  get(collectionId: string, name: string): BrokerEvent | undefined;
+  /** The latest event of each name in `collectionId`, by name. */
+  collection(collectionId: string): ReadonlyMap<string, BrokerEvent>;
+  /** Every event of the state, in publication order. */
+  events(): BrokerEvent[];
+  /** How many events the state holds. */
+  readonly size: number;
+}
+
+/** A {@link BrokerState} that a subscription changes. */
+class State implements BrokerState {
+  private readonly byCollection = new Map<string, Map<string, BrokerEvent>>();
+  private count = 0;
+
+  get(collectionId: string, name: string): BrokerEvent | undefined {
+    return this.byCollection.get(collectionId)?.get(name);
+  }
+
+  collection(collectionId: string): ReadonlyMap<string, BrokerEvent> {
+    return this.byCollection.get(collectionId) ?? new Map();
+  }
+
+  events(): BrokerEvent[] {
+    return [...this].sort((a, b) => (a.seq ?? 0) - (b.seq ?? 0));
+  }
+
+  get size(): number {
+    return this.count;
+  }
+
+  *[Symbol.iterator](): Iterator<BrokerEvent> {
+    for (const names of this.byCollection.values()) yield* names.values();
+  }
+
+  set(event: BrokerEvent): void {
+    let names = this.byCollection.get(event.collectionId);
+    if (!names) this.byCollection.set(event.collectionId, (names = new Map()));
+    if (!names.has(event.event)) this.count++;
+    names.set(event.event, event);
+  }
+
+  clear(): void {
+    this.byCollection.clear();
+    this.count = 0;
+  }
+
+  /** A copy that later changes leave alone (for UI frameworks that compare by identity). */
+  copy(): State {
+    const copy = new State();
+    for (const [collection, names] of this.byCollection) copy.byCollection.set(collection, new Map(names));
+    copy.count = this.count;
+    return copy;
+  }
+}
+
+/** A copy of `state` that later changes leave alone: a new object for each change, for UI frameworks. */
+export function snapshotOf(state: BrokerState): BrokerState {
+  return state instanceof State ? state.copy() : state;
 }
 
 /** Who a token belongs to (`GET /users/me`). */
@@ -60,6 +159,8 @@ export class BrokerError extends Error {
     message: string,
     /** Seconds to wait, from `Retry-After` (429 and 503). */
     readonly retryAfter?: number,
+    /** The collections a stream named but may not read (status `forbidden`). */
+    readonly collections?: string[],
   ) {
     super(message);
     this.name = "BrokerError";
@@ -103,6 +204,24 @@ export interface BrokerOptions {
   refreshBefore?: number;
 }
 
+/**
+ * Where a subscription stands:
+ * - `connecting`: opening the stream, or opening it again after a failure
+ *   (then with the error, such as "connection to Broker lost");
+ * - `open`: events arrive;
+ * - `forbidden`: open, but some of the named collections are private and
+ *   this user may not read them (`error.collections` lists them; status 401
+ *   when not logged in, 403 when not a member). Access granted later starts
+ *   their events and the status goes back to `open`;
+ * - `unauthenticated`: the session ended (logged out, token revoked or
+ *   expired and not renewable, account disabled) or the server wants a
+ *   token: the state was cleared, and the subscription waits for a log in,
+ *   then starts afresh as that user (with `anonymous: true`, it goes on
+ *   anonymously instead);
+ * - `closed`: `close()` was called.
+ */
+export type StreamStatus = "connecting" | "open" | "forbidden" | "unauthenticated" | "closed";
+
 /** What {@link Broker.subscribe} selects and is told. */
 export interface SubscribeOptions {
   /** Only these collections (default: all). */
@@ -111,13 +230,15 @@ export interface SubscribeOptions {
   events?: string[];
   /** Each event, in order, once. */
   onEvent?: (event: BrokerEvent) => void;
-  /** The state (latest event of each name) after each change. */
-  onState?: (state: ReadonlyMap<string, BrokerEvent>) => void;
-  /** `reset`: the server did not know the last id; the state was cleared. */
-  onReset?: () => void;
-  /** Connection changes; `error` is set while reconnecting after one. */
-  onStatus?: (status: "connecting" | "open" | "closed", error?: BrokerError) => void;
-  /** Resume after this id instead of starting with the current state. */
+  /** The state (latest event of each name in each collection) after each change. */
+  onState?: (state: BrokerState) => void;
+  /** The state was cleared, and why: another user, logged out, or an unknown last id. */
+  onReset?: (reason: string) => void;
+  /** Each change of {@link StreamStatus}, once, with the error that caused it. */
+  onStatus?: (status: StreamStatus, error?: BrokerError) => void;
+  /** After the session ends, go on reading public events anonymously instead of waiting for a log in. */
+  anonymous?: boolean;
+  /** Resume after this sequence number instead of starting with the current state. */
   lastEventId?: number;
   /** Reconnect when nothing (not even a heartbeat) came for this long, ms (default 45000). */
   silence?: number;
@@ -127,24 +248,43 @@ export interface SubscribeOptions {
 
 /** An open subscription: its live state, until {@link Subscription.close}. */
 export interface Subscription {
-  /** The latest event of each name. */
-  readonly state: ReadonlyMap<string, BrokerEvent>;
-  /** The id of the last event received. */
+  /** The latest event of each name in each collection. */
+  readonly state: BrokerState;
+  /** Where the subscription stands. */
+  readonly status: StreamStatus;
+  /** The sequence number of the last event received. */
   readonly lastEventId: number | undefined;
   /** Stops for good. */
   close(): void;
 }
 
-/** The seconds of a token's `exp` claim, if it has one. */
-export function tokenExpiry(token: string): number | undefined {
+/** Why a session changed, as subscriptions are told. */
+type TokenListener = (token: string | null, reason?: string) => void;
+
+/** A token's claims, if it can be read (the client never checks its signature). */
+function claimsOf(token: string | null): { exp?: unknown; sub?: unknown } {
   try {
-    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-    const claims = JSON.parse(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), "=")));
-    return typeof claims.exp === "number" ? claims.exp : undefined;
+    const part = token!.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), "="))) ?? {};
   } catch {
-    return undefined;
+    return {};
   }
 }
+
+/** The seconds of a token's `exp` claim, if it has one. */
+export function tokenExpiry(token: string): number | undefined {
+  const { exp } = claimsOf(token);
+  return typeof exp === "number" ? exp : undefined;
+}
+
+/** The user a token belongs to (its `sub`), or `null`. */
+export function tokenUser(token: string | null): string | null {
+  const { sub } = claimsOf(token);
+  return typeof sub === "string" ? sub : null;
+}
+
+/** Refusals that end a session: the token is no good, and no refresh will make it good. */
+const refused = (e: unknown) => e instanceof BrokerError && (e.status === 401 || e.status === 403);
 
 /** A Broker server, as one user (or anonymous) sees it. */
 export class Broker {
@@ -154,7 +294,7 @@ export class Broker {
   private readonly fetcher: typeof fetch;
   private readonly refreshBefore: number;
   private refreshTimer: ReturnType<typeof setTimeout> | undefined;
-  private readonly listeners = new Set<(token: string | null) => void>();
+  private readonly listeners = new Set<TokenListener>();
 
   constructor(options: BrokerOptions) {
     this.base = options.url.replace(/\/+$/, "");
@@ -170,16 +310,25 @@ export class Broker {
     return this.storage.get();
   }
 
-  /** Calls `listener` whenever the token changes (log in, refresh, log out); returns the unsubscribe. */
-  onToken(listener: (token: string | null) => void): () => void {
+  /**
+   * Calls `listener` whenever the token changes (log in, refresh, log out,
+   * a session ended by the server), with the reason when the session
+   * changes; returns the unsubscribe.
+   */
+  onToken(listener: TokenListener): () => void {
     this.listeners.add(listener);
     return () => void this.listeners.delete(listener);
   }
 
-  private setToken(token: string | null): void {
+  private setToken(token: string | null, reason?: string): void {
     this.storage.set(token);
     this.schedule(token);
-    for (const listener of this.listeners) listener(token);
+    for (const listener of this.listeners) listener(token, reason);
+  }
+
+  /** Forgets a token the server refused for good: subscriptions end their private view. */
+  private endSession(error: BrokerError): void {
+    this.setToken(null, `session ended: ${error.message}`);
   }
 
   /** Refreshes the token before it expires, by itself. */
@@ -191,7 +340,7 @@ export class Broker {
     const left = exp * 1000 - Date.now();
     const margin = Math.min(this.refreshBefore * 1000, left / 3);
     this.refreshTimer = setTimeout(() => {
-      this.refresh().catch(() => this.schedule(null));
+      this.refresh().catch((e) => (refused(e) ? this.endSession(e) : this.schedule(null)));
     }, Math.max(0, left - margin));
     // In Node, a pending refresh does not keep the process alive.
     (this.refreshTimer as { unref?: () => void }).unref?.();
@@ -202,8 +351,12 @@ export class Broker {
     clearTimeout(this.refreshTimer);
   }
 
-  /** Sends a request; the JSON answer, or a {@link BrokerError}. */
-  async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+  /**
+   * Sends a request; the JSON answer, or a {@link BrokerError}. A token the
+   * server refuses is refreshed once; if that fails too, the session ends
+   * (subscriptions are told) and the call fails with "session ended: …".
+   */
+  async request<T>(method: string, path: string, body?: unknown, retried = false): Promise<T> {
     const headers: Record<string, string> = {};
     const token = this.storage.get();
     if (token) headers.authorization = `Bearer ${token}`;
@@ -219,8 +372,20 @@ export class Broker {
     } catch (e) {
       throw new BrokerError(0, `cannot reach Broker: ${(e as Error).message}`);
     }
-    if (!response.ok) throw await errorOf(response);
-    return (response.status === 204 ? undefined : await response.json()) as T;
+    if (response.ok) return (response.status === 204 ? undefined : await response.json()) as T;
+    const error = await errorOf(response, token !== null || this.cookies);
+    // Calls that prove who one is answer 401 for a wrong password, not for the token.
+    const session = !["/login", "/refresh", "/logout", "/users/me/password"].includes(path);
+    if (error.status !== 401 || !token || !session || token !== this.storage.get()) throw error;
+    if (!retried) {
+      const renewed = await this.refresh().then(
+        () => true,
+        (e) => !refused(e),
+      );
+      if (renewed) return this.request(method, path, body, true);
+    }
+    this.endSession(error);
+    throw new BrokerError(401, `session ended: ${error.message}`);
   }
 
   // Accounts
@@ -230,20 +395,27 @@ export class Broker {
     return this.request("POST", "/users", { username, password, collection_id: collectionId });
   }
 
-  /** Logs in and keeps the token (refreshed before it expires). */
+  /**
+   * Logs in and keeps the token (refreshed before it expires). As another
+   * user than before, subscriptions clear their state and start afresh.
+   */
   async logIn(username: string, password: string): Promise<string> {
     const { jwt } = await this.request<{ jwt: string }>("POST", "/login", { username, password });
-    this.setToken(jwt);
+    this.setToken(jwt, `logged in as ${username}`);
     return jwt;
   }
 
-  /** Revokes the token everywhere and forgets it. */
+  /**
+   * Revokes the token everywhere (its streams end) and forgets it at once,
+   * even if Broker cannot be reached: subscriptions clear their state.
+   */
   async logOut(): Promise<void> {
-    try {
-      if (this.token || this.cookies) await this.request("POST", "/logout");
-    } finally {
-      this.setToken(null);
-    }
+    const had = this.token !== null || this.cookies;
+    const revoke = had ? this.request("POST", "/logout") : Promise.resolve();
+    this.setToken(null, "logged out");
+    await revoke.catch((e) => {
+      if (!refused(e)) throw e; // an already refused token is as good as revoked
+    });
   }
 
   /** Exchanges the token for a fresh one (done by itself before expiry). */
@@ -263,6 +435,11 @@ export class Broker {
     return jwt;
   }
 
+  /** The user the current token belongs to, or `null` (read from the token, no request). */
+  get userId(): string | null {
+    return tokenUser(this.token);
+  }
+
   /** Who the token belongs to. */
   me(): Promise<Me> {
     return this.request("GET", "/users/me");
@@ -270,31 +447,39 @@ export class Broker {
 
   // Events
 
-  /** Inserts an event, published now or at `at`. */
-  async insert(event: string, collectionId: string, data: unknown, at: Date = new Date()): Promise<EventRecord> {
+  /**
+   * Inserts an event, published now or at `at`. The answer is the stored
+   * event, `published: false`: the scheduler publishes it (at once if it is
+   * due) right after, and the stream then carries it with its `seq`.
+   */
+  async insert(event: string, collectionId: string, data: unknown, at: Date = new Date()): Promise<BrokerEvent> {
     const timestamp = Math.floor(at.getTime() / 1000);
     const body = { event, collection_id: collectionId, timestamp, data };
-    return (await this.request<{ event: EventRecord }>("POST", "/insert", body)).event;
+    return eventOf((await this.request<{ event: Wire }>("POST", "/insert", body)).event);
   }
 
-  /** Cancels a future event of one's own. */
-  async cancel(id: string): Promise<EventRecord> {
-    return (await this.request<{ event: EventRecord }>("POST", `/events/${id}/cancel`)).event;
+  /** Cancels a future event of one's own (`event.id` of any event this client handed over). */
+  async cancel(id: string): Promise<BrokerEvent> {
+    return eventOf((await this.request<{ event: Wire }>("POST", `/events/${id}/cancel`)).event);
   }
 
   /** Every event of a collection, by timestamp, fetched a page at a time. */
-  collectionEvents(collectionId: string, pageSize = 100): AsyncIterable<EventRecord> {
-    return this.pages(`/events/collections/${collectionId}`, pageSize, "events");
+  collectionEvents(collectionId: string, pageSize = 100): AsyncIterable<BrokerEvent> {
+    return this.events(`/events/collections/${collectionId}`, pageSize, "events");
   }
 
   /** Every event one inserted, by timestamp. */
-  myEvents(pageSize = 100): AsyncIterable<EventRecord> {
-    return this.pages("/events/user", pageSize, "events");
+  myEvents(pageSize = 100): AsyncIterable<BrokerEvent> {
+    return this.events("/events/user", pageSize, "events");
   }
 
   /** The events of one's own profile collection, by timestamp. */
-  myInfo(pageSize = 100): AsyncIterable<EventRecord> {
-    return this.pages("/events/user", pageSize, "info");
+  myInfo(pageSize = 100): AsyncIterable<BrokerEvent> {
+    return this.events("/events/user", pageSize, "info");
+  }
+
+  private async *events(path: string, limit: number, list: string): AsyncGenerator<BrokerEvent> {
+    for await (const wire of this.pages<Wire>(path, limit, list)) yield eventOf(wire);
   }
 
   /** The `list` of each page of a listing, following its cursor. */
@@ -361,26 +546,58 @@ export class Broker {
   // The stream
 
   /**
-   * Keeps a live state (the latest event of each name) and hands over
-   * every event, in order, once: reconnects after any failure (backing off
-   * with jitter), resumes after the last id, clears the state on `reset`,
-   * reconnects a silent connection, and uses the current token.
+   * Keeps a live state (the latest event of each name in each collection)
+   * and hands over every event, in order, once: reconnects after any
+   * failure (backing off with jitter), resumes after the last id, clears
+   * the state on `reset`, reconnects a silent connection, and uses the
+   * current token. When the user changes (log in as another, log out, a
+   * session the server ended) the state is cleared and the stream starts
+   * afresh as the new user; with nobody logged in it waits for a log in
+   * (status `unauthenticated`), unless `anonymous` is set.
    */
   subscribe(options: SubscribeOptions = {}): Subscription {
-    const state = new Map<string, BrokerEvent>();
+    const state = new State();
     let last = options.lastEventId;
     let closed = false;
     let controller: AbortController | undefined;
     let wake: (() => void) | undefined;
     let renewed = false;
+    /** Nobody is logged in any more: wait for a log in. */
+    let waiting = false;
+    /** Whose view the state is: a user id, or null (anonymous). */
+    let viewer = tokenUser(this.token);
+    let current: StreamStatus | undefined;
+    let currentError: string | undefined;
+    let forbidden: string[] = [];
     const silence = options.silence ?? 45_000;
     const maxBackoff = options.maxBackoff ?? 30_000;
-    const status = options.onStatus ?? (() => {});
-    // A new token (refresh, log in) is used at once: the old one's stream ends when it expires.
-    const unlisten = this.onToken(() => {
+    const report = (status: StreamStatus, error?: BrokerError) => {
+      if (status === current && error?.message === currentError) return;
+      [current, currentError] = [status, error?.message];
+      options.onStatus?.(status, error);
+    };
+    const reset = (reason: string) => {
+      state.clear();
+      last = undefined;
+      options.onReset?.(reason);
+      options.onState?.(state);
+    };
+    const restart = () => {
       renewed = true;
       controller?.abort();
       wake?.();
+    };
+    const unlisten = this.onToken((token, reason) => {
+      const user = tokenUser(token);
+      // A refreshed token of the same user: use it at once, resuming.
+      if (user === viewer && !(token === null && this.cookies)) return restart();
+      // Another user, or nobody: the old view must not outlive the session.
+      const wasSomebody = viewer !== null || this.cookies;
+      viewer = user;
+      reset(reason ?? (token ? "another user" : "logged out"));
+      waiting = token === null && wasSomebody && !options.anonymous;
+      if (waiting) report("unauthenticated", new BrokerError(401, reason ?? "logged out"));
+      restart();
     });
 
     const query = new URLSearchParams({ envelope: "true" });
@@ -388,19 +605,20 @@ export class Broker {
     for (const e of options.events ?? []) query.append("event", e);
 
     const deliver = (message: { id?: string; event: string; data: string }) => {
-      if (message.event === "reset") {
-        state.clear();
-        last = undefined;
-        options.onReset?.();
-        options.onState?.(state);
-        return;
+      if (message.event === "reset") return reset("Broker did not know the last event id");
+      if (message.event === "forbidden") {
+        const notice = JSON.parse(message.data) as { collections: string[]; error: string | null };
+        forbidden = notice.collections;
+        if (forbidden.length === 0) return report("open");
+        const status = viewer === null && !this.cookies ? 401 : 403;
+        return report("forbidden", new BrokerError(status, notice.error ?? "forbidden", undefined, forbidden));
       }
-      const id = Number(message.id);
-      if (!Number.isSafeInteger(id) || (last !== undefined && id <= last)) return; // seen
-      const body = JSON.parse(message.data) as { event: string; collection_id: string; data: unknown };
-      const event: BrokerEvent = { id, event: body.event, collectionId: body.collection_id, data: body.data };
-      last = id;
-      state.set(event.event, event);
+      if (message.event !== "message") return;
+      const seq = Number(message.id);
+      if (!Number.isSafeInteger(seq) || (last !== undefined && seq <= last)) return; // seen
+      const event = eventOf(JSON.parse(message.data) as Wire, seq);
+      last = seq;
+      state.set(event);
       options.onEvent?.(event);
       options.onState?.(state);
     };
@@ -420,18 +638,25 @@ export class Broker {
           credentials: this.cookies ? "include" : "same-origin",
           cache: "no-store",
         });
-      } catch (e) {
-        throw new BrokerError(0, `cannot reach Broker: ${(e as Error).message}`);
+      } catch {
+        throw new BrokerError(0, "cannot reach Broker");
       }
       if (!response.ok || !response.body) {
-        const error = await errorOf(response);
-        // An expired token: a fresh one, then again.
-        if (error.status === 401 && token && !this.cookies && token === this.storage.get()) {
-          await this.refresh().catch(() => this.setToken(null));
+        const error = await errorOf(response, token !== null || this.cookies);
+        if (error.status === 401 && token === this.storage.get()) {
+          if (token && !this.cookies) {
+            // An expired token: a fresh one, then again; a revoked one: the session is over.
+            await this.refresh().catch((e) => refused(e) && this.endSession(error));
+          } else if (this.cookies) {
+            this.endSession(error);
+          } else {
+            // This server reads no stream without a token.
+            waiting = !options.anonymous;
+            if (waiting) report("unauthenticated", error);
+          }
         }
         throw error;
       }
-      status("open");
       const reader = response.body.getReader();
       const parser = new SseParser();
       let timer: ReturnType<typeof setTimeout> | undefined;
@@ -439,13 +664,21 @@ export class Broker {
         clearTimeout(timer);
         timer = setTimeout(() => reader.cancel().catch(() => {}), silence);
       };
+      forbidden = [];
       try {
         quiet();
-        for (;;) {
-          const { done, value } = await reader.read();
-          if (done) return;
+        for (let first = true; ; first = false) {
+          let read: ReadableStreamReadResult<Uint8Array>;
+          try {
+            read = await reader.read();
+          } catch {
+            throw new BrokerError(0, "connection to Broker lost");
+          }
+          if (read.done) return; // ended by Broker (shutdown, token revoked or expired): connect again
           quiet();
-          parser.feed(value, deliver);
+          parser.feed(read.value, deliver);
+          // The first chunk says whether some named collections are unreadable.
+          if (first && forbidden.length === 0) report("open");
         }
       } finally {
         clearTimeout(timer);
@@ -456,7 +689,11 @@ export class Broker {
     const run = async () => {
       let attempt = 0;
       while (!closed) {
-        status("connecting");
+        if (waiting) {
+          await new Promise<void>((resolve) => (wake = resolve));
+          continue;
+        }
+        if (current !== "connecting") report("connecting");
         let failure: BrokerError | undefined;
         const before = last;
         renewed = false;
@@ -466,26 +703,30 @@ export class Broker {
           failure = e instanceof BrokerError ? e : new BrokerError(0, (e as Error).message);
         }
         if (closed) break;
-        if (renewed) continue; // a new token: reconnect with it at once
+        if (renewed || waiting) continue; // a new session, or none: see above
         // A connection that delivered something starts the backoff afresh.
         attempt = last !== before ? 0 : attempt + 1;
-        status("connecting", failure);
+        report("connecting", failure);
         const backoff = Math.min(maxBackoff, 500 * 2 ** Math.min(attempt, 10));
         const delay = Math.max((failure?.retryAfter ?? 0) * 1000, backoff / 2 + Math.random() * (backoff / 2));
         await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, attempt === 0 && !failure ? 0 : delay);
+          // A stream Broker ended is opened again at once (a revoked session shows at once).
+          const timer = setTimeout(resolve, !failure && attempt <= 1 ? 0 : delay);
           wake = () => {
             clearTimeout(timer);
             resolve();
           };
         });
       }
-      status("closed");
+      report("closed");
     };
     void run();
 
     return {
       state,
+      get status() {
+        return current ?? "connecting";
+      },
       get lastEventId() {
         return last;
       },
@@ -499,8 +740,8 @@ export class Broker {
   }
 }
 
-/** The {@link BrokerError} of a failed response. */
-async function errorOf(response: Response): Promise<BrokerError> {
+/** The {@link BrokerError} of a failed response; `credentials`: whether a token or cookie went with it. */
+async function errorOf(response: Response, credentials: boolean): Promise<BrokerError> {
   let message = response.statusText || `HTTP ${response.status}`;
   try {
     const body = await response.json();
@@ -508,6 +749,7 @@ async function errorOf(response: Response): Promise<BrokerError> {
   } catch {
     // not JSON: keep the status text
   }
+  if (response.status === 401 && !credentials) message = `not logged in (${message})`;
   const retry = Number(response.headers.get("retry-after"));
   return new BrokerError(response.status, message, Number.isFinite(retry) && retry > 0 ? retry : undefined);
 }

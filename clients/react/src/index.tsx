@@ -7,7 +7,15 @@ import {
   useSyncExternalStore,
   type ReactNode,
 } from "react";
-import type { Broker, BrokerEvent, Subscription } from "@broker/client";
+import {
+  snapshotOf,
+  type Broker,
+  type BrokerError,
+  type BrokerEvent,
+  type BrokerState,
+  type StreamStatus,
+  type Subscription,
+} from "@broker/client";
 
 /** What to read: collections and event names (all by default). */
 export interface Filter {
@@ -21,10 +29,11 @@ export interface Filter {
  */
 class Live {
   subscription?: Subscription;
-  /** A new Map on every change, so that React sees it changed. */
-  state: ReadonlyMap<string, BrokerEvent> = new Map();
+  /** A new copy on every change, so that React sees it changed. */
+  state: BrokerState;
   events: BrokerEvent[] = [];
-  status: "connecting" | "open" | "closed" = "connecting";
+  /** A new object on every change of status. */
+  status: { status: StreamStatus; error?: BrokerError } = { status: "connecting" };
   private listeners = new Set<() => void>();
   users = 0;
   key = "";
@@ -36,17 +45,19 @@ class Live {
         this.events = [...this.events.slice(-(keep - 1)), event];
       },
       onState: (state) => {
-        this.state = new Map(state);
+        this.state = snapshotOf(state);
         this.notify();
       },
+      // Another user, or none: nothing of the old view stays on screen.
       onReset: () => {
         this.events = [];
       },
-      onStatus: (status) => {
-        this.status = status;
+      onStatus: (status, error) => {
+        this.status = { status, error };
         this.notify();
       },
     });
+    this.state = snapshotOf(this.subscription.state);
   }
 
   listen = (listener: () => void) => {
@@ -133,21 +144,27 @@ function useLive(filter: Filter): Live {
 }
 
 /**
- * The live state: the latest event of each name within `filter`. The
- * component re-renders when an event within its filter arrives.
+ * The live state: the latest event of each name in each collection within
+ * `filter`. The component re-renders when an event within its filter
+ * arrives, and when the state is cleared (log out, another user).
  */
-export function useBrokerState(filter: Filter = {}): ReadonlyMap<string, BrokerEvent> {
+export function useBrokerState(filter: Filter = {}): BrokerState {
   const live = useLive(filter);
   return useSyncExternalStore(live.listen, () => live.state, () => live.state);
 }
 
 /**
- * The latest event named `name` (within `filter`): the component re-renders
- * only when that one changes.
+ * The latest event named `name` in `collectionId` (read from the stream of
+ * `filter`, by default that collection's): the component re-renders only
+ * when that one changes.
  */
-export function useBrokerValue(name: string, filter: Filter = {}): BrokerEvent | undefined {
+export function useBrokerValue(
+  collectionId: string,
+  name: string,
+  filter: Filter = { collections: [collectionId] },
+): BrokerEvent | undefined {
   const live = useLive(filter);
-  const get = () => live.state.get(name);
+  const get = () => live.state.get(collectionId, name);
   return useSyncExternalStore(live.listen, get, get);
 }
 
@@ -157,8 +174,12 @@ export function useBrokerEvents(filter: Filter = {}): readonly BrokerEvent[] {
   return useSyncExternalStore(live.listen, () => live.events, () => live.events);
 }
 
-/** Whether the stream of `filter` is open, connecting again, or closed. */
-export function useBrokerStatus(filter: Filter = {}): "connecting" | "open" | "closed" {
+/**
+ * Where the stream of `filter` stands (`connecting`, `open`, `forbidden`,
+ * `unauthenticated`, `closed`: see `StreamStatus`), with the error that
+ * explains it, such as the collections one may not read.
+ */
+export function useBrokerStatus(filter: Filter = {}): { status: StreamStatus; error?: BrokerError } {
   const live = useLive(filter);
   return useSyncExternalStore(live.listen, () => live.status, () => live.status);
 }
@@ -175,6 +196,8 @@ export function useAuth() {
     () => ({
       token,
       loggedIn: token !== null,
+      /** The logged-in user's id, read from the token. */
+      userId: broker.userId,
       signUp: broker.signUp.bind(broker),
       logIn: broker.logIn.bind(broker),
       logOut: broker.logOut.bind(broker),

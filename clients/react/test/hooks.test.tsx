@@ -3,7 +3,7 @@ import { act, StrictMode } from "react";
 import { createRoot } from "react-dom/client";
 import { afterEach, expect, it, vi } from "vitest";
 import { Broker } from "@broker/client";
-import { BrokerProvider, useAuth, useBrokerEvents, useBrokerState, useBrokerValue } from "../src/index.js";
+import { BrokerProvider, useAuth, useBrokerEvents, useBrokerState, useBrokerStatus, useBrokerValue } from "../src/index.js";
 
 (globalThis as { IS_REACT_ACT_ENVIRONMENT?: boolean }).IS_REACT_ACT_ENVIRONMENT = true;
 
@@ -18,6 +18,7 @@ function fakeBroker() {
     if (url.endsWith("/login")) {
       return new Response(JSON.stringify({ jwt: "a.eyJzdWIiOiJ1In0.b" }), { headers: { "content-type": "application/json" } });
     }
+    if (url.endsWith("/logout")) return new Response(null, { status: 204 });
     streams++;
     const body = new ReadableStream<Uint8Array>({
       start(controller) {
@@ -27,8 +28,8 @@ function fakeBroker() {
     return new Response(body);
   });
   const broker = new Broker({ url: "http://b", fetch: fetch as unknown as typeof globalThis.fetch });
-  const send = (id: number, event: string, data: unknown) =>
-    push(`id:${id}\ndata:${JSON.stringify({ event, collection_id: "c", data })}\n\n`);
+  const send = (id: number, event: string, data: unknown, collection = "c") =>
+    push(`id:${id}\ndata:${JSON.stringify({ event, collection_id: collection, id: `e${id}`, user_id: "u", timestamp: 1, data })}\n\n`);
   return { broker, send, streams: () => streams };
 }
 
@@ -51,14 +52,14 @@ it("shares one stream, keeps the state, and re-renders only the component whose 
   const { broker, send, streams } = fakeBroker();
   const renders = { a: 0, b: 0 };
   function Value({ name }: { name: "a" | "b" }) {
-    const event = useBrokerValue(name);
+    const event = useBrokerValue("c", name, {});
     renders[name]++;
     return <span data-name={name}>{String(event?.data ?? "")}</span>;
   }
   function All() {
     const state = useBrokerState();
     const events = useBrokerEvents();
-    return <p>{[...state.keys()].sort().join(",")} / {events.length}</p>;
+    return <p>{[...state].map((e) => e.event).sort().join(",")} / {events.length}</p>;
   }
   const view = await render(broker, [<Value key="a" name="a" />, <Value key="b" name="b" />, <All key="all" />]);
   await until(() => streams() === 1);
@@ -86,5 +87,24 @@ it("useAuth follows the session", async () => {
   expect(view.textContent).toBe("out");
   await act(async () => void (await auth.logIn("alice", "pw")));
   expect(view.textContent).toBe("in");
+  broker.close();
+});
+
+it("log out clears what the hooks render, at once", async () => {
+  const { broker, send } = fakeBroker();
+  await broker.logIn("alice", "pw");
+  function Cards() {
+    const state = useBrokerState({ collections: ["team", "board"] });
+    const { status } = useBrokerStatus({ collections: ["team", "board"] });
+    return <p>{status}: {[...state].map((e) => `${e.collectionId}/${e.event}=${e.data}`).sort().join(",")}</p>;
+  }
+  const view = await render(broker, <Cards />);
+  await act(async () => {
+    send(1, "card:1", "secret", "team");
+    send(2, "card:1", "public", "board");
+  });
+  await until(() => view.textContent === "open: board/card:1=public,team/card:1=secret");
+  await act(async () => void broker.logOut());
+  expect(view.textContent).toBe("unauthenticated: ");
   broker.close();
 });

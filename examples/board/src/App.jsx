@@ -47,9 +47,10 @@ function Board() {
   const broker = useBroker();
   const { logOut } = useAuth();
   const state = useBrokerState(FILTER);
-  const status = useBrokerStatus(FILTER);
+  const { status, error: streamError } = useBrokerStatus(FILTER);
   const [error, setError] = useState("");
-  const cards = [...state.values()].filter((e) => e.event.startsWith("card:") && e.data);
+  // The state holds each board's cards apart, even where names meet.
+  const cards = [...state].filter((e) => e.event.startsWith("card:") && e.data);
   const run = (work) => work().then(() => setError(""), (err) => setError(err.message));
 
   const add = (e) => {
@@ -68,7 +69,9 @@ function Board() {
     <>
       <header>
         <h1>Broker board</h1>
-        <span className="status" data-status={status}>{status}</span>
+        <span className="status" data-status={status} title={streamError?.message}>
+          {status === "forbidden" ? "open (team board: members only)" : status}
+        </span>
         <button className="quiet" onClick={() => logOut()}>Log out</button>
       </header>
       <main>
@@ -86,12 +89,13 @@ function Board() {
               {cards
                 .filter((card) => card.data.column === column)
                 .map((card) => (
-                  <Card key={card.event} card={card} move={move} remove={remove} />
+                  <Card key={`${card.collectionId}/${card.event}`} card={card} move={move} remove={remove} />
                 ))}
             </div>
           ))}
         </div>
         <Team run={run} />
+        <Password run={run} />
       </main>
     </>
   );
@@ -133,6 +137,32 @@ function Team({ run }) {
         <button type="submit">Add to the team</button>
       </form>
       {members && <p className="status">members: {members.map((m) => m.username).join(", ") || "none yet"}</p>}
+    </section>
+  );
+}
+
+/** A new password: every other session of this user ends (their private view with it). */
+function Password({ run }) {
+  const { changePassword } = useAuth();
+  const [done, setDone] = useState(false);
+  const submit = (e) => {
+    e.preventDefault();
+    const form = new FormData(e.target);
+    e.target.reset();
+    run(async () => {
+      await changePassword(form.get("old"), form.get("new"));
+      setDone(true);
+    });
+  };
+  return (
+    <section>
+      <h2>Account</h2>
+      <form onSubmit={submit}>
+        <input type="password" name="old" placeholder="current password" aria-label="current password" required />
+        <input type="password" name="new" placeholder="new password" aria-label="new password" required />
+        <button type="submit">Change password</button>
+      </form>
+      {done && <p className="status">Password changed: your other sessions are logged out.</p>}
     </section>
   );
 }

@@ -78,8 +78,8 @@ it("resumes across a server restart: nothing lost, nothing repeated, in order", 
   for (let n = 10; n < 20; n++) await again.insert(`card-${n % 3}`, board, { n });
   await vi.waitFor(() => expect(seen).toHaveLength(20), { timeout: 20_000 });
   expect(seen.map((e) => (e.data as { n: number }).n)).toEqual([...Array(20).keys()]);
-  expect(seen.map((e) => e.id)).toEqual([...Array(20).keys()].map((n) => n + 1));
-  expect((sub.state.get("card-1")?.data as { n: number }).n).toBe(19);
+  expect(seen.map((e) => e.seq)).toEqual([...Array(20).keys()].map((n) => n + 1));
+  expect((sub.state.get(board, "card-1")?.data as { n: number }).n).toBe(19);
   sub.close();
   for (const b of [alice, reader, again]) b.close();
 }, 60_000);
@@ -165,7 +165,8 @@ it("password change, log out and the administration calls", async () => {
   await expect(elsewhere.me()).rejects.toMatchObject({ status: 401 });
   // Disabled by the administrator: bob's token is refused.
   expect((await alice.setDisabled(bobId, true)).disabled).toBe(true);
-  await expect(bob.me()).rejects.toMatchObject({ status: 401, message: "account disabled" });
+  await expect(bob.me()).rejects.toMatchObject({ status: 401, message: "session ended: account disabled" });
+  expect(bob.token).toBeNull();
   // Log out: the token is gone here and refused everywhere.
   const token = alice.token;
   await alice.logOut();
@@ -173,4 +174,71 @@ it("password change, log out and the administration calls", async () => {
   const stale = new Broker({ url: server.url, storage: { get: () => token, set: () => {} } });
   await expect(stale.me()).rejects.toMatchObject({ status: 401 });
   for (const b of [alice, bob, elsewhere]) b.close();
+}, 60_000);
+
+it("a change of identity ends the old view: log out, another user, a password changed elsewhere", async () => {
+  const server = await start(dataDir(), await freePort());
+  const [alice, bob] = [await user(server.url, "alice"), await user(server.url, "bob")];
+  const [team, board] = [crypto.randomUUID(), crypto.randomUUID()];
+  await alice.claim(team, true);
+  await alice.insert("card:1", team, { title: "secret plan" });
+  await alice.insert("card:1", board, { title: "public card" });
+  // One page, one client: alice reads both boards (they share card:1).
+  const page = new Broker({ url: server.url });
+  await page.logIn("alice", "correct horse battery");
+  const statuses: string[] = [];
+  const sub = page.subscribe({ collections: [team, board], onStatus: (s) => statuses.push(s) });
+  await vi.waitFor(() => expect(sub.state.size).toBe(2), { timeout: 10_000 });
+  expect(sub.state.get(team, "card:1")?.data).toEqual({ title: "secret plan" });
+  expect(sub.state.get(board, "card:1")?.userId).toBe(alice.userId);
+  // Log out: gone at once, and not read again anonymously.
+  await page.logOut();
+  expect(sub.state.size).toBe(0);
+  expect(sub.status).toBe("unauthenticated");
+  // bob logs in on the same page: the public card only, and told why not the team's.
+  await page.logIn("bob", "correct horse battery");
+  await vi.waitFor(() => expect(sub.status).toBe("forbidden"), { timeout: 10_000 });
+  await vi.waitFor(() => expect(sub.state.size).toBe(1), { timeout: 10_000 });
+  expect(sub.state.get(board, "card:1")?.data).toEqual({ title: "public card" });
+  expect(sub.state.get(team, "card:1")).toBeUndefined();
+  // Let in by alice: the same stream delivers the team's next card.
+  await alice.addMember(team, "bob", "reader");
+  await vi.waitFor(() => expect(sub.status).toBe("open"), { timeout: 10_000 });
+  await alice.insert("card:2", team, { title: "welcome" });
+  await vi.waitFor(() => expect(sub.state.get(team, "card:2")?.data).toEqual({ title: "welcome" }), { timeout: 10_000 });
+  expect(statuses).toEqual(["connecting", "open", "unauthenticated", "connecting", "forbidden", "open"]);
+  // bob changes his password in another tab: this page's private view ends within a second.
+  const tab = new Broker({ url: server.url });
+  await tab.logIn("bob", "correct horse battery");
+  await tab.changePassword("correct horse battery", "another horse");
+  const changed = Date.now();
+  await vi.waitFor(() => expect(sub.status).toBe("unauthenticated"), { timeout: 1_000, interval: 10 });
+  expect(Date.now() - changed).toBeLessThan(1_000);
+  expect(sub.state.size).toBe(0);
+  expect(page.token).toBeNull();
+  sub.close();
+  for (const b of [alice, bob, page, tab]) b.close();
+}, 60_000);
+
+it("insert, listing and stream hand over one event shape; cancel takes any of them", async () => {
+  const server = await start(dataDir(), await freePort());
+  const alice = await user(server.url, "alice");
+  const board = crypto.randomUUID();
+  const seen: BrokerEvent[] = [];
+  const sub = alice.subscribe({ collections: [board], onEvent: (e) => seen.push(e) });
+  await vi.waitFor(() => expect(sub.status).toBe("open"), { timeout: 10_000 });
+  const now = await alice.insert("card:1", board, { title: "now" });
+  expect(now.published).toBe(false); // stored first, published right after
+  await vi.waitFor(() => expect(seen).toHaveLength(1), { timeout: 10_000 });
+  const { seq, ...streamed } = seen[0];
+  expect(seq).toBeGreaterThan(0);
+  expect(streamed).toEqual({ ...now, published: true });
+  const later = await alice.insert("card:2", board, { title: "later" }, new Date(Date.now() + 60_000));
+  const listed: BrokerEvent[] = [];
+  for await (const event of alice.collectionEvents(board)) listed.push(event);
+  expect(listed.map((e) => e.id)).toEqual([now.id, later.id]);
+  expect(listed[0]).toEqual({ ...now, published: true });
+  expect((await alice.cancel(listed[1].id)).cancelled).toBe(true);
+  sub.close();
+  alice.close();
 }, 60_000);
