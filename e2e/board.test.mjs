@@ -71,6 +71,7 @@ const titles = (page) => page.locator('[data-card]').evaluateAll((cards) => card
 
 let alice;
 let bob;
+let carol;
 
 test('two users see each other’s cards live, and a scheduled card at its time', async () => {
   alice = await user('alice');
@@ -106,7 +107,7 @@ test('two users see each other’s cards live, and a scheduled card at its time'
 test('a team card reaches the team only; a cookie-mode page reads its stream by the cookie', async () => {
   // carol keeps no token in storage: her stream is authenticated by the cookie alone.
   const streams = [];
-  const carol = await user('carol', '&storage=cookie', (page) =>
+  carol = await user('carol', '&storage=cookie', (page) =>
     page.on('request', (r) => r.url().includes('/events?') && streams.push(r)));
   await alice.getByRole('button', { name: 'Create the team board' }).click();
   await alice.getByLabel('member').fill('carol');
@@ -126,4 +127,50 @@ test('a team card reaches the team only; a cookie-mode page reads its stream by 
   assert.equal(headers.authorization, undefined, 'no token in a header');
   assert.match(headers.cookie ?? '', /broker_token=/);
   assert.equal(await carol.evaluate(() => localStorage.length), 0);
+});
+
+test('log out hides the team cards at once; the next user on that page never sees them; a password changed elsewhere ends a private view within a second', async () => {
+  // alice's page (owner of the team board) notes every card it ever renders from now on.
+  await alice.evaluate(() => {
+    window.seen = new Set();
+    const note = () => document.querySelectorAll('[data-card]').forEach((c) => window.seen.add(c.dataset.card));
+    new MutationObserver(note).observe(document.body, { subtree: true, childList: true, attributes: true });
+  });
+  assert.ok((await titles(alice)).includes('Team secret'));
+  await alice.getByRole('button', { name: 'Log out' }).click();
+  await alice.getByRole('button', { name: 'Log in' }).waitFor();
+  assert.deepEqual(await titles(alice), [], 'nothing of the board is left on screen');
+  await alice.evaluate(() => window.seen.clear());
+  // bob logs in on the same page, in the same tab: the public board, and why not the team's.
+  await alice.getByLabel('username').fill('bob');
+  await alice.getByLabel('password').fill('correct horse battery');
+  await alice.getByRole('button', { name: 'Log in' }).click();
+  await alice.locator('[data-status="forbidden"]').waitFor();
+  await until('bob’s public cards on alice’s page', async () => (await titles(alice)).includes('After the secret'));
+  assert.match(await alice.locator('[data-status]').textContent(), /members only/);
+  const seen = await alice.evaluate(() => [...window.seen]);
+  assert.ok(!seen.includes('Team secret'), `never rendered for bob: ${seen}`);
+
+  // carol (a team member, in cookie mode) changes her password in another browser.
+  assert.ok((await titles(carol)).includes('Team secret'));
+  const context = await launch(join(dir, 'profile-carol-elsewhere'));
+  contexts.push(context);
+  const elsewhere = await context.newPage();
+  elsewhere.on('pageerror', (error) => pageErrors.push(error));
+  await elsewhere.goto(appUrl);
+  await elsewhere.getByLabel('username').fill('carol');
+  await elsewhere.getByLabel('password').fill('correct horse battery');
+  await elsewhere.getByRole('button', { name: 'Log in' }).click();
+  await elsewhere.getByLabel('current password').fill('correct horse battery');
+  await elsewhere.getByLabel('new password').fill('a brand new horse');
+  await elsewhere.getByRole('button', { name: 'Change password' }).click();
+  await elsewhere.getByText('Password changed').waitFor();
+  // The first browser's view ends within a second: back to the login form, no team card.
+  await until('carol’s first page to log out', async () => (await titles(carol)).length === 0, 1000);
+  await carol.getByRole('button', { name: 'Log in' }).waitFor({ timeout: 1000 });
+  // The new password works there (and the board comes back).
+  await carol.getByLabel('username').fill('carol');
+  await carol.getByLabel('password').fill('a brand new horse');
+  await carol.getByRole('button', { name: 'Log in' }).click();
+  await until('carol back on the team board', async () => (await titles(carol)).includes('Team secret'));
 });

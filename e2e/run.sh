@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Broker from the outside: the API against its OpenAPI description
 # (schemathesis); the TypeScript client (unit tests, then against the
-# binary, and its size); then the console and the example apps in headless
-# Chromium. Needs chromium, Node.js with npm, and schemathesis (.ci/run
-# installs them).
+# binary, and its size; a newcomer's app on the packed packages); then the
+# console and the example apps in headless Chromium. Needs chromium,
+# Node.js with npm, and schemathesis (.ci/run installs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --bin broker
@@ -18,6 +18,7 @@ npm run --prefix clients/js size
 ci clients/react
 npm run --prefix clients/react build
 npm test --prefix clients/react
+bash e2e/newcomer.sh
 ci examples/board
 npm run --prefix examples/board build
 bash e2e/api.sh target/debug/broker
