@@ -3,10 +3,16 @@
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::support::{NOW, Received, TestApp, error_json};
+use crate::support::{NOW, Received, TestApp, TestUser, error_json};
 
 fn names(events: &[Received]) -> Vec<(&str, i64)> {
     events.iter().map(|e| (e.event.as_str(), e.id)).collect()
+}
+
+/// Inserts an event named `event` into `collection` as `user`, due now.
+async fn insert_into(app: &TestApp, user: &TestUser, collection: Uuid, event: &str) {
+    let body = json!({"event": event, "collection_id": collection, "timestamp": NOW, "data": null});
+    assert_eq!(app.insert_raw(&user.jwt, &body).await.status(), 200);
 }
 
 #[tokio::test]
@@ -14,11 +20,7 @@ async fn filters_select_the_sync_and_the_live_stream() {
     let app = TestApp::spawn().await;
     let user = app.user("alice").await;
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-    let insert = async |collection: Uuid, event: &str| {
-        let body =
-            json!({"event": event, "collection_id": collection, "timestamp": NOW, "data": null});
-        assert_eq!(app.insert_raw(&user.jwt, &body).await.status(), 200);
-    };
+    let insert = async |collection, event| insert_into(&app, &user, collection, event).await;
     let mut witness = app.subscribe().await;
     insert(a, "x").await; // 1
     insert(b, "x").await; // 2
@@ -109,11 +111,7 @@ async fn a_stream_naming_collections_syncs_each_collections_own_state() {
     let app = TestApp::spawn().await;
     let user = app.user("alice").await;
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-    let insert = async |collection: Uuid, event: &str| {
-        let body =
-            json!({"event": event, "collection_id": collection, "timestamp": NOW, "data": null});
-        assert_eq!(app.insert_raw(&user.jwt, &body).await.status(), 200);
-    };
+    let insert = async |collection, event| insert_into(&app, &user, collection, event).await;
     let mut witness = app.subscribe().await;
     insert(a, "card:1").await; // 1
     insert(b, "card:1").await; // 2
