@@ -1,7 +1,8 @@
 //! `GET /events`: the Server-Sent-Events stream.
 //!
 //! On connect a subscriber gets `retry:`, then either the latest published
-//! event of each selected name (a fresh client) or, when it presents the id
+//! event of each selected name (of each collection and name when the stream
+//! names collections; a fresh client) or, when it presents the id
 //! of the last event it saw, every selected event published since, read
 //! from the store, in order. Then the live stream follows. The hub cursor is
 //! taken before the store is read and live frames up to the store's head
@@ -11,8 +12,10 @@
 //!
 //! Events of private collections reach only the streams of users who may
 //! read them, in the sync, the replay and live; the others see a gap in
-//! the ids. A stream whose token is revoked (logout, password change,
-//! disabled account) ends when the new rules reach it.
+//! the ids; a stream that names a private collection it may not read is
+//! told so ([`forbidden_notice`]), on connect and whenever that changes. A
+//! stream whose token is revoked (logout, password change, disabled
+//! account) ends when the new rules reach it.
 //!
 //! A stream is written straight to its connection ([`write_to`],
 //! [`write_to_tls`]) or, over HTTP/2 and on keep-alive connections, handed
@@ -531,10 +534,11 @@ async fn sync(
     // The state is the latest event of each name (1.x), or of each
     // collection and name when the stream names collections.
     let per_collection = !filter.collections().is_empty();
-    let key =
-        |p: &Published| (per_collection.then_some(p.event.collection_id), p.event.event.clone());
-    let mut latest: HashMap<(Option<Uuid>, String), &Published> =
-        snapshot.latest.iter().map(|p| (key(p), p)).collect();
+    fn key(p: &Published, per_collection: bool) -> (Option<Uuid>, &str) {
+        (per_collection.then_some(p.event.collection_id), p.event.event.as_str())
+    }
+    let mut latest: HashMap<(Option<Uuid>, &str), &Published> =
+        snapshot.latest.iter().map(|p| (key(p, per_collection), p)).collect();
     // The private collections this reader may read have a latest state of
     // their own, merged in; what was published after the shared snapshot
     // comes live.
@@ -543,7 +547,7 @@ async fn sync(
         None => Vec::new(),
     };
     for p in private.iter().filter(|p| p.seq <= snapshot.head) {
-        let slot = latest.entry(key(p)).or_insert(p);
+        let slot = latest.entry(key(p, per_collection)).or_insert(p);
         if slot.seq < p.seq {
             *slot = p;
         }
