@@ -199,7 +199,8 @@ where
     B: Buf,
 {
     fn unset_frame(&mut self) -> ControlFlow {
-        // Give the internal buffer back: everything in it has been written.
+        // Broker: give the internal buffer back, everything in it has been
+        // written (upstream clears it and keeps it).
         self.buf = Cursor::new(BytesMut::new());
 
         // The data frame has been written, so unset it
@@ -224,6 +225,7 @@ where
     fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         // Ensure that we have enough capacity to accept the write.
         assert!(self.has_capacity());
+        // Broker: the first frame since the last write takes a whole buffer.
         if self.buf.get_ref().capacity() == 0 {
             self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
         }
