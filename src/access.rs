@@ -6,154 +6,18 @@
 //! [`POLL`] elsewhere), so that checking a request, a session or a published
 //! event never queries the database. A new state also goes through the hub,
 //! in order with the events, so that open streams re-check their session.
-//!
-//! A collection nobody claimed is what it was in Broker 1.x: anyone may
-//! read and insert. A claimed one takes inserts from its owner and writers
-//! only; a private one is read by its owner, writers and readers only.
+//! What the rules say is [`crate::policy`].
 
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use utoipa::ToSchema;
-use uuid::Uuid;
 
-use crate::auth::Claims;
-use crate::store::{Change, Store, StoreError};
+use crate::policy::AccessState;
+use crate::store::{Store, StoreError};
 
 /// How often a node looks for changes made by other processes.
 pub const POLL: Duration = Duration::from_millis(250);
-
-/// A member's role in a claimed collection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// May read the collection's events.
-    Reader,
-    /// May read and insert.
-    Writer,
-}
-
-impl Role {
-    /// The role as stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Reader => "reader",
-            Role::Writer => "writer",
-        }
-    }
-
-    /// The role stored as `text`, if it is one.
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "reader" => Some(Role::Reader),
-            "writer" => Some(Role::Writer),
-            _ => None,
-        }
-    }
-}
-
-/// The rules of one claimed collection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rule {
-    /// The user who claimed it.
-    pub owner: Uuid,
-    /// Whether only the owner and members may read it.
-    pub private: bool,
-    /// The other users with a role.
-    pub members: HashMap<Uuid, Role>,
-}
-
-impl Rule {
-    /// Whether `user` (`None`: anonymous) may read the collection.
-    pub fn may_read(&self, user: Option<Uuid>) -> bool {
-        !self.private || user.is_some_and(|u| u == self.owner || self.members.contains_key(&u))
-    }
-
-    /// Whether `user` may insert into the collection.
-    pub fn may_write(&self, user: Uuid) -> bool {
-        user == self.owner || self.members.get(&user) == Some(&Role::Writer)
-    }
-}
-
-/// An account whose tokens are not all good: some were revoked at once
-/// (password changed, reset or account disabled), or it is disabled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Standing {
-    /// Tokens carry the generation they were issued in; only the current
-    /// one counts.
-    pub generation: i64,
-    /// Whether the account is disabled.
-    pub disabled: bool,
-}
-
-/// Every access rule, as of one version of the store's.
-#[derive(Debug, Default)]
-pub struct AccessState {
-    /// Bumped by the store with every change.
-    pub version: i64,
-    /// The claimed collections.
-    pub collections: HashMap<Uuid, Arc<Rule>>,
-    /// Accounts with a generation above 0 or disabled (others are fine).
-    pub users: HashMap<Uuid, Standing>,
-    /// Tokens logged out and not yet expired, by id.
-    pub revoked: HashSet<Uuid>,
-    /// For each user, the private collections they may read (derived from
-    /// `collections` by [`AccessState::indexed`]).
-    pub private_readable: HashMap<Uuid, Vec<Uuid>>,
-}
-
-impl AccessState {
-    /// The same rules with [`AccessState::private_readable`] filled in, so
-    /// that a subscriber's sync does not walk every claimed collection.
-    pub fn indexed(mut self) -> Self {
-        let mut readable: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
-        for (id, rule) in self.collections.iter().filter(|(_, r)| r.private) {
-            for user in std::iter::once(&rule.owner).chain(rule.members.keys()) {
-                readable.entry(*user).or_default().push(*id);
-            }
-        }
-        self.private_readable = readable;
-        self
-    }
-
-    /// The private collections `user` may read.
-    pub fn private_readable(&self, user: Uuid) -> &[Uuid] {
-        self.private_readable.get(&user).map_or(&[], Vec::as_slice)
-    }
-
-    /// The collection's rule if it is private: what a published event of it
-    /// carries to the streams.
-    pub fn private_rule(&self, collection: &Uuid) -> Option<Arc<Rule>> {
-        self.collections.get(collection).filter(|r| r.private).cloned()
-    }
-
-    /// Whether `user` may read `collection`.
-    pub fn may_read(&self, collection: &Uuid, user: Option<Uuid>) -> bool {
-        self.collections.get(collection).is_none_or(|r| r.may_read(user))
-    }
-
-    /// Whether `user` may insert into `collection`.
-    pub fn may_write(&self, collection: &Uuid, user: Uuid) -> bool {
-        self.collections.get(collection).is_none_or(|r| r.may_write(user))
-    }
-
-    /// Why a token that verified is no longer good, if it is not.
-    pub fn refuses(&self, claims: &Claims) -> Option<&'static str> {
-        if claims.jti.is_some_and(|jti| self.revoked.contains(&jti)) {
-            return Some("token revoked");
-        }
-        let standing = self.users.get(&claims.sub);
-        match standing {
-            Some(s) if s.disabled => Some("account disabled"),
-            Some(s) if s.generation != claims.generation => Some("token revoked"),
-            None if claims.generation != 0 => Some("token revoked"),
-            _ => None,
-        }
-    }
-}
 
 /// A node's copy of the rules; shared behind an `Arc`.
 #[derive(Debug)]
@@ -224,73 +88,5 @@ impl Access {
                 failing = false;
             }
         });
-    }
-}
-
-/// Makes `username` an administrator (or not): `broker admin grant|revoke`.
-pub async fn set_admin(
-    store: &dyn Store,
-    username: &str,
-    admin: bool,
-) -> Result<(), crate::transfer::TransferError> {
-    let user = store
-        .user_by_name(username)
-        .await?
-        .ok_or_else(|| crate::transfer::TransferError::NoUser(username.to_owned()))?;
-    let change = Change::Account {
-        user: user.id,
-        password_hash: None,
-        disabled: None,
-        admin: Some(admin),
-        revoke: false,
-    };
-    store.change(change).await?;
-    tracing::info!(target: "broker::admin", by = "command line", user = %username, admin, "administrator {}", if admin { "granted" } else { "revoked" });
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn claims(sub: Uuid, jti: Option<Uuid>, generation: i64) -> Claims {
-        Claims { sub, iat: 0, exp: 1, jti, generation }
-    }
-
-    #[test]
-    fn rules_and_sessions() {
-        let (owner, reader, writer, other) =
-            (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let members = HashMap::from([(reader, Role::Reader), (writer, Role::Writer)]);
-        let rule = Rule { owner, private: true, members };
-        assert!(rule.may_read(Some(owner)) && rule.may_read(Some(reader)));
-        assert!(!rule.may_read(Some(other)) && !rule.may_read(None));
-        assert!(rule.may_write(owner) && rule.may_write(writer) && !rule.may_write(reader));
-        let public = Rule { private: false, ..rule.clone() };
-        assert!(public.may_read(None) && !public.may_write(other));
-
-        let (c, unclaimed, jti) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let state = AccessState {
-            version: 1,
-            collections: HashMap::from([(c, Arc::new(rule))]),
-            users: HashMap::from([
-                (owner, Standing { generation: 2, disabled: false }),
-                (other, Standing { generation: 0, disabled: true }),
-            ]),
-            revoked: HashSet::from([jti]),
-            ..AccessState::default()
-        }
-        .indexed();
-        assert_eq!(state.private_readable(owner), [c]);
-        assert_eq!(state.private_readable(writer), [c]);
-        assert!(state.private_readable(other).is_empty());
-        assert!(state.may_read(&unclaimed, None) && state.may_write(&unclaimed, other));
-        assert!(!state.may_read(&c, Some(other)) && state.private_rule(&c).is_some());
-        assert_eq!(state.refuses(&claims(owner, None, 2)), None);
-        assert_eq!(state.refuses(&claims(owner, None, 1)), Some("token revoked"));
-        assert_eq!(state.refuses(&claims(reader, Some(jti), 0)), Some("token revoked"));
-        assert_eq!(state.refuses(&claims(reader, Some(Uuid::new_v4()), 0)), None);
-        assert_eq!(state.refuses(&claims(reader, None, 1)), Some("token revoked"));
-        assert_eq!(state.refuses(&claims(other, None, 0)), Some("account disabled"));
     }
 }

@@ -234,6 +234,18 @@ pub enum LogFormat {
 const SEED_FLAGS: [&str; 4] = ["port", "origin", "expiry", "secret"];
 
 impl Config {
+    /// Where the store is: PostgreSQL with `--database-url`, else embedded
+    /// SQLite in `--save-path`.
+    pub fn store_location(&self) -> crate::store::Location<'_> {
+        match &self.database_url {
+            Some(url) => crate::store::Location::Postgres {
+                url: url.expose(),
+                pool: usize::try_from(self.db_pool).unwrap_or(1),
+            },
+            None => crate::store::Location::Sqlite(&self.save_path),
+        }
+    }
+
     /// Parses a command line, accepting the seed's `-port 8080` spellings as
     /// well as `--port 8080`; exits with usage on error, like clap does.
     pub fn from_args<I, T>(args: I) -> Self

@@ -119,7 +119,7 @@ impl Feed {
     }
 
     /// The access rules the hub applies now.
-    pub fn rules(&self) -> Arc<crate::access::AccessState> {
+    pub fn rules(&self) -> Arc<crate::policy::AccessState> {
         self.hub.access.current()
     }
 

@@ -24,9 +24,10 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::access::{Access, AccessState, Rule};
+use crate::access::Access;
 use crate::domain::Published;
 use crate::metrics::Metrics;
+use crate::policy::{AccessState, Rule};
 use crate::store::{Store, StoreError};
 
 /// What travels through the hub.

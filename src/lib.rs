@@ -21,6 +21,7 @@ pub mod feed;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod policy;
 pub mod scheduler;
 mod server;
 pub mod store;
@@ -93,7 +94,7 @@ impl Broker {
         // Checked before anything starts: an unusable certificate stops here.
         let tls = tls_settings(&config)?.map(Arc::new);
         let metrics = Arc::new(metrics::Metrics::default());
-        let store = store::open(&config, metrics.clone())?;
+        let store = store::open(config.store_location(), metrics.clone())?;
         let passwords = Passwords::new().await.map_err(|e| Error::Config(e.to_string()))?;
         let shutdown = CancellationToken::new();
         let max_lag = usize::try_from(config.max_lag).unwrap_or(usize::MAX);

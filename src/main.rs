@@ -54,7 +54,7 @@ async fn main() -> ExitCode {
 /// `broker admin`.
 async fn run(command: Command, config: &Config) -> ExitCode {
     let result = async {
-        let store = broker::store::open(config, Default::default())?;
+        let store = broker::store::open(config.store_location(), Default::default())?;
         match &command {
             Command::Export => {
                 let out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -62,10 +62,10 @@ async fn run(command: Command, config: &Config) -> ExitCode {
             }
             Command::Import => broker::transfer::import(&*store, std::io::stdin().lock()).await,
             Command::Admin(Admin::Grant { username }) => {
-                broker::access::set_admin(&*store, username, true).await.map(|()| 1)
+                broker::transfer::set_admin(&*store, username, true).await.map(|()| 1)
             }
             Command::Admin(Admin::Revoke { username }) => {
-                broker::access::set_admin(&*store, username, false).await.map(|()| 1)
+                broker::transfer::set_admin(&*store, username, false).await.map(|()| 1)
             }
         }
     };

@@ -1,5 +1,6 @@
-//! `broker export` and `broker import`: a store's users and events as JSON
-//! Lines, to move between backends (SQLite ⇄ PostgreSQL) or to back up.
+//! The commands that work on a store directly: `broker export` and `broker
+//! import`, a store's users and events as JSON Lines, to move between
+//! backends (SQLite ⇄ PostgreSQL) or to back up; `broker admin`.
 //!
 //! One record per line: `{"user": {...}}` for each user (with its password
 //! hash and account state), `{"collection": {...}}` for each claimed
@@ -8,41 +9,16 @@
 //! pending). Ids, states, sequence numbers and hashes survive, so users log
 //! in with their passwords and subscribers resume with their last event
 //! ids. The JWT secret is not exported: give the new store's nodes the old
-//! `--secret` to keep issued tokens valid.
+//! `--secret` to keep issued tokens valid. The records are the store's
+//! ([`Record`]).
 
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
-use crate::domain::{Event, User};
-use crate::store::{Store, StoreError};
+use crate::store::{Change, Record, Store, StoreError};
 
 /// Records read or written at a time.
 const BATCH: usize = 1000;
-
-/// One line of an export.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Record {
-    /// A user.
-    User(User),
-    /// A claimed collection with its owner, privacy and members.
-    Collection {
-        /// The collection's id.
-        id: uuid::Uuid,
-        /// Who may read and write it.
-        #[serde(flatten)]
-        rule: crate::access::Rule,
-    },
-    /// An event with its sequence number, if published.
-    Event {
-        /// The event as the API shows it.
-        event: Event,
-        /// Its publication sequence number.
-        seq: Option<i64>,
-    },
-}
 
 /// Why an export, an import or `broker admin` failed.
 #[derive(Debug, thiserror::Error)]
@@ -136,4 +112,26 @@ pub async fn import(store: &dyn Store, input: impl BufRead) -> Result<usize, Tra
     imported += batch.len();
     store.import(batch).await?;
     Ok(imported)
+}
+
+/// Makes `username` an administrator (or not): `broker admin grant|revoke`.
+pub async fn set_admin(
+    store: &dyn Store,
+    username: &str,
+    admin: bool,
+) -> Result<(), TransferError> {
+    let user = store
+        .user_by_name(username)
+        .await?
+        .ok_or_else(|| TransferError::NoUser(username.to_owned()))?;
+    let change = Change::Account {
+        user: user.id,
+        password_hash: None,
+        disabled: None,
+        admin: Some(admin),
+        revoke: false,
+    };
+    store.change(change).await?;
+    tracing::info!(target: "broker::admin", by = "command line", user = %username, admin, "administrator {}", if admin { "granted" } else { "revoked" });
+    Ok(())
 }

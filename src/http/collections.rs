@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::extract::{AuthUser, Json, Path};
 use super::{ApiError, App, AppState, ErrorBody};
-use crate::access::Role;
+use crate::policy::Role;
 use crate::store::{Change, Changed, Collection};
 
 /// The body of `POST /collections`.

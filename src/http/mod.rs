@@ -24,11 +24,11 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 pub use error::{ApiError, ErrorBody};
 pub use stream::Stalls;
 
-use crate::access::AccessState;
 use crate::auth::{Claims, Keys, Passwords};
 use crate::clock::Clock;
 use crate::feed::Feed;
 use crate::hub::Hub;
+use crate::policy::AccessState;
 use crate::scheduler::Wake;
 use crate::store::Store;
 use crate::store::{Change, Changed};

@@ -44,11 +44,11 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{ApiError, App, AppState, ErrorBody};
-use crate::access::AccessState;
 use crate::auth::Claims;
 use crate::domain::{EventName, Filter, Published};
 use crate::hub::{About, Frame, HEARTBEAT, Permit, envelope_frame, sse_frame};
 use crate::metrics::Metrics;
+use crate::policy::AccessState;
 use crate::store::Store;
 
 /// Largest chunk assembled from queued frames before it is written.

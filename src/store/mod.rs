@@ -16,11 +16,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::access::{AccessState, Role};
-use crate::config::Config;
+use serde::{Deserialize, Serialize};
+
 use crate::domain::{Event, Filter, Published, User};
 use crate::metrics::Metrics;
-use crate::transfer::Record;
+use crate::policy::{AccessState, Role, Rule};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -40,17 +40,50 @@ pub enum StoreError {
     Backend(String),
 }
 
-/// Opens the store the configuration names: PostgreSQL with
-/// `--database-url`, else embedded SQLite in `--save-path`.
-pub fn open(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(match &config.database_url {
-        Some(url) => Arc::new(PostgresStore::open(
-            url.expose(),
-            usize::try_from(config.db_pool).unwrap_or(1),
-            metrics,
-        )?),
-        None => Arc::new(SqliteStore::open_with_metrics(&config.save_path, metrics)?),
+/// Where the data is kept.
+#[derive(Debug, Clone, Copy)]
+pub enum Location<'a> {
+    /// A PostgreSQL database, shared by every node, through a pool of at
+    /// most `pool` connections.
+    Postgres {
+        /// Its URL.
+        url: &'a str,
+        /// The pool size.
+        pool: usize,
+    },
+    /// An embedded SQLite database in this folder.
+    Sqlite(&'a std::path::Path),
+}
+
+/// Opens the store at `location`.
+pub fn open(location: Location<'_>, metrics: Arc<Metrics>) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match location {
+        Location::Postgres { url, pool } => Arc::new(PostgresStore::open(url, pool, metrics)?),
+        Location::Sqlite(path) => Arc::new(SqliteStore::open_with_metrics(path, metrics)?),
     })
+}
+
+/// One line of an export.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Record {
+    /// A user.
+    User(User),
+    /// A claimed collection with its owner, privacy and members.
+    Collection {
+        /// The collection's id.
+        id: Uuid,
+        /// Who may read and write it.
+        #[serde(flatten)]
+        rule: Rule,
+    },
+    /// An event with its sequence number, if published.
+    Event {
+        /// The event as the API shows it.
+        event: Event,
+        /// Its publication sequence number.
+        seq: Option<i64>,
+    },
 }
 
 /// A change to the access rules or to an account. Each is one transaction

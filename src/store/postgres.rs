@@ -55,13 +55,12 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    Cancel, Change, Changed, Collection, ListOf, Listed, Member, Position, Snapshot, Store,
+    Cancel, Change, Changed, Collection, ListOf, Listed, Member, Position, Record, Snapshot, Store,
     StoreError,
 };
-use crate::access::{AccessState, Role, Rule, Standing};
 use crate::domain::{Event, Filter, Published, User};
 use crate::metrics::Metrics;
-use crate::transfer::Record;
+use crate::policy::{AccessState, Role, Rule, Standing};
 
 /// Schema migrations, applied in order; `broker_migrations` records those done.
 const MIGRATIONS: &[&str] = &[

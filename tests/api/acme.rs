@@ -280,7 +280,9 @@ async fn nodes_sharing_a_database_share_one_certificate_and_its_challenges() {
     let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let first = broker(hidden, one.path(), Some(&db), &pebble.args(), &root).await;
     let account = format!("account {}", pebble.directory());
-    let store = broker::store::open(&config(one.path(), Some(&db), &[]), Arc::default()).unwrap();
+    let store =
+        broker::store::open(config(one.path(), Some(&db), &[]).store_location(), Arc::default())
+            .unwrap();
     eventually_within(ISSUING, "the first node's ACME account", || async {
         store.acme_get(&account).await.unwrap().is_some()
     })

@@ -152,7 +152,7 @@ async fn administrators_manage_accounts_and_see_collections() {
         app.user(&format!("bob{n}")).await;
     }
     error_json(app.get_as(&alice.jwt, "/admin/users").await, 403).await;
-    broker::access::set_admin(&*app.store(), "root", true).await.unwrap();
+    broker::transfer::set_admin(&*app.store(), "root", true).await.unwrap();
     let me = ok_json(app.get_as(&root.jwt, "/users/me").await).await;
     assert_eq!(me["admin"], true);
 

@@ -13,7 +13,9 @@ use crate::support::{TestDb, config, on_postgres};
 async fn fresh() -> (Arc<dyn Store>, tempfile::TempDir, Option<TestDb>) {
     let dir = tempfile::tempdir().unwrap();
     let db = if on_postgres() { Some(TestDb::create().await) } else { None };
-    let store = broker::store::open(&config(dir.path(), db.as_ref(), &[]), Arc::default()).unwrap();
+    let store =
+        broker::store::open(config(dir.path(), db.as_ref(), &[]).store_location(), Arc::default())
+            .unwrap();
     (store, dir, db)
 }
 

@@ -165,7 +165,7 @@ impl TestApp {
     /// The store this broker uses, opened once more (as another process would).
     pub fn store(&self) -> Arc<dyn broker::store::Store> {
         let config = config(self.dir.path(), self.db.as_deref(), &[]);
-        broker::store::open(&config, Arc::default()).expect("the store opens")
+        broker::store::open(config.store_location(), Arc::default()).expect("the store opens")
     }
 
     async fn start(
