@@ -464,3 +464,79 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
         self.inner.is_write_vectored()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `read_head` makes of `parts`, written one after the other by a
+    /// client that then waits (or leaves, with `leave`).
+    async fn head_of(parts: &[&[u8]], leave: bool) -> Head<tokio::io::DuplexStream> {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let parts: Vec<Vec<u8>> = parts.iter().map(|p| p.to_vec()).collect();
+        let writer = tokio::spawn(async move {
+            for part in parts {
+                client.write_all(&part).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            if !leave {
+                std::future::pending::<()>().await;
+            }
+        });
+        let head = read_head(server).await;
+        writer.abort();
+        head
+    }
+
+    #[tokio::test]
+    async fn an_events_head_split_anywhere_is_read_whole() {
+        let text =
+            b"GET /events?collection_id=x&event=y HTTP/1.1\r\nHost: b\r\nLast-Event-ID: 5\r\n\r\n";
+        for split in 0..=text.len() {
+            let Head::Events(_, headers, query) =
+                head_of(&[&text[..split], &text[split..]], false).await
+            else {
+                panic!("split at {split}: not read as an event stream");
+            };
+            assert_eq!(query.as_deref(), Some("collection_id=x&event=y"), "split at {split}");
+            assert_eq!(headers["last-event-id"], "5", "split at {split}");
+        }
+    }
+
+    #[tokio::test]
+    async fn other_requests_go_on_with_every_byte_read() {
+        for text in [
+            &b"GET /users/me HTTP/1.1\r\n\r\n"[..],
+            b"POST /events HTTP/1.1\r\n\r\n",
+            b"GET /eventsource.js HTTP/1.1\r\n\r\n",
+            b"GET /events/user HTTP/1.1\r\n\r\n",
+            b"GET /events HTTP/1.1\r\nbad header\r\n\r\n",
+        ] {
+            let Head::Other(_, read) = head_of(&[text], false).await else {
+                panic!("{:?} taken for an event stream", String::from_utf8_lossy(text));
+            };
+            assert!(text.starts_with(&read) && !read.is_empty(), "the bytes read are handed on");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_head_is_left_to_hyper_and_a_departed_client_is_gone() {
+        let long = [b'a'; MAX_HEAD];
+        let Head::Other(_, read) =
+            head_of(&[b"GET /events HTTP/1.1\r\nX-Long: ", &long, b"\r\n\r\n"], false).await
+        else {
+            panic!("an oversized head is not an event stream");
+        };
+        assert!(read.len() > MAX_HEAD);
+        assert!(matches!(head_of(&[b"GET /events HTTP/1.1\r\nHo"], true).await, Head::Gone));
+    }
+
+    #[tokio::test]
+    async fn pipelined_bytes_after_an_events_head_do_not_spoil_it() {
+        let head = head_of(&[b"GET /events HTTP/1.1\r\n\r\nGET /users/me HTTP/1.1\r\n\r\n"], false);
+        let Head::Events(_, _, query) = head.await else {
+            panic!("a complete events head followed by more is still an event stream");
+        };
+        assert_eq!(query, None);
+    }
+}

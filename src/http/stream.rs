@@ -793,3 +793,43 @@ impl Chunk {
         (!bytes.is_empty()).then_some(bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_passes_one_frame_on_without_a_copy_and_joins_several_in_order() {
+        let mut chunk = Chunk::default();
+        assert!(chunk.take().is_none(), "nothing to write");
+        let one = Bytes::from_static(b"id:1\ndata:1\n\n");
+        chunk.push(one.clone());
+        assert_eq!(chunk.len(), one.len());
+        let taken = chunk.take().unwrap();
+        assert_eq!(taken.as_ptr(), one.as_ptr(), "the frame itself, not a copy");
+        for n in 2..5 {
+            chunk.push(Bytes::from(format!("id:{n}\n\n")));
+        }
+        assert_eq!(&chunk.take().unwrap()[..], b"id:2\n\nid:3\n\nid:4\n\n");
+        assert!(chunk.is_empty() && chunk.take().is_none(), "taken whole");
+    }
+
+    #[test]
+    fn the_forbidden_notice_is_an_event_for_envelopes_and_a_comment_for_1x() {
+        let (c, user) = (Uuid::nil(), Some(Uuid::new_v4()));
+        let notice = forbidden_notice(&[c], None, true);
+        let text = std::str::from_utf8(&notice).unwrap();
+        assert!(text.starts_with("event:forbidden\ndata:{") && !text.contains("id:"), "{text}");
+        assert!(text.contains("not logged in"), "{text}");
+        assert!(
+            std::str::from_utf8(&forbidden_notice(&[c], user, true))
+                .unwrap()
+                .contains("not a member")
+        );
+        let cleared = forbidden_notice(&[], user, true);
+        assert_eq!(&cleared[..], b"event:forbidden\ndata:{\"collections\":[],\"error\":null}\n\n");
+        for plain in [forbidden_notice(&[c], None, false), forbidden_notice(&[], user, false)] {
+            assert!(plain.starts_with(b": ") && plain.ends_with(b"\n\n"), "a comment only");
+        }
+    }
+}
