@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use broker::domain::{Event, Filter, User};
-use broker::store::{Cancel, Store, StoreError};
+use broker::policy::Role;
+use broker::store::{Cancel, Change, Changed, ListOf, Position, Record, Store, StoreError};
 use uuid::Uuid;
 
 use crate::support::{TestDb, config, on_postgres};
@@ -73,6 +74,9 @@ async fn the_snapshot_is_the_latest_event_of_each_name() {
     assert_eq!(all.latest.iter().map(|p| p.seq).collect::<Vec<_>>(), [2, 4]);
     let mine = store.snapshot(&Filter::new(vec![c], vec![]).unwrap(), true).await.unwrap();
     assert_eq!(mine.latest.iter().map(|p| p.seq).collect::<Vec<_>>(), [2, 3]);
+    // Naming collections: the latest of each name in each of them.
+    let both = store.snapshot(&Filter::new(vec![c, other], vec![]).unwrap(), true).await.unwrap();
+    assert_eq!(both.latest.iter().map(|p| p.seq).collect::<Vec<_>>(), [2, 3, 4]);
 }
 
 #[tokio::test]
@@ -114,4 +118,146 @@ async fn users_are_found_by_name_and_id_and_names_are_unique() {
     assert!(!store.is_empty().await.unwrap());
     let secret = store.keep_secret("first".into()).await.unwrap();
     assert_eq!(store.keep_secret("second".into()).await.unwrap(), secret, "kept once");
+}
+
+fn user(name: &str) -> User {
+    User {
+        id: Uuid::new_v4(),
+        username: name.into(),
+        password_hash: "hash".into(),
+        collection_id: Uuid::new_v4(),
+        ..User::default()
+    }
+}
+
+#[tokio::test]
+async fn listings_go_by_timestamp_then_insertion_a_page_at_a_time() {
+    let (store, _dir, _db) = fresh().await;
+    let (c, other) = (Uuid::new_v4(), Uuid::new_v4());
+    for (name, collection, timestamp) in
+        [("a", c, 30), ("b", c, 10), ("c", other, 20), ("d", c, 10)]
+    {
+        store.insert_event(event(name, collection, timestamp)).await.unwrap();
+    }
+    let names = |page: &[broker::store::Listed]| {
+        page.iter().map(|l| l.event.event.clone()).collect::<Vec<_>>()
+    };
+    let first = store.list(ListOf::Collection(c), None, 2).await.unwrap();
+    assert_eq!(names(&first), ["b", "d"]);
+    let after = Some(first[1].position);
+    assert_eq!(names(&store.list(ListOf::Collection(c), after, 2).await.unwrap()), ["a"]);
+    let start = Some(Position::START);
+    assert_eq!(
+        names(&store.list(ListOf::Collection(c), start, 10).await.unwrap()),
+        ["b", "d", "a"]
+    );
+    // `event()` makes the collection's id its author's.
+    assert_eq!(names(&store.list(ListOf::User(other), None, 10).await.unwrap()), ["c"]);
+    assert!(store.list(ListOf::Nothing, None, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn access_changes_move_the_version_and_read_back_whole() {
+    let (store, _dir, _db) = fresh().await;
+    let (alice, bob) = (user("alice"), user("Bobby"));
+    for u in [&alice, &bob] {
+        store.create_user(u.clone()).await.unwrap();
+    }
+    let c = Uuid::new_v4();
+    let before = store.access_version().await.unwrap();
+    let claim = Change::Claim { collection: c, owner: alice.id, private: true };
+    assert_eq!(store.change(claim.clone()).await.unwrap(), Changed::Done);
+    assert_eq!(store.change(claim).await.unwrap(), Changed::Claimed(alice.id));
+    let member = Change::Member { collection: c, user: bob.id, role: Some(Role::Writer) };
+    assert_eq!(store.change(member).await.unwrap(), Changed::Done);
+    let unknown = Change::Privacy { collection: Uuid::new_v4(), private: false };
+    assert_eq!(store.change(unknown).await.unwrap(), Changed::NotFound);
+    let revoke = Change::Account {
+        user: bob.id,
+        password_hash: None,
+        disabled: Some(true),
+        admin: None,
+        revoke: true,
+    };
+    assert_eq!(store.change(revoke).await.unwrap(), Changed::Done);
+    let jti = Uuid::new_v4();
+    store.change(Change::Revoke { jti, exp: i64::MAX / 2 }).await.unwrap();
+    let version = store.access_version().await.unwrap();
+    assert!(version > before, "every change moves the version");
+
+    let state = store.access().await.unwrap();
+    assert_eq!(state.version, version, "read consistently with its version");
+    let rule = &state.collections[&c];
+    assert!(rule.private && rule.owner == alice.id && rule.members[&bob.id] == Role::Writer);
+    let standing = state.users[&bob.id];
+    assert!(standing.disabled && standing.generation > 0);
+    assert!(state.revoked.contains(&jti));
+    let collection = store.collection(c).await.unwrap().expect("claimed");
+    assert_eq!(collection.owner.username, "alice");
+    assert_eq!(
+        collection.members.iter().map(|m| m.username.as_str()).collect::<Vec<_>>(),
+        ["Bobby"]
+    );
+    assert!(store.collection(Uuid::new_v4()).await.unwrap().is_none());
+    // Names contain the search, ignoring case, by name, after `after`.
+    let found = store.find_users("b", "", 10).await.unwrap();
+    assert_eq!(found.iter().map(|u| u.username.as_str()).collect::<Vec<_>>(), ["Bobby"]);
+    let after_bobby = store.find_users("", "Bobby", 10).await.unwrap();
+    assert_eq!(after_bobby.iter().map(|u| u.username.as_str()).collect::<Vec<_>>(), ["alice"]);
+}
+
+#[tokio::test]
+async fn an_export_imports_into_an_empty_store_as_it_was() {
+    let (store, _dir, _db) = fresh().await;
+    let alice = user("alice");
+    store.create_user(alice.clone()).await.unwrap();
+    let c = Uuid::new_v4();
+    store.change(Change::Claim { collection: c, owner: alice.id, private: true }).await.unwrap();
+    for (name, timestamp) in [("a", 0), ("b", 0), ("later", i64::from(i32::MAX))] {
+        store.insert_event(event(name, c, timestamp)).await.unwrap();
+    }
+    store.publish_due(1, 10).await.unwrap();
+
+    let mut records: Vec<Record> =
+        store.users_after(None, 10).await.unwrap().into_iter().map(Record::User).collect();
+    let rule = store.access().await.unwrap().collections[&c].as_ref().clone();
+    records.push(Record::Collection { id: c, rule });
+    let events = store.events_after(0, 10).await.unwrap();
+    assert_eq!(
+        events.iter().map(|(_, e, seq)| (e.event.as_str(), *seq)).collect::<Vec<_>>(),
+        [("a", Some(1)), ("b", Some(2)), ("later", None)]
+    );
+    records.extend(events.into_iter().map(|(_, event, seq)| Record::Event { event, seq }));
+
+    let (copy, _dir2, _db2) = fresh().await;
+    assert!(copy.is_empty().await.unwrap());
+    copy.import(records).await.unwrap();
+    assert_eq!(copy.user_by_name("alice").await.unwrap().map(|u| u.id), Some(alice.id));
+    assert_eq!(copy.head().await.unwrap(), 2);
+    assert_eq!(copy.pending().await.unwrap(), 1);
+    assert!(copy.access().await.unwrap().collections[&c].private);
+    let latest = copy.snapshot(&Filter::default(), false).await.unwrap().latest;
+    assert_eq!(
+        latest.iter().map(|p| (p.seq, p.event.event.as_str())).collect::<Vec<_>>(),
+        [(1, "a"), (2, "b")]
+    );
+    assert!(copy.snapshot(&Filter::default(), true).await.unwrap().latest.is_empty(), "private");
+}
+
+#[tokio::test]
+async fn acme_values_are_kept_and_the_lease_has_one_holder_at_a_time() {
+    let (store, _dir, _db) = fresh().await;
+    assert_eq!(store.acme_get("account").await.unwrap(), None);
+    store.acme_put("account", Some("key")).await.unwrap();
+    assert_eq!(store.acme_get("account").await.unwrap().as_deref(), Some("key"));
+    store.acme_put("account", None).await.unwrap();
+    assert_eq!(store.acme_get("account").await.unwrap(), None);
+    assert!(store.acme_lease("one", 100, 200).await.unwrap());
+    // A SQLite database has one node: it always holds the lease.
+    if on_postgres() {
+        assert!(!store.acme_lease("two", 150, 250).await.unwrap(), "held by one until 200");
+        assert!(store.acme_lease("one", 150, 300).await.unwrap(), "extended by its holder");
+        assert!(store.acme_lease("two", 301, 400).await.unwrap(), "expired: free again");
+    }
+    store.ping().await.unwrap();
 }
