@@ -347,3 +347,51 @@ async fn the_plain_http_port_redirects_to_https() {
         format!("https://localhost:{https_port}/events?event=a&event=b").as_str()
     );
 }
+
+/// What losing vendor/h2's patch would cost (Cargo drops a `[patch]` that
+/// no longer fits with a mere warning): measured as BENCHMARKS.md does, the
+/// server's resident memory before and after opening idle event streams
+/// over HTTP/2, one per connection. With the patch this build holds about
+/// 18 KB per connection, without it about 31 KB (its 28 KiB of
+/// per-connection buffers, 2,000 connections, 2026-12-03): the bound sits
+/// between the two.
+#[tokio::test]
+async fn an_idle_http2_stream_costs_what_the_h2_patch_promises() {
+    use crate::process::{Binary, command};
+    const STREAMS: u64 = 1500;
+    const BOUND: u64 = 24 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certificates::new(dir.path());
+    let mut c = command(dir.path());
+    c.args(["--port", "0", "--secret", "s", "--tls-cert", certs.cert.to_str().unwrap()]);
+    c.args(["--tls-key", certs.key.to_str().unwrap(), "--max-connections", "4000"]);
+    let broker = Binary::start(c).await;
+    let port: u16 = broker.base.rsplit(':').next().unwrap().parse().unwrap();
+    let root = reqwest::Certificate::from_pem(certs.ca.pem().as_bytes()).unwrap();
+    let url = format!("https://localhost:{port}/events");
+    let open = async |n: u64, streams: &mut Vec<_>| {
+        for _ in 0..n {
+            // A client each: one connection each, as browsers on many machines.
+            let client = reqwest::Client::builder()
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(root.clone())
+                .resolve("localhost", ([127, 0, 0, 1], port).into())
+                .build()
+                .unwrap();
+            let response = client.get(&url).send().await.unwrap();
+            assert_eq!((response.status().as_u16(), response.version()), (200, Version::HTTP_2));
+            streams.push((client, response)); // open on the server once its head came
+        }
+    };
+    // What the first connections set up once (TLS state, thread caches) is
+    // not what each one costs: measured after a few, as the benchmark does.
+    let mut streams = Vec::new();
+    open(100, &mut streams).await;
+    let before = broker.rss();
+    open(STREAMS, &mut streams).await;
+    let per_stream = broker.rss().saturating_sub(before) / STREAMS;
+    assert!(
+        per_stream < BOUND,
+        "{per_stream} B per idle HTTP/2 stream (bound {BOUND}): is vendor/h2 still patched?"
+    );
+}
