@@ -2,22 +2,16 @@
 //!
 //! The rules live in the store; each change there bumps one version number.
 //! Every node keeps all of them in an [`AccessState`], replaced whole when
-//! the version moves (at once on the node that made the change, within a
-//! [`POLL`] elsewhere), so that checking a request, a session or a published
+//! the version moves (at once on the node that made the change, within
+//! [`crate::cluster::RULES_POLL`] elsewhere), so that checking a request, a session or a published
 //! event never queries the database. A new state also goes through the hub,
 //! in order with the events, so that open streams re-check their session.
 //! What the rules say is [`crate::policy`].
 
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
-
-use tokio_util::sync::CancellationToken;
 
 use crate::policy::AccessState;
 use crate::store::{Store, StoreError};
-
-/// How often a node looks for changes made by other processes.
-pub const POLL: Duration = Duration::from_millis(250);
 
 /// A node's copy of the rules; shared behind an `Arc`.
 #[derive(Debug)]
@@ -59,34 +53,5 @@ impl Access {
         }
         *current = state.clone();
         Ok(Some(state))
-    }
-
-    /// Refreshes every [`POLL`] until `shutdown`, calling `changed` with
-    /// each new state: how changes made elsewhere arrive.
-    pub fn spawn_poller(
-        self: Arc<Self>,
-        store: Arc<dyn Store>,
-        changed: impl Fn(Arc<AccessState>) + Send + 'static,
-        shutdown: CancellationToken,
-    ) {
-        tokio::spawn(async move {
-            let mut failing = false;
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep(POLL) => {}
-                    () = shutdown.cancelled() => return,
-                }
-                match self.refresh(store.as_ref()).await {
-                    Ok(Some(state)) => changed(state),
-                    Ok(None) => {}
-                    Err(e) if !std::mem::replace(&mut failing, true) => {
-                        tracing::warn!(error = %e, "cannot read the access rules; retrying");
-                        continue;
-                    }
-                    Err(_) => continue,
-                }
-                failing = false;
-            }
-        });
     }
 }

@@ -7,8 +7,9 @@
 //! the hub. What this node's scheduler publishes goes to the hub at once
 //! when it follows that number; anything else (another node's publications,
 //! or events before them not yet seen here) is read from the store first.
-//! On a shared database the feed also catches up when notified and every
-//! poll interval, so no event depends on a notification arriving.
+//! On a shared database the cluster's follower ([`crate::cluster`]) makes
+//! it catch up when notified and every poll interval, so no event depends
+//! on a notification arriving.
 //!
 //! On a shared database the feed also makes sure, before it hands events
 //! over, that the hub's access rules are at least as new as the events:
@@ -22,10 +23,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, PoisonError};
-use std::time::Duration;
 
-use tokio::sync::{Mutex, Notify, OnceCell, broadcast};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{Mutex, OnceCell, broadcast};
 
 use crate::domain::{Filter, Published};
 use crate::hub::{Frame, Hub};
@@ -51,7 +50,8 @@ pub struct Feed {
     flights: std::sync::Mutex<HashMap<Filter, (i64, Flight)>>,
     /// Events handed over between waits for subscribers to drain.
     slice: usize,
-    /// Whether other nodes share the store (and may change its rules).
+    /// Whether other nodes share the store (and may change its rules): see
+    /// [`crate::cluster`].
     shared: bool,
 }
 
@@ -196,36 +196,6 @@ impl Feed {
             self.hub.publish(p);
             *delivered = Some(p.seq);
         }
-    }
-
-    /// Catches up whenever `published` rings and every `poll`, until
-    /// `shutdown`: how a node hears of other nodes' publications.
-    pub fn spawn_follower(
-        self: Arc<Self>,
-        published: Arc<Notify>,
-        poll: Duration,
-        shutdown: CancellationToken,
-    ) {
-        tokio::spawn(async move {
-            let mut failing = false;
-            loop {
-                tokio::select! {
-                    () = published.notified() => {}
-                    () = tokio::time::sleep(poll) => {}
-                    () = shutdown.cancelled() => return,
-                }
-                match self.catch_up().await {
-                    Ok(()) if std::mem::take(&mut failing) => {
-                        tracing::info!("caught up with the log again");
-                    }
-                    Ok(()) => {}
-                    Err(e) if !std::mem::replace(&mut failing, true) => {
-                        tracing::warn!(error = %e, "cannot read the log; retrying");
-                    }
-                    Err(_) => {}
-                }
-            }
-        });
     }
 }
 

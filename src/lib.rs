@@ -15,6 +15,7 @@
 pub mod access;
 pub mod auth;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod feed;
@@ -35,7 +36,6 @@ use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -100,23 +100,17 @@ impl Broker {
         let max_lag = usize::try_from(config.max_lag).unwrap_or(usize::MAX);
         let hub = Arc::new(Hub::new(max_lag, stream_limit(config.max_connections), metrics));
         hub.spawn_heartbeat(config.heartbeat_interval(), shutdown.clone());
-        let published = Arc::new(Notify::new());
-        let poll = store.listen(published.clone(), shutdown.clone());
-        let feed = Arc::new(Feed::new(store.clone(), hub.clone(), max_lag, poll.is_some()));
+        let follower = cluster::Follower::of(store.as_ref(), &shutdown);
+        let schedule_poll = follower.as_ref().map(cluster::Follower::log_poll);
+        let feed = Arc::new(Feed::new(store.clone(), hub.clone(), max_lag, follower.is_some()));
         match hub.access.refresh(store.as_ref()).await {
             Ok(_) => {}
             // Retried by the poller; until then requests answer 503.
             Err(store::StoreError::Unavailable(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        if let Some(poll) = poll {
-            // Other nodes change the rules too.
-            let changed = {
-                let hub = hub.clone();
-                move |state| hub.access_changed(state)
-            };
-            hub.access.clone().spawn_poller(store.clone(), changed, shutdown.clone());
-            feed.clone().spawn_follower(published, poll, shutdown.clone());
+        if let Some(follower) = follower {
+            follower.spawn(store.clone(), hub.clone(), feed.clone(), shutdown.clone());
         }
         let wake = Arc::new(Wake::default());
         let scheduler = scheduler::spawn(
@@ -124,7 +118,7 @@ impl Broker {
             feed.clone(),
             clock.clone(),
             wake.clone(),
-            poll,
+            schedule_poll,
             shutdown.clone(),
         );
         let app = Arc::new(App {

@@ -107,7 +107,7 @@ impl App {
     }
 
     /// Applies a change to the rules and installs the new rules on this
-    /// node at once (other nodes follow within [`crate::access::POLL`]).
+    /// node at once (other nodes follow within [`crate::cluster::RULES_POLL`]).
     pub async fn change(&self, change: Change) -> Result<Changed, ApiError> {
         let changed = self.store.change(change).await?;
         self.hub.refresh_access(self.store.as_ref()).await?;

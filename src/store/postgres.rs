@@ -23,10 +23,10 @@
 //!
 //! NOTIFY is only a wake-up: `broker_published` after each publication. A
 //! node that misses notifications catches up from the last sequence number
-//! it delivered, and also looks every [`POLL`] anyway. Inserts notify
+//! it delivered, and also looks every [`LOG_POLL`] anyway. Inserts notify
 //! nobody: the inserting node's scheduler publishes what is due at once, and
 //! the other nodes' schedulers see future events when they next look (every
-//! [`POLL`]), which is all a takeover needs; a NOTIFY per insert would
+//! [`LOG_POLL`]), which is all a takeover needs; a NOTIFY per insert would
 //! serialise the commits (PostgreSQL takes one lock to queue notifications).
 //!
 //! Each event records the node it was inserted on. Whoever publishes takes
@@ -73,7 +73,7 @@ const MIGRATION_LOCK: i64 = 0x6272_6f6b_6572; // "broker"
 /// How long any database operation may take before it is given up.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(4);
 /// How often a node looks for other nodes' work even without notifications.
-pub const POLL: Duration = Duration::from_secs(1);
+pub const LOG_POLL: Duration = Duration::from_secs(1);
 /// Seconds an event inserted on another node may be overdue before this
 /// node wakes to publish it: the other node is then taken to be gone.
 const TAKEOVER: i64 = 1;
@@ -984,7 +984,7 @@ impl Store for PostgresStore {
 
     fn listen(&self, published: Arc<Notify>, shutdown: CancellationToken) -> Option<Duration> {
         tokio::spawn(listen(self.config.clone(), published, shutdown));
-        Some(POLL)
+        Some(LOG_POLL)
     }
 }
 
@@ -1032,7 +1032,7 @@ async fn listen(
                     tracing::warn!(error = %e, "cannot listen for other nodes' events; retrying every second");
                 }
                 tokio::select! {
-                    () = tokio::time::sleep(POLL) => continue,
+                    () = tokio::time::sleep(LOG_POLL) => continue,
                     () = shutdown.cancelled() => return,
                 }
             }
