@@ -7,7 +7,7 @@
 //!
 //! [`Broker::open`] builds the whole server from a [`Config`];
 //! [`Broker::router`] is an axum `Router` another application can mount;
-//! [`serve`] runs it on a listener until a shutdown future resolves.
+//! [`serve()`] runs it on a listener until a shutdown future resolves.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -24,7 +24,7 @@ pub mod hub;
 pub mod metrics;
 pub mod policy;
 pub mod scheduler;
-mod server;
+pub mod serve;
 pub mod store;
 pub mod throttle;
 pub mod tls;
@@ -133,7 +133,10 @@ impl Broker {
             retry_ms: config.retry,
             max_depth: usize::try_from(config.max_depth).unwrap_or(usize::MAX),
             write_stall: Duration::from_secs(config.write_stall),
-            stalls: http::Stalls::spawn(Duration::from_secs(config.write_stall), shutdown.clone()),
+            stalls: serve::stalls::Stalls::spawn(
+                Duration::from_secs(config.write_stall),
+                shutdown.clone(),
+            ),
             origins,
             logins: http::Logins {
                 names: Failures::new(config.login_attempts, config.login_window),
@@ -216,7 +219,7 @@ impl Broker {
             .enable_all()
             .build()?;
         let api = tokio::runtime::Handle::current();
-        let accepting = streams.spawn(server::run(
+        let accepting = streams.spawn(serve::run(
             listener,
             api,
             self.app.clone(),

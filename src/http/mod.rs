@@ -22,7 +22,6 @@ use axum::routing::{get, patch, post, put};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use error::{ApiError, ErrorBody};
-pub use stream::Stalls;
 
 use crate::auth::{Claims, Keys, Passwords};
 use crate::clock::Clock;
@@ -60,7 +59,7 @@ pub struct App {
     /// How long an event stream's peer may refuse data before it is dropped.
     pub write_stall: std::time::Duration,
     /// The streams served through hyper, watched for stalls.
-    pub stalls: Arc<Stalls>,
+    pub stalls: Arc<crate::serve::stalls::Stalls>,
     /// Origins allowed by CORS.
     pub origins: Vec<HeaderValue>,
     /// Failed logins per username and per client address.

@@ -17,30 +17,23 @@
 //! stream whose token is revoked (logout, password change, disabled
 //! account) ends when the new rules reach it.
 //!
-//! A stream is written straight to its connection ([`write_to`],
-//! [`write_to_tls`]) or, over HTTP/2 and on keep-alive connections, handed
-//! to hyper as its body, watched for stalls by one task for all ([`Stalls`]).
+//! The subscriber is transport-neutral: it hands out the next chunk to
+//! write. [`crate::serve`] writes it straight to a connection (the lean
+//! path) or, over HTTP/2 and on keep-alive connections, hands it to hyper
+//! as the body of [`subscribe`]'s answer, watched for stalls
+//! ([`crate::serve::stalls`]).
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::Future;
-use std::io::ErrorKind;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
-use futures_util::Stream;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{ApiError, App, AppState, ErrorBody};
@@ -184,106 +177,6 @@ pub async fn subscribe(
     Ok((STREAM_HEADERS, Body::from_stream(app.stalls.watch(Box::pin(chunks)))).into_response())
 }
 
-/// The event streams served through hyper (over HTTP/2, or by an app that
-/// mounts Broker's router) and the task that watches them for stalls.
-///
-/// hyper polls a body only while its client has room (over HTTP/2, while
-/// the stream's flow-control window is open): a body that handed out a
-/// chunk and was not polled again for `--write-stall` has a client that
-/// takes nothing. Then its subscriber is dropped, as the lean path drops a
-/// stalled connection: its place and its cursor on the hub are freed at
-/// once, and the stream ends whenever hyper polls it again. One task does
-/// this for every stream, so a stream costs no task of its own.
-pub struct Stalls {
-    streams: std::sync::Mutex<Vec<std::sync::Weak<Watched>>>,
-    stall: Duration,
-    epoch: tokio::time::Instant,
-}
-
-/// The chunks of one stream and when the last one went out.
-struct Watched {
-    /// `None` once the stream ended or stalled.
-    chunks: std::sync::Mutex<Option<Chunks>>,
-    /// When the body last handed out a chunk and was not polled since, in
-    /// milliseconds since [`Stalls::epoch`]; 0 if it was.
-    handed: AtomicU64,
-}
-
-type Chunks = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
-
-impl Stalls {
-    /// Watches streams for `stall` until `shutdown`.
-    pub fn spawn(stall: Duration, shutdown: CancellationToken) -> Arc<Self> {
-        let stalls = Arc::new(Self {
-            streams: std::sync::Mutex::default(),
-            stall,
-            epoch: tokio::time::Instant::now(),
-        });
-        let sweeper = stalls.clone();
-        tokio::spawn(async move {
-            let tick = (sweeper.stall / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
-            while shutdown.run_until_cancelled(tokio::time::sleep(tick)).await.is_some() {
-                sweeper.sweep();
-            }
-        });
-        stalls
-    }
-
-    /// Drops the subscribers of stalled streams; forgets ended ones.
-    fn sweep(&self) {
-        let (now, stall) = (since(self.epoch), self.stall.as_millis() as u64);
-        lock(&self.streams).retain(|stream| {
-            let Some(stream) = stream.upgrade() else { return false };
-            let handed = stream.handed.load(Ordering::Acquire);
-            if handed == 0 || now.saturating_sub(handed) < stall {
-                return true;
-            }
-            // The body sets `handed` while it holds the lock: unchanged
-            // under it, the body was not polled since.
-            let mut chunks = lock(&stream.chunks);
-            let stalled = stream.handed.load(Ordering::Acquire) == handed;
-            if stalled {
-                *chunks = None;
-            }
-            !stalled
-        });
-    }
-
-    /// A body for hyper that hands out `chunks`, watched.
-    fn watch(&self, chunks: Chunks) -> impl Stream<Item = Result<Bytes, Infallible>> + use<> {
-        let watched = Arc::new(Watched {
-            chunks: std::sync::Mutex::new(Some(chunks)),
-            handed: AtomicU64::new(0),
-        });
-        lock(&self.streams).push(Arc::downgrade(&watched));
-        let epoch = self.epoch;
-        futures_util::stream::poll_fn(move |cx| {
-            let mut chunks = lock(&watched.chunks);
-            watched.handed.store(0, Ordering::Release);
-            let next = match chunks.as_mut() {
-                Some(chunks) => chunks.as_mut().poll_next(cx),
-                None => Poll::Ready(None),
-            };
-            match &next {
-                Poll::Ready(Some(_)) => watched.handed.store(since(epoch), Ordering::Release),
-                Poll::Ready(None) => *chunks = None,
-                Poll::Pending => {}
-            }
-            next.map(|chunk| chunk.map(Ok))
-        })
-    }
-}
-
-/// Milliseconds since `epoch`, at least 1.
-fn since(epoch: tokio::time::Instant) -> u64 {
-    (epoch.elapsed().as_millis() as u64).max(1)
-}
-
-/// Locks `mutex`, whatever a panicking holder left in it.
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Checks a subscription request (query, token, connection limit) and
 /// prepares its stream: the initial sync or the replay position.
 pub(crate) async fn open(
@@ -400,123 +293,6 @@ fn forbidden_notice(collections: &[Uuid], user: Option<Uuid>, envelope: bool) ->
     }
     let data = serde_json::json!({"collections": collections, "error": error});
     Bytes::from(format!("event:forbidden\ndata:{data}\n\n"))
-}
-
-/// Writes a stream straight to its socket, then closes it: the lean path of
-/// [`crate::Broker::serve`], which keeps no HTTP buffers per stream. Ends
-/// when the stream does, when the peer closes, or when the peer has not
-/// taken any data for `stall` (`--write-stall`).
-///
-/// Not an `async fn`, which would keep its arguments twice (see
-/// [`write_to_tls`]).
-#[allow(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
-pub(crate) fn write_to(
-    mut subscriber: Subscriber,
-    mut socket: TcpStream,
-    stall: Duration,
-) -> impl Future<Output = ()> {
-    async move {
-        loop {
-            // Readiness is polled directly: the waker lives in the socket's
-            // registration, not in this (per-stream) future.
-            let readable = std::future::poll_fn(|cx| socket.poll_read_ready(cx));
-            tokio::select! {
-                chunk = subscriber.next_chunk() => match chunk {
-                    Some(chunk) => if write(&mut socket, &chunk, stall).await.is_err() { break },
-                    None => break,
-                },
-                ready = readable => if ready.is_err() || peer_closed(&socket) { break },
-            }
-        }
-        let _ = socket.shutdown().await;
-    }
-}
-
-/// Writes a stream to a TLS connection (after its HTTP/1.1 request head),
-/// then closes it: the lean path over HTTPS, with no HTTP buffers either.
-/// Ends like [`write_to`].
-///
-/// Not an `async fn`: that would keep its arguments (the TLS connection is
-/// 1.2 KB) twice, as arguments and as the locals they are moved into.
-#[allow(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
-pub(crate) fn write_to_tls<S>(
-    mut subscriber: Subscriber,
-    mut tls: S,
-    stall: Duration,
-) -> impl Future<Output = ()>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    async move {
-        let mut scratch = [0u8; 64];
-        loop {
-            tokio::select! {
-                chunk = subscriber.next_chunk() => match chunk {
-                    Some(chunk) => if write_all(&mut tls, &chunk, stall).await.is_err() { break },
-                    None => break,
-                },
-                // Whatever the peer sends is discarded; the end of it ends the stream.
-                read = tls.read(&mut scratch) => if !matches!(read, Ok(n) if n > 0) { break },
-            }
-        }
-        // The place is freed now; the TLS close (a record to send) waits for
-        // the peer, so a stalled one gets no longer than `stall` for it.
-        drop(subscriber);
-        let _ = Box::pin(tokio::time::timeout(stall, tls.shutdown())).await;
-    }
-}
-
-/// Writes and flushes all of `bytes` to any connection, failing if the
-/// peer takes none for `stall`.
-pub(crate) async fn write_all<S: AsyncWrite + Unpin>(
-    socket: &mut S,
-    bytes: &[u8],
-    stall: Duration,
-) -> std::io::Result<()> {
-    let write = async {
-        socket.write_all(bytes).await?;
-        socket.flush().await
-    };
-    // Biased: the timer is only polled (registered) if the write waits.
-    tokio::select! {
-        biased;
-        written = write => written,
-        () = tokio::time::sleep(stall) => Err(ErrorKind::TimedOut.into()),
-    }
-}
-
-/// Writes all of `bytes`, failing if the peer takes none for `stall`.
-pub(crate) async fn write(
-    socket: &mut TcpStream,
-    mut bytes: &[u8],
-    stall: Duration,
-) -> std::io::Result<()> {
-    // Almost always the socket takes everything at once; the timer only
-    // exists (boxed, off the per-stream state) when it does not.
-    while !bytes.is_empty() {
-        match socket.try_write(bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                let stalled = Box::pin(tokio::time::timeout(stall, socket.write_all(bytes)));
-                return stalled.await.map_err(|_| ErrorKind::TimedOut.into()).and_then(|r| r);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Whether the peer has closed its side; discards anything it sent.
-fn peer_closed(socket: &TcpStream) -> bool {
-    let mut scratch = [0u8; 64];
-    loop {
-        match socket.try_read(&mut scratch) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
-            Err(_) => return true,
-        }
-    }
 }
 
 /// Adds the latest-state sync (after a `reset` event if asked) to `chunk`;
@@ -638,7 +414,7 @@ impl Subscriber {
     }
 
     /// The next bytes to write, or `None` to end the stream.
-    async fn next_chunk(&mut self) -> Option<Bytes> {
+    pub(crate) async fn next_chunk(&mut self) -> Option<Bytes> {
         if let Some(first) = self.first.take() {
             return Some(first);
         }
