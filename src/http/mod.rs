@@ -121,11 +121,12 @@ fn not_yet() -> ApiError {
 /// Handler state.
 pub type AppState = Arc<App>;
 
-/// The API's routes with CORS for the app's origins and a body limit of
-/// `max_body` bytes.
-pub fn router(app: AppState, max_body: usize) -> Router {
-    let cors = CorsLayer::new()
-        .allow_origin(AllowOrigin::list(app.origins.clone()))
+/// CORS for `origins`: the one definition of it, which the router applies
+/// and the lean stream path runs too (`crate::serve`), so that both answer
+/// with the same headers.
+pub fn cors(origins: &[HeaderValue]) -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins.to_vec()))
         .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::PUT, Method::DELETE])
         .allow_headers([
             header::AUTHORIZATION,
@@ -133,7 +134,13 @@ pub fn router(app: AppState, max_body: usize) -> Router {
             header::CONTENT_TYPE,
             header::HeaderName::from_static("last-event-id"),
         ])
-        .allow_credentials(true);
+        .allow_credentials(true)
+}
+
+/// The API's routes with CORS for the app's origins and a body limit of
+/// `max_body` bytes.
+pub fn router(app: AppState, max_body: usize) -> Router {
+    let cors = cors(&app.origins);
     Router::new()
         .route("/users", post(users::sign_up))
         .route("/login", post(users::log_in))

@@ -4,15 +4,18 @@
 //! stream. A connection ends when the stream does, when the peer closes,
 //! or when the peer has taken nothing for `--write-stall`.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io::ErrorKind;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Request, Response};
 use axum::response::IntoResponse;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tower::{Layer, ServiceExt};
 
 use crate::http::stream::{self, Subscriber};
 use crate::http::{App, ops};
@@ -56,7 +59,8 @@ async fn open_events(
     tls: bool,
 ) -> Result<(Subscriber, Vec<u8>), (u16, Vec<u8>)> {
     let id = ops::request_id(headers.get(ops::REQUEST_ID));
-    let mut cors = format!("{}{}: {id}\r\n", cors_headers(&app.origins, &headers), ops::REQUEST_ID);
+    let cors = cors_headers(&app.origins, &headers).await;
+    let mut cors = format!("{cors}{}: {id}\r\n", ops::REQUEST_ID);
     if let Some(hsts) = app.hsts.as_ref().filter(|_| tls) {
         cors.push_str(&format!("strict-transport-security: {}\r\n", hsts.to_str().unwrap_or("")));
     }
@@ -90,16 +94,19 @@ async fn open_events(
     }
 }
 
-/// The CORS response headers for a simple request from `headers`' origin
-/// (none unless it is one of `origins`), each line ending in CRLF.
-fn cors_headers(origins: &[HeaderValue], headers: &HeaderMap) -> String {
-    match headers.get(header::ORIGIN) {
-        Some(origin) if origins.contains(origin) => format!(
-            "access-control-allow-origin: {}\r\naccess-control-allow-credentials: true\r\nvary: origin\r\n",
-            origin.to_str().unwrap_or("")
-        ),
-        _ => "vary: origin\r\n".to_owned(),
+/// The CORS response headers of a `GET` with `headers`, each line ending
+/// in CRLF: what the router's CORS layer ([`crate::http::cors`]) adds,
+/// got by running it.
+async fn cors_headers(origins: &[HeaderValue], headers: &HeaderMap) -> String {
+    let mut request = Request::new(Body::empty());
+    *request.headers_mut() = headers.clone();
+    let answer = tower::service_fn(|_| async { Ok::<_, Infallible>(Response::new(Body::empty())) });
+    let Ok(response) = crate::http::cors(origins).layer(answer).oneshot(request).await;
+    let mut lines = String::new();
+    for (name, value) in response.headers() {
+        lines.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap_or("")));
     }
+    lines
 }
 
 /// Writes a stream straight to its socket, then closes it: the lean path of

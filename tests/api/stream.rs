@@ -239,3 +239,33 @@ async fn an_envelope_stream_carries_names_in_the_data_of_unnamed_events() {
     let refused = app.open_stream("/events?envelope=yes", &[]).await;
     crate::support::error_json(refused, 400).await;
 }
+
+/// A connection whose first request is `GET /events` gets a response head
+/// written by hand (the lean path); `/events` later on a kept-alive
+/// connection goes through the router's layers. Both carry the same
+/// headers: CORS, the request id, the stream's own.
+#[tokio::test]
+async fn the_lean_path_and_the_router_answer_a_stream_with_the_same_headers() {
+    let app = TestApp::spawn_with(&["--origin", "http://a.test"]).await;
+    let open = async |client: &reqwest::Client| {
+        let request = client.get(app.url("/events")).header("origin", "http://a.test");
+        let response = request.header("x-request-id", "r-1").send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut headers: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .filter(|(name, _)| {
+                !["date", "connection", "transfer-encoding"].contains(&name.as_str())
+            })
+            .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_owned()))
+            .collect();
+        headers.sort();
+        headers
+    };
+    let lean = open(&reqwest::Client::new()).await;
+    let kept = reqwest::Client::new();
+    let health = kept.get(app.url("/healthz")).send().await.unwrap();
+    health.bytes().await.unwrap(); // the connection is free for the next request
+    let routed = open(&kept).await;
+    assert_eq!(lean, routed);
+}
