@@ -8,6 +8,7 @@ mod cluster;
 mod events;
 mod filters;
 mod input;
+mod layers;
 mod limits;
 mod ops;
 mod process;
