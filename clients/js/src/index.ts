@@ -647,10 +647,13 @@ export class Broker {
           if (token && !this.cookies) {
             // An expired token: a fresh one, then again; a revoked one: the session is over.
             await this.refresh().catch((e) => refused(e) && this.endSession(error));
-          } else if (this.cookies) {
-            this.endSession(error);
+          } else if (token) {
+            this.endSession(error); // cookie mode: the session this client knew is over
           } else {
-            // This server reads no stream without a token.
+            // No session known here (this server reads no stream without
+            // one, or a cookie from before a reload was revoked): nothing
+            // read with that cookie stays, and no tight loop either.
+            if (this.cookies && state.size > 0) reset(`session ended: ${error.message}`);
             waiting = !options.anonymous;
             if (waiting) report("unauthenticated", error);
           }

@@ -340,6 +340,27 @@ describe("a change of identity", () => {
     sub.close();
   });
 
+  it("cookie mode after a reload: a revoked cookie clears what it read, once, with no loop", async () => {
+    let end!: () => void;
+    const revoked = () => json(401, { error: "token revoked" });
+    const { fetch, requests } = server(
+      () => stream([frame(1, "secret", 1, "T")], new Promise((r) => (end = r))),
+      ...Array<typeof revoked>(50).fill(revoked),
+    );
+    const broker = new Broker({ url: "http://b", fetch, storage: "cookie" }); // no token known: the cookie reads
+    const resets: string[] = [];
+    const sub = broker.subscribe({ onReset: (why) => resets.push(why), anonymous: true });
+    await until(() => sub.state.size === 1);
+    end();
+    await until(() => resets.length === 1);
+    expect(sub.state.size).toBe(0);
+    expect(resets).toEqual(["session ended: token revoked"]);
+    // Anonymous from now on, the refused cookie is retried with backoff, not in a loop.
+    await new Promise((r) => setTimeout(r, 100));
+    expect(requests.length).toBeLessThan(5);
+    sub.close();
+  });
+
   it("with anonymous: true, a log out goes on with a fresh anonymous sync", async () => {
     const alice = token(hour(), 0, "alice");
     const { fetch, requests } = server(
