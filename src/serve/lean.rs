@@ -7,14 +7,16 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::ErrorKind;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Request, Response};
 use axum::response::IntoResponse;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use futures_util::FutureExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tower::{Layer, ServiceExt};
 
 use crate::http::stream::{self, Subscriber};
@@ -109,67 +111,37 @@ async fn cors_headers(origins: &[HeaderValue], headers: &HeaderMap) -> String {
     lines
 }
 
-/// Writes a stream straight to its socket, then closes it: the lean path of
+/// Writes a stream straight to its connection (plain TCP or TLS, after its
+/// HTTP/1.1 request head), then closes it: the lean path of
 /// [`crate::Broker::serve`], which keeps no HTTP buffers per stream. Ends
 /// when the stream does, when the peer closes, or when the peer has not
 /// taken any data for `stall` (`--write-stall`).
 ///
-/// Not an `async fn`, which would keep its arguments twice (see
-/// [`write_to_tls`]).
-#[allow(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
-pub(super) fn write_to(
-    mut subscriber: Subscriber,
-    mut socket: TcpStream,
-    stall: Duration,
-) -> impl Future<Output = ()> {
-    async move {
-        loop {
-            // Readiness is polled directly: the waker lives in the socket's
-            // registration, not in this (per-stream) future.
-            let readable = std::future::poll_fn(|cx| socket.poll_read_ready(cx));
-            tokio::select! {
-                chunk = subscriber.next_chunk() => match chunk {
-                    Some(chunk) => if write(&mut socket, &chunk, stall).await.is_err() { break },
-                    None => break,
-                },
-                ready = readable => if ready.is_err() || peer_closed(&socket) { break },
-            }
-        }
-        let _ = socket.shutdown().await;
-    }
-}
-
-/// Writes a stream to a TLS connection (after its HTTP/1.1 request head),
-/// then closes it: the lean path over HTTPS, with no HTTP buffers either.
-/// Ends like [`write_to`].
-///
-/// Not an `async fn`: that would keep its arguments (the TLS connection is
+/// Not an `async fn`: that would keep its arguments (a TLS connection is
 /// 1.2 KB) twice, as arguments and as the locals they are moved into.
 #[allow(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
-pub(super) fn write_to_tls<S>(
+pub(super) fn write<S>(
     mut subscriber: Subscriber,
-    mut tls: S,
+    mut socket: S,
     stall: Duration,
 ) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     async move {
-        let mut scratch = [0u8; 64];
         loop {
             tokio::select! {
                 chunk = subscriber.next_chunk() => match chunk {
-                    Some(chunk) => if write_all(&mut tls, &chunk, stall).await.is_err() { break },
+                    Some(chunk) => if write_all(&mut socket, &chunk, stall).await.is_err() { break },
                     None => break,
                 },
-                // Whatever the peer sends is discarded; the end of it ends the stream.
-                read = tls.read(&mut scratch) => if !matches!(read, Ok(n) if n > 0) { break },
+                () = std::future::poll_fn(|cx| poll_closed(&mut socket, cx)) => break,
             }
         }
-        // The place is freed now; the TLS close (a record to send) waits for
+        // The place is freed now; a TLS close (a record to send) waits for
         // the peer, so a stalled one gets no longer than `stall` for it.
         drop(subscriber);
-        let _ = Box::pin(tokio::time::timeout(stall, tls.shutdown())).await;
+        let _ = Box::pin(tokio::time::timeout(stall, socket.shutdown())).await;
     }
 }
 
@@ -177,47 +149,93 @@ where
 /// peer takes none for `stall`.
 async fn write_all<S: AsyncWrite + Unpin>(
     socket: &mut S,
-    bytes: &[u8],
+    mut bytes: &[u8],
     stall: Duration,
 ) -> std::io::Result<()> {
-    let write = async {
+    // Almost always the connection takes everything at once; the timer
+    // only exists (boxed, off the per-stream state) when it does not.
+    while !bytes.is_empty() {
+        match socket.write(bytes).now_or_never() {
+            Some(Ok(0)) => return Err(ErrorKind::WriteZero.into()),
+            Some(Ok(n)) => bytes = &bytes[n..],
+            Some(Err(e)) => return Err(e),
+            None => break,
+        }
+    }
+    if bytes.is_empty()
+        && let Some(flushed) = socket.flush().now_or_never()
+    {
+        return flushed;
+    }
+    let rest = async {
         socket.write_all(bytes).await?;
         socket.flush().await
     };
-    // Biased: the timer is only polled (registered) if the write waits.
-    tokio::select! {
-        biased;
-        written = write => written,
-        () = tokio::time::sleep(stall) => Err(ErrorKind::TimedOut.into()),
-    }
+    let stalled = Box::pin(tokio::time::timeout(stall, rest));
+    stalled.await.map_err(|_| ErrorKind::TimedOut.into()).and_then(|r| r)
 }
 
-/// Writes all of `bytes`, failing if the peer takes none for `stall`.
-async fn write(socket: &mut TcpStream, mut bytes: &[u8], stall: Duration) -> std::io::Result<()> {
-    // Almost always the socket takes everything at once; the timer only
-    // exists (boxed, off the per-stream state) when it does not.
-    while !bytes.is_empty() {
-        match socket.try_write(bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                let stalled = Box::pin(tokio::time::timeout(stall, socket.write_all(bytes)));
-                return stalled.await.map_err(|_| ErrorKind::TimedOut.into()).and_then(|r| r);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Whether the peer has closed its side; discards anything it sent.
-fn peer_closed(socket: &TcpStream) -> bool {
-    let mut scratch = [0u8; 64];
+/// Ready once the peer has closed its side (or the connection failed);
+/// discards anything it sent. Reads into the stack, so a waiting stream
+/// keeps no read buffer: its waker lives in the socket's registration.
+fn poll_closed<S: AsyncRead + Unpin>(socket: &mut S, cx: &mut Context<'_>) -> Poll<()> {
     loop {
-        match socket.try_read(&mut scratch) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
-            Err(_) => return true,
+        let mut scratch = [0u8; 64];
+        let mut buf = ReadBuf::new(&mut scratch);
+        match std::task::ready!(Pin::new(&mut *socket).poll_read(cx, &mut buf)) {
+            Ok(()) if !buf.filled().is_empty() => {}
+            _ => return Poll::Ready(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, duplex};
+
+    const STALL: Duration = Duration::from_millis(50);
+
+    #[tokio::test]
+    async fn a_peer_that_takes_everything_gets_everything() {
+        let (mut server, mut client) = duplex(16);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.map(|_| got)
+        });
+        // More than the pipe holds: the write waits for the reader.
+        let bytes: Vec<u8> = (0..=255).cycle().take(10_000).collect();
+        write_all(&mut server, &bytes, STALL).await.unwrap();
+        drop(server);
+        assert_eq!(reader.await.unwrap().unwrap(), bytes);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_takes_nothing_fails_the_write_after_the_stall() {
+        let (mut server, _client) = duplex(16);
+        let error = write_all(&mut server, &[b'x'; 100], STALL).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_fits_needs_no_timer() {
+        // With a zero stall, only a write that never waits can succeed.
+        let (mut server, _client) = duplex(64);
+        write_all(&mut server, b"data:1\n\n", Duration::ZERO).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn what_the_peer_sends_is_discarded_and_its_close_is_seen() {
+        let (mut server, mut client) = duplex(16);
+        // More than the pipe holds: the writer finishes only if it is read away.
+        let writer =
+            tokio::spawn(async move { client.write_all(&[b'x'; 1000]).await.map(|()| client) });
+        let mut closed = std::pin::pin!(std::future::poll_fn(|cx| poll_closed(&mut server, cx)));
+        let client = tokio::select! {
+            client = writer => client.unwrap().unwrap(),
+            () = &mut closed => panic!("seen as closed while the peer is open"),
+        };
+        drop(client);
+        closed.await;
     }
 }

@@ -107,7 +107,7 @@ pub async fn run(
                         events(socket, app, headers, query, false).await
                     {
                         // A task of its own, sized for the stream alone.
-                        spawner.spawn(lean::write_to(subscriber, socket, stall));
+                        spawner.spawn(lean::write(subscriber, socket, stall));
                     }
                 }
                 Head::Other(socket, prefix) => {
@@ -223,7 +223,7 @@ async fn https(
                 let stall = app.write_stall;
                 let opened = events(stream, app, headers, query, true).await;
                 if let Some((subscriber, stream)) = opened {
-                    spawner.spawn(lean::write_to_tls(subscriber, stream, stall));
+                    spawner.spawn(lean::write(subscriber, stream, stall));
                 }
             }
             Head::Other(stream, prefix) => {
