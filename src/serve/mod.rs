@@ -13,9 +13,15 @@
 //! hyper, event streams included; a client that speaks plain HTTP to the
 //! TLS port is told so.
 //!
+//! Connections are accepted on the streams' runtime, where event streams
+//! stay; every HTTP/1.1 connection that is not an event stream (over TLS
+//! too, after its handshake) moves to the API runtime. An HTTP/2
+//! connection stays: its event streams and API calls share it.
+//!
 //! The parts: `head` reads the first request head, `lean` writes an event
 //! stream straight to its connection, [`stalls`] watches the streams hyper
-//! serves, `rewind` hands hyper the bytes already read. The subscriber
+//! serves, `rewind` hands hyper the bytes already read, `socket` moves a
+//! connection (under its TLS layer too) to the other runtime. The subscriber
 //! itself (sync, replay, live, filters) is `http::stream`'s, and
 //! transport-neutral: it hands out the next chunk to write. The stall
 //! sweeper imports nothing of the HTTP layer, which uses it.
@@ -23,22 +29,22 @@
 mod head;
 mod lean;
 mod rewind;
+mod socket;
 pub mod stalls;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::net::SocketAddr;
-
 use axum::Router;
 use axum::extract::ConnectInfo;
-use axum::http::Request;
-use axum::http::header;
+use axum::http::{HeaderMap, Request, header};
 use axum::response::Response;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
@@ -48,6 +54,7 @@ use crate::tls::Tls;
 use head::{Head, read_head};
 use lean::events;
 use rewind::Rewind;
+use socket::{Movable, Socket};
 
 /// How long a client may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -56,18 +63,56 @@ pub const GRACE: Duration = Duration::from_secs(5);
 /// Most bytes queued for one HTTP/2 stream beyond its client's window.
 const H2_SEND_BUFFER: usize = 64 * 1024;
 
+/// What every connection is served with.
+#[derive(Clone)]
+struct Serving {
+    app: Arc<App>,
+    router: Router,
+    shutdown: CancellationToken,
+    /// Every connection's tasks, waited for at shutdown.
+    tasks: TaskTracker,
+    /// The runtime of everything but event streams.
+    api: Handle,
+}
+
+impl Serving {
+    /// Serves an HTTP/1.1 connection that is not an event stream with
+    /// hyper, on the API runtime.
+    fn http<S>(&self, mut socket: S, peer: SocketAddr, prefix: Vec<u8>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static + Movable,
+    {
+        if let Err(e) = socket.move_to(&self.api) {
+            return tracing::debug!(%peer, error = %e, "could not move a connection");
+        }
+        let (router, shutdown) = (self.router.clone(), self.shutdown.clone());
+        self.api.spawn(self.tasks.track_future(http(socket, peer, prefix, router, shutdown)));
+    }
+
+    /// Answers an event stream's first request, then writes the stream in
+    /// a task of its own, sized for the stream alone.
+    async fn events<S>(self, socket: S, headers: HeaderMap, query: Option<String>, tls: bool)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let stall = self.app.write_stall;
+        if let Some((subscriber, socket)) = events(socket, self.app, headers, query, tls).await {
+            self.tasks.spawn(lean::write(subscriber, socket, stall));
+        }
+    }
+}
+
 /// Accepts connections until `shutdown`, then waits (at most [`GRACE`]) for
 /// open ones to finish. Runs on the streams' runtime, where event streams
 /// stay; every other connection moves to the `api` runtime.
 pub async fn run(
     listener: TcpListener,
-    api: tokio::runtime::Handle,
+    api: Handle,
     app: Arc<App>,
     router: Router,
     tls: Option<Arc<Tls>>,
     shutdown: CancellationToken,
 ) {
-    let tasks = TaskTracker::new();
     // Over HTTPS every answer carries Strict-Transport-Security.
     let router = match app.hsts.clone().filter(|_| tls.is_some()) {
         Some(hsts) => {
@@ -81,6 +126,7 @@ pub async fn run(
         }
         None => router,
     };
+    let serving = Serving { app, router, shutdown, tasks: TaskTracker::new(), api };
     loop {
         let (socket, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -90,40 +136,25 @@ pub async fn run(
                     continue;
                 }
             },
-            () = shutdown.cancelled() => break,
+            () = serving.shutdown.cancelled() => break,
         };
-        let (app, router, shutdown, spawner, api) =
-            (app.clone(), router.clone(), shutdown.clone(), tasks.clone(), api.clone());
-        let tls = tls.clone();
-        tasks.spawn(async move {
+        let (serving, tls) = (serving.clone(), tls.clone());
+        serving.tasks.clone().spawn(async move {
             let _ = socket.set_nodelay(true);
             if let Some(tls) = tls {
-                return https(socket, peer, &tls, app, router, shutdown, spawner).await;
+                return https(socket, peer, &tls, serving).await;
             }
-            match read_head(socket).await {
+            match read_head(Socket::new(socket)).await {
                 Head::Events(socket, headers, query) => {
-                    let stall = app.write_stall;
-                    if let Some((subscriber, socket)) =
-                        events(socket, app, headers, query, false).await
-                    {
-                        // A task of its own, sized for the stream alone.
-                        spawner.spawn(lean::write(subscriber, socket, stall));
-                    }
+                    serving.events(socket, headers, query, false).await;
                 }
-                Head::Other(socket, prefix) => {
-                    // Ordinary requests run on the API runtime.
-                    let Ok(socket) = socket.into_std() else { return };
-                    api.spawn(spawner.track_future(async move {
-                        if let Ok(socket) = TcpStream::from_std(socket) {
-                            http(socket, peer, prefix, router, shutdown).await;
-                        }
-                    }));
-                }
+                Head::Other(socket, prefix) => serving.http(socket, peer, prefix),
                 Head::Gone => {}
             }
         });
     }
     drop(listener);
+    let tasks = serving.tasks;
     tasks.close();
     if tokio::time::timeout(GRACE, tasks.wait()).await.is_err() {
         tracing::warn!("connections still open after {GRACE:?}; closing them");
@@ -187,21 +218,16 @@ fn with_peer<B>(peer: SocketAddr) -> impl Fn(Request<B>) -> Request<B> + Clone {
     }
 }
 
-/// Serves a connection to the TLS port with hyper: HTTP/2 or HTTP/1.1 as
-/// ALPN chose, with the app's `Strict-Transport-Security` on every answer.
+/// Serves a connection to the TLS port: HTTP/2 or HTTP/1.1 as ALPN chose,
+/// with the app's `Strict-Transport-Security` on every answer. An HTTP/1.1
+/// connection that is not an event stream moves to the `api` runtime, as a
+/// plain one does; HTTP/2 stays here, since its event streams and API
+/// calls share the connection (and its task).
 ///
 /// What lives on (a stream, an HTTP/2 or HTTP/1.1 connection) gets a task
 /// of its own, sized for it alone: this handshake's future is several
 /// kilobytes that an idle connection should not keep.
-async fn https(
-    socket: TcpStream,
-    peer: SocketAddr,
-    tls: &Tls,
-    app: Arc<App>,
-    router: Router,
-    shutdown: CancellationToken,
-    spawner: TaskTracker,
-) {
+async fn https(socket: TcpStream, peer: SocketAddr, tls: &Tls, serving: Serving) {
     // A TLS client speaks first, and first sends a handshake record (0x16).
     let mut first = [0u8; 1];
     match tokio::time::timeout(HEAD_TIMEOUT, socket.peek(&mut first)).await {
@@ -209,40 +235,35 @@ async fn https(
         Ok(Ok(1)) => return plain_http_refused(socket).await,
         _ => return,
     }
-    let accepted = tokio::time::timeout(HEAD_TIMEOUT, tls.accept(socket, app.store.as_ref())).await;
-    let stream = match accepted {
+    let accepting = tls.accept(Socket::new(socket), serving.app.store.as_ref());
+    let stream = match tokio::time::timeout(HEAD_TIMEOUT, accepting).await {
         Ok(Ok(Some(stream))) => stream,
         Ok(Ok(None)) => return, // an ACME challenge, answered
         Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => return,
     };
     if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
-        // HTTP/1.1: the lean stream path, as over plain HTTP.
+        // HTTP/1.1: as over plain HTTP.
         match read_head(stream).await {
             Head::Events(stream, headers, query) => {
-                let stall = app.write_stall;
-                let opened = events(stream, app, headers, query, true).await;
-                if let Some((subscriber, stream)) = opened {
-                    spawner.spawn(lean::write(subscriber, stream, stall));
-                }
+                serving.events(stream, headers, query, true).await;
             }
-            Head::Other(stream, prefix) => {
-                spawner.spawn(http(stream, peer, prefix, router, shutdown));
-            }
+            Head::Other(stream, prefix) => serving.http(stream, peer, prefix),
             Head::Gone => {}
         }
         return;
     }
-    let service = TowerToHyperService::new(router.map_request(with_peer(peer)));
+    let service = TowerToHyperService::new(serving.router.map_request(with_peer(peer)));
     let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         // What a stream whose client reads nothing can hold (hyper's default: 400 KiB).
         .max_send_buf_size(H2_SEND_BUFFER)
         .serve_connection(TokioIo::new(stream), service);
     let connection = Box::pin(connection);
-    spawner.spawn(
-        async move { until_shutdown(connection, &shutdown, |c| c.graceful_shutdown()).await },
-    );
+    let shutdown = serving.shutdown;
+    serving.tasks.spawn(async move {
+        until_shutdown(connection, &shutdown, |c| c.graceful_shutdown()).await
+    });
 }
 
 /// Answers a plain-HTTP request on the TLS port, rather than leaving the

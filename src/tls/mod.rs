@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -90,11 +90,11 @@ impl Tls {
 
     /// The TLS handshake of a new connection: the stream to serve, or `None`
     /// when it was an ACME server checking a TLS-ALPN-01 challenge.
-    pub async fn accept(
+    pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
-        socket: TcpStream,
+        socket: S,
         store: &dyn Store,
-    ) -> Result<Option<TlsStream<TcpStream>>, String> {
+    ) -> Result<Option<TlsStream<S>>, String> {
         let acceptor = rustls::server::Acceptor::default();
         let start = tokio_rustls::LazyConfigAcceptor::new(acceptor, socket)
             .await
