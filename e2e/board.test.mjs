@@ -110,6 +110,8 @@ test('a team card reaches the team only; a cookie-mode page reads its stream by 
   carol = await user('carol', '&storage=cookie', (page) =>
     page.on('request', (r) => r.url().includes('/events?') && streams.push(r)));
   await alice.getByRole('button', { name: 'Create the team board' }).click();
+  // The claim must have landed before a member is added to it, as a user would see it.
+  await until('the team board to exist', () => alice.getByText('members: none yet').count());
   await alice.getByLabel('member').fill('carol');
   await alice.getByRole('button', { name: 'Add to the team' }).click();
   await until('carol in the team', () => alice.getByText('members: carol').count());
