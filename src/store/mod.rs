@@ -5,6 +5,8 @@
 //! only once it is durably committed. The store, not the process, assigns
 //! publication sequence numbers, so several nodes can share one database.
 
+#[macro_use]
+mod sql;
 mod postgres;
 mod sqlite;
 

@@ -324,12 +324,12 @@ async fn insert_user(
 }
 
 /// Stores a claimed collection with its members, as it is.
-async fn insert_collection(tx: &Transaction<'_>, id: Uuid, rule: &Rule) -> Result<u64, StoreError> {
-    let added = tx.execute(sql::INSERT_COLLECTION, &[&id, &rule.owner, &rule.private]).await?;
+async fn insert_collection(tx: &Transaction<'_>, id: Uuid, rule: &Rule) -> Result<(), StoreError> {
+    tx.execute(sql::INSERT_COLLECTION, &[&id, &rule.owner, &rule.private]).await?;
     for (user, role) in &rule.members {
         tx.execute(sql::SET_MEMBER, &[&id, user, &role.as_str()]).await?;
     }
-    Ok(added)
+    Ok(())
 }
 
 /// Applies `change` in `tx` and bumps the access version.
@@ -339,16 +339,9 @@ async fn apply(tx: &Transaction<'_>, change: Change) -> Result<Changed, StoreErr
     };
     let outcome = match change {
         Change::Claim { collection, owner, private } => {
-            if let Some(owner) = claimed(collection).await? {
-                Changed::Claimed(owner)
-            } else if tx.query_one(sql::WRITTEN_BY_OTHERS, &[&collection, &owner]).await?.get(0) {
-                Changed::WrittenByOthers
-            } else {
-                let rule = Rule { owner, private, members: HashMap::new() };
-                match insert_collection(tx, collection, &rule).await? {
-                    0 => Changed::Claimed(claimed(collection).await?.unwrap_or(owner)),
-                    _ => Changed::Done,
-                }
+            match tx.execute(sql::CLAIM, &[&collection, &owner, &private]).await? {
+                0 => claimed(collection).await?.map_or(Changed::WrittenByOthers, Changed::Claimed),
+                _ => Changed::Done,
             }
         }
         Change::Privacy { collection, private } => {
@@ -404,23 +397,8 @@ fn rows<T>(rows: &[Row], from: fn(&Row) -> Result<T, StoreError>) -> Result<Vec<
 
 /// Every statement, in one place.
 mod sql {
-    macro_rules! event_columns {
-        () => {
-            "id, user_id, collection_id, event, timestamp, published, cancelled, data"
-        };
-    }
+    pub use crate::store::sql::postgres::*;
 
-    macro_rules! user_columns {
-        () => {
-            "id, username, password_hash, collection_id, admin, disabled, generation"
-        };
-    }
-
-    pub const INSERT_USER: &str =
-        concat!("INSERT INTO users (", user_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7)");
-    pub const USER_BY_NAME: &str =
-        concat!("SELECT ", user_columns!(), " FROM users WHERE username = $1");
-    pub const USER_BY_ID: &str = concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1");
     /// A page of users whose name contains $1, ignoring case.
     pub const FIND_USERS: &str = concat!(
         "SELECT ",
@@ -428,34 +406,10 @@ mod sql {
         " FROM users WHERE username > $2 AND strpos(lower(username), lower($1)) > 0",
         " ORDER BY username LIMIT $3"
     );
-    pub const CLAIMED_BY: &str = "SELECT owner FROM collections WHERE id = $1";
-    pub const WRITTEN_BY_OTHERS: &str =
-        "SELECT EXISTS (SELECT 1 FROM events WHERE collection_id = $1 AND user_id <> $2)";
-    pub const INSERT_COLLECTION: &str =
-        "INSERT INTO collections (id, owner, private) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
-    pub const SET_PRIVATE: &str = "UPDATE collections SET private = $2 WHERE id = $1";
-    pub const SET_MEMBER: &str =
-        "INSERT INTO members (collection_id, user_id, role) VALUES ($1, $2, $3)
-         ON CONFLICT (collection_id, user_id) DO UPDATE SET role = excluded.role";
-    pub const REMOVE_MEMBER: &str = "DELETE FROM members WHERE collection_id = $1 AND user_id = $2";
-    pub const REVOKE: &str =
-        "INSERT INTO revoked (jti, exp) VALUES ($1, $2) ON CONFLICT DO NOTHING";
-    pub const PRUNE_REVOKED: &str = "DELETE FROM revoked WHERE exp < $1";
-    pub const UPDATE_ACCOUNT: &str = "UPDATE users SET password_hash = COALESCE($2, password_hash),
-         disabled = COALESCE($3, disabled), admin = COALESCE($4, admin),
-         generation = generation + $5 WHERE id = $1";
-    pub const BUMP_ACCESS: &str = "UPDATE access_version SET version = version + 1";
-    pub const ACCESS_VERSION: &str = "SELECT version FROM access_version";
-    pub const COLLECTIONS: &str = "SELECT id, owner, private FROM collections";
-    pub const MEMBERS: &str = "SELECT collection_id, user_id, role FROM members";
     pub const RESTRICTED_USERS: &str =
         "SELECT id, generation, disabled FROM users WHERE generation > 0 OR disabled";
-    pub const REVOKED: &str = "SELECT jti FROM revoked";
     pub const COLLECTION: &str = "SELECT c.owner, COALESCE(u.username, ''), NULL::text, c.private
          FROM collections c LEFT JOIN users u ON u.id = c.owner WHERE c.id = $1";
-    pub const COLLECTION_MEMBERS: &str = "SELECT m.user_id, COALESCE(u.username, ''), m.role
-         FROM members m LEFT JOIN users u ON u.id = m.user_id
-         WHERE m.collection_id = $1 ORDER BY u.username";
     /// A group of inserts in one statement, in the order given (which sets
     /// `pos`).
     pub const INSERT_EVENTS: &str = "INSERT INTO events
@@ -465,8 +419,6 @@ mod sql {
         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int8[], $6::text[])
              WITH ORDINALITY AS t(id, user_id, collection_id, event, timestamp, data, n)
         ORDER BY n";
-    pub const EVENT_BY_ID: &str =
-        concat!("SELECT ", event_columns!(), " FROM events WHERE id = $1");
     /// Cancels only a pending event of the user's: the row lock makes
     /// cancel and publication of one event exclude each other.
     pub const CANCEL: &str = concat!(
@@ -535,15 +487,6 @@ mod sql {
         " AND (cardinality($3::uuid[]) = 0 OR collection_id = ANY($3))",
         " AND (cardinality($4::text[]) = 0 OR event = ANY($4)) ORDER BY seq LIMIT $5"
     );
-    pub const USERS_AFTER: &str =
-        concat!("SELECT ", user_columns!(), " FROM users WHERE id > $1 ORDER BY id LIMIT $2");
-    pub const EVENTS_AFTER: &str = concat!(
-        "SELECT ",
-        event_columns!(),
-        ", seq, pos FROM events WHERE pos > $1 ORDER BY pos LIMIT $2"
-    );
-    pub const IS_EMPTY: &str =
-        "SELECT NOT EXISTS (SELECT 1 FROM users) AND NOT EXISTS (SELECT 1 FROM events)";
     /// Exported events as they were, in the order given.
     pub const IMPORT_EVENTS: &str = "INSERT INTO events
             (id, user_id, collection_id, event, timestamp, published, cancelled, data, seq, due)

@@ -316,17 +316,9 @@ fn apply(conn: &Connection, change: Change) -> Result<Changed, StoreError> {
     };
     let outcome = match change {
         Change::Claim { collection, owner, private } => {
-            if let Some(owner) = claimed(collection)? {
-                Changed::Claimed(owner)
-            } else if conn
-                .prepare_cached(sql::WRITTEN_BY_OTHERS)?
-                .query_row(params![collection, owner], |r| r.get(0))?
-            {
-                Changed::WrittenByOthers
-            } else {
-                let rule = Rule { owner, private, members: Default::default() };
-                insert_collection(conn, collection, &rule)?;
-                Changed::Done
+            match conn.prepare_cached(sql::CLAIM)?.execute(params![collection, owner, private])? {
+                0 => claimed(collection)?.map_or(Changed::WrittenByOthers, Changed::Claimed),
+                _ => Changed::Done,
             }
         }
         Change::Privacy { collection, private } => {
@@ -398,24 +390,8 @@ fn filter_params(filter: &Filter) -> Vec<rusqlite::types::Value> {
 /// is served by an index.
 mod sql {
     use crate::domain::Filter;
+    pub use crate::store::sql::sqlite::*;
 
-    macro_rules! event_columns {
-        () => {
-            "id, user_id, collection_id, event, timestamp, published, cancelled, data"
-        };
-    }
-
-    macro_rules! user_columns {
-        () => {
-            "id, username, password_hash, collection_id, admin, disabled, generation"
-        };
-    }
-
-    pub const INSERT_USER: &str =
-        concat!("INSERT INTO users (", user_columns!(), ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
-    pub const USER_BY_NAME: &str =
-        concat!("SELECT ", user_columns!(), " FROM users WHERE username = ?1");
-    pub const USER_BY_ID: &str = concat!("SELECT ", user_columns!(), " FROM users WHERE id = ?1");
     /// A page of users whose name contains ?1, ignoring case (for
     /// administrators: walks the names' index, filtering).
     pub const FIND_USERS: &str = concat!(
@@ -424,41 +400,16 @@ mod sql {
         " FROM users WHERE username > ?2 AND instr(lower(username), lower(?1)) > 0",
         " ORDER BY username LIMIT ?3"
     );
-    pub const CLAIMED_BY: &str = "SELECT owner FROM collections WHERE id = ?1";
-    pub const WRITTEN_BY_OTHERS: &str =
-        "SELECT EXISTS (SELECT 1 FROM events WHERE collection_id = ?1 AND user_id <> ?2)";
-    pub const INSERT_COLLECTION: &str =
-        "INSERT INTO collections (id, owner, private) VALUES (?1, ?2, ?3)";
-    pub const SET_PRIVATE: &str = "UPDATE collections SET private = ?2 WHERE id = ?1";
-    pub const SET_MEMBER: &str =
-        "INSERT INTO members (collection_id, user_id, role) VALUES (?1, ?2, ?3)
-         ON CONFLICT (collection_id, user_id) DO UPDATE SET role = excluded.role";
-    pub const REMOVE_MEMBER: &str = "DELETE FROM members WHERE collection_id = ?1 AND user_id = ?2";
-    pub const REVOKE: &str = "INSERT OR IGNORE INTO revoked (jti, exp) VALUES (?1, ?2)";
-    pub const PRUNE_REVOKED: &str = "DELETE FROM revoked WHERE exp < ?1";
-    pub const UPDATE_ACCOUNT: &str = "UPDATE users SET password_hash = COALESCE(?2, password_hash),
-         disabled = COALESCE(?3, disabled), admin = COALESCE(?4, admin),
-         generation = generation + ?5 WHERE id = ?1";
-    pub const BUMP_ACCESS: &str = "UPDATE access_version SET version = version + 1";
-    pub const ACCESS_VERSION: &str = "SELECT version FROM access_version";
-    pub const COLLECTIONS: &str = "SELECT id, owner, private FROM collections";
-    pub const MEMBERS: &str = "SELECT collection_id, user_id, role FROM members";
     pub const RESTRICTED_USERS: &str =
         "SELECT id, generation, disabled FROM users WHERE generation > 0 OR disabled = 1";
-    pub const REVOKED: &str = "SELECT jti FROM revoked";
     pub const COLLECTION: &str = "SELECT c.owner, COALESCE(u.username, ''), c.private
          FROM collections c LEFT JOIN users u ON u.id = c.owner WHERE c.id = ?1";
-    pub const COLLECTION_MEMBERS: &str = "SELECT m.user_id, COALESCE(u.username, ''), m.role
-         FROM members m LEFT JOIN users u ON u.id = m.user_id
-         WHERE m.collection_id = ?1 ORDER BY u.username";
     /// An event as it is: new ones have no `seq`; imported ones may.
     pub const INSERT_EVENT: &str = concat!(
         "INSERT INTO events (",
         event_columns!(),
         ", seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
     );
-    pub const EVENT_BY_ID: &str =
-        concat!("SELECT ", event_columns!(), " FROM events WHERE id = ?1");
     pub const CANCEL: &str = "UPDATE events SET cancelled = 1 WHERE id = ?1";
     /// A page of a listing after a (timestamp, pos) position: the rest of
     /// that timestamp, then later ones, each an index seek (SQLite does not
@@ -490,16 +441,6 @@ mod sql {
         " ORDER BY timestamp, pos LIMIT ?2"
     );
     pub const HEAD: &str = "SELECT COALESCE(MAX(seq), 0) FROM events";
-    pub const USERS_AFTER: &str =
-        concat!("SELECT ", user_columns!(), " FROM users WHERE id > ?1 ORDER BY id LIMIT ?2");
-    pub const EVENTS_AFTER: &str = concat!(
-        "SELECT ",
-        event_columns!(),
-        ", seq, pos FROM events WHERE pos > ?1 ORDER BY pos LIMIT ?2"
-    );
-    /// Reads at most one row of each table (not in [`ALL`]: it scans, and stops at once).
-    pub const IS_EMPTY: &str =
-        "SELECT NOT EXISTS (SELECT 1 FROM users) AND NOT EXISTS (SELECT 1 FROM events)";
     pub const IMPORT_LATEST: &str =
         "INSERT INTO latest (collection_id, event, seq) VALUES (?1, ?2, ?3)
          ON CONFLICT (collection_id, event) DO UPDATE SET seq = MAX(seq, excluded.seq)";
@@ -559,7 +500,7 @@ mod sql {
     pub const ALL: [&str; 35] = [
         FIND_USERS,
         CLAIMED_BY,
-        WRITTEN_BY_OTHERS,
+        CLAIM,
         INSERT_COLLECTION,
         SET_PRIVATE,
         SET_MEMBER,
@@ -1000,7 +941,7 @@ mod tests {
     /// No statement reads the users or events tables without an index: each
     /// request costs the same on a database of any size.
     #[test]
-    fn every_statement_uses_an_index() {
+    fn every_statement_uses_an_index_and_binds_by_number() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = Connection::open(dir.path().join("plan.sqlite3")).unwrap();
         migrate(&mut conn).unwrap();
@@ -1030,6 +971,12 @@ mod tests {
                 let full_scan = (step.starts_with("SCAN events") || step.starts_with("SCAN users"))
                     && !pending_only;
                 assert!(!full_scan, "{statement}\nscans a table: {steps:?}");
+            }
+            // Positional binding takes `?n` as the n-th value; `$n` would
+            // be numbered by first appearance.
+            let prepared = conn.prepare(&statement).unwrap();
+            for i in 1..=prepared.parameter_count() {
+                assert_eq!(prepared.parameter_name(i), Some(&*format!("?{i}")), "{statement}");
             }
         }
     }

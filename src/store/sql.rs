@@ -1,0 +1,99 @@
+//! The SQL that both backends run word for word, written once.
+//!
+//! Statements are written with PostgreSQL's `$n` parameters and offered in
+//! two spellings: [`postgres`] as written, [`sqlite`] with `?n` for `$n`,
+//! respelled at compile time (SQLite numbers `$n` by first appearance, not
+//! by `n`, so `SET a = $2 WHERE id = $1` would bind the wrong values).
+//! What the dialects spell differently (arrays, booleans in partial
+//! indexes, row values, locks) stays in each backend's own `sql` module.
+
+/// The columns of an event row, in the order the backends read them.
+macro_rules! event_columns {
+    () => {
+        "id, user_id, collection_id, event, timestamp, published, cancelled, data"
+    };
+}
+
+/// The columns of a user row, in the order the backends read them.
+macro_rules! user_columns {
+    () => {
+        "id, username, password_hash, collection_id, admin, disabled, generation"
+    };
+}
+
+/// `sql` with every `$` replaced by `?`, as bytes (`N` is `sql.len()`).
+const fn respell<const N: usize>(sql: &str) -> [u8; N] {
+    let bytes = sql.as_bytes();
+    let mut out = [0; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = if bytes[i] == b'$' { b'?' } else { bytes[i] };
+        i += 1;
+    }
+    out
+}
+
+/// Defines each statement once, in both spellings.
+macro_rules! shared {
+    ($($(#[$doc:meta])* $name:ident = $sql:expr;)*) => {
+        /// The shared statements as PostgreSQL takes them.
+        pub mod postgres {
+            $($(#[$doc])* pub const $name: &str = $sql;)*
+        }
+
+        /// The shared statements as SQLite takes them: `?n` for `$n`.
+        pub mod sqlite {
+            $($(#[$doc])* pub const $name: &str = {
+                const BYTES: [u8; $sql.len()] = super::respell($sql);
+                match std::str::from_utf8(&BYTES) {
+                    Ok(sql) => sql,
+                    Err(_) => panic!("a statement is not UTF-8"),
+                }
+            };)*
+        }
+    };
+}
+
+shared! {
+    INSERT_USER =
+        concat!("INSERT INTO users (", user_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7)");
+    USER_BY_NAME = concat!("SELECT ", user_columns!(), " FROM users WHERE username = $1");
+    USER_BY_ID = concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1");
+    USERS_AFTER =
+        concat!("SELECT ", user_columns!(), " FROM users WHERE id > $1 ORDER BY id LIMIT $2");
+    UPDATE_ACCOUNT = "UPDATE users SET password_hash = COALESCE($2, password_hash),
+         disabled = COALESCE($3, disabled), admin = COALESCE($4, admin),
+         generation = generation + $5 WHERE id = $1";
+    CLAIMED_BY = "SELECT owner FROM collections WHERE id = $1";
+    /// The claim rules: `$2` claims collection `$1` unless it is claimed
+    /// already or somebody else has written to it (then nothing is added,
+    /// and [`CLAIMED_BY`] tells which).
+    CLAIM = "INSERT INTO collections (id, owner, private) SELECT $1, $2, $3
+         WHERE NOT EXISTS (SELECT 1 FROM events WHERE collection_id = $1 AND user_id <> $2)
+         ON CONFLICT DO NOTHING";
+    /// A claimed collection as it is (imports).
+    INSERT_COLLECTION =
+        "INSERT INTO collections (id, owner, private) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+    SET_PRIVATE = "UPDATE collections SET private = $2 WHERE id = $1";
+    SET_MEMBER = "INSERT INTO members (collection_id, user_id, role) VALUES ($1, $2, $3)
+         ON CONFLICT (collection_id, user_id) DO UPDATE SET role = excluded.role";
+    REMOVE_MEMBER = "DELETE FROM members WHERE collection_id = $1 AND user_id = $2";
+    COLLECTIONS = "SELECT id, owner, private FROM collections";
+    MEMBERS = "SELECT collection_id, user_id, role FROM members";
+    COLLECTION_MEMBERS = "SELECT m.user_id, COALESCE(u.username, ''), m.role
+         FROM members m LEFT JOIN users u ON u.id = m.user_id
+         WHERE m.collection_id = $1 ORDER BY u.username";
+    REVOKE = "INSERT INTO revoked (jti, exp) VALUES ($1, $2) ON CONFLICT DO NOTHING";
+    PRUNE_REVOKED = "DELETE FROM revoked WHERE exp < $1";
+    REVOKED = "SELECT jti FROM revoked";
+    BUMP_ACCESS = "UPDATE access_version SET version = version + 1";
+    ACCESS_VERSION = "SELECT version FROM access_version";
+    EVENT_BY_ID = concat!("SELECT ", event_columns!(), " FROM events WHERE id = $1");
+    EVENTS_AFTER = concat!(
+        "SELECT ",
+        event_columns!(),
+        ", seq, pos FROM events WHERE pos > $1 ORDER BY pos LIMIT $2"
+    );
+    /// Reads at most one row of each table.
+    IS_EMPTY = "SELECT NOT EXISTS (SELECT 1 FROM users) AND NOT EXISTS (SELECT 1 FROM events)";
+}
