@@ -24,10 +24,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, PoisonError};
 
-use tokio::sync::{Mutex, OnceCell, broadcast};
+use tokio::sync::{Mutex, OnceCell};
 
 use crate::domain::{Filter, Published};
-use crate::hub::{Frame, Hub};
+use crate::hub::{Hub, Listener};
 use crate::store::{Snapshot, Store, StoreError};
 
 /// Events read from the store at a time while catching up.
@@ -72,15 +72,19 @@ impl Feed {
         }
     }
 
-    /// A hub cursor, and the last sequence number handed to the hub when it
-    /// was taken: the cursor sees every event after that number. Fails only
-    /// while the store cannot say where the log stands (before the first
-    /// subscriber is admitted).
-    pub async fn subscribe(&self) -> Result<(broadcast::Receiver<Arc<Frame>>, i64), StoreError> {
+    /// A hub listener for `filter`, read by `user`, and the last sequence
+    /// number handed to the hub when it was made: the listener sees every
+    /// event after that number. Fails only while the store cannot say where
+    /// the log stands (before the first subscriber is admitted).
+    pub async fn subscribe(
+        &self,
+        filter: &Filter,
+        user: Option<uuid::Uuid>,
+    ) -> Result<(Listener, i64), StoreError> {
         if self.seen.load(Ordering::SeqCst) < 0 {
             self.start(&mut *self.delivered.lock().await).await?;
         }
-        let ring = self.hub.subscribe();
+        let ring = self.hub.listen(filter, user);
         // Read after subscribing: `hand_over` sets it before sending, so an
         // event above it cannot have been sent before the cursor existed.
         Ok((ring, self.seen.load(Ordering::SeqCst)))
@@ -230,7 +234,7 @@ mod tests {
         let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
         let hub = Arc::new(Hub::new(16, 16, Arc::default()));
         let feed = Feed::new(store.clone(), hub, 16, false);
-        let (_ring, start) = feed.subscribe().await.unwrap();
+        let (_ring, start) = feed.subscribe(&Filter::default(), None).await.unwrap();
         assert_eq!(start, 0);
         publish(&store, &feed, 1).await;
         // A read that began when the feed had handed over event 1.
@@ -249,7 +253,7 @@ mod tests {
 
         feed.flights.lock().unwrap().insert(filter.clone(), began_at_1());
         publish(&store, &feed, 2).await;
-        let (_ring, after) = feed.subscribe().await.unwrap();
+        let (_ring, after) = feed.subscribe(&Filter::default(), None).await.unwrap();
         assert_eq!(after, 2);
         let snapshot = feed.snapshot(&filter, after).await.unwrap();
         assert_eq!(snapshot.head, 2, "read anew: the shared read began before the cursor");

@@ -1,31 +1,51 @@
-//! The fan-out hub: one publication, serialised once, read by every stream.
+//! The fan-out hub: one publication, serialised once, handed to the
+//! streams that want it.
 //!
-//! Published events become SSE frames exactly once and go into a single
-//! bounded broadcast ring that every subscriber reads at its own pace. A
-//! subscriber costs one ring cursor, not a queue of its own; one that falls
-//! more than the ring's capacity behind is told so and disconnected (it can
-//! resume from the store), so a stalled client costs the others nothing and
-//! the ring's memory is bounded by `max_lag` frames. An event of a private
-//! collection carries its collection's rule, looked up once per
-//! publication: a stream checks it against its own user (a map lookup, no
-//! query), while a public event costs a stream no check at all. New access
-//! rules travel through the ring too, in order with the events, so that
-//! streams whose session was revoked end. The hub also admits
-//! streams up to the connection limit, sends the heartbeat comment and, on
-//! shutdown, the close signal that ends every stream.
+//! Published events become SSE frames exactly once. A stream that named
+//! nothing reads every frame from a single bounded broadcast ring, at its
+//! own pace: it costs one ring cursor, not a queue of its own. A stream
+//! that named collections or event names has an inbox instead, indexed by
+//! what it named (by its collections if it named any, else by its event
+//! names): an event is pushed, as the same shared frame, into the inboxes
+//! of the streams whose filter it matches and that may read it, and only
+//! those are woken; the others are not touched, so an event costs the
+//! streams that receive it plus one map lookup. A stream on several
+//! collections is indexed under each, and an event has one collection, so
+//! it gets each event once, in publication order (the feed publishes one
+//! event at a time). Heartbeats, access changes and the close signal go
+//! to every stream: through the ring, in order with the events, and
+//! through a control ring that inboxes' streams watch first.
+//!
+//! A stream may fall `max_lag` frames behind: in the ring, counted over
+//! every event; in an inbox, over the events it receives only. One that
+//! falls further is told so and disconnected (it can resume from the
+//! store), so a stalled client costs the others nothing and memory stays
+//! bounded: the ring holds at most `max_lag` frames, an inbox at most
+//! `max_lag` pointers to shared frames. An event of a private collection
+//! carries its collection's rule, looked up once per publication: the hub
+//! pushes it only into the inboxes of users the rule lets read it (a
+//! private event costs non-members nothing), and a ring stream checks it
+//! against its own user (a map lookup, no query), while a public event
+//! costs no check at all. New access rules reach every stream, so that
+//! streams whose session was revoked end. The hub also admits streams up
+//! to the connection limit, sends the heartbeat comment and, on shutdown,
+//! the close signal that ends every stream.
 
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::broadcast;
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::access::Access;
-use crate::domain::Published;
+use crate::domain::{Filter, Published};
 use crate::metrics::Metrics;
 use crate::policy::{AccessState, Rule};
 use crate::store::{Store, StoreError};
@@ -135,7 +155,16 @@ impl Frame {
 /// The hub; shared behind an `Arc`.
 #[derive(Debug)]
 pub struct Hub {
+    /// Every frame, for the streams that named nothing.
     ring: broadcast::Sender<Arc<Frame>>,
+    /// Heartbeats, access changes and the close signal, for the streams
+    /// with an inbox.
+    control: broadcast::Sender<Arc<Frame>>,
+    /// The inboxes, by what their streams named.
+    index: Mutex<Index>,
+    /// Inboxes more than half full, watched by [`Hub::drained`].
+    crowded: Mutex<Vec<Arc<Inbox>>>,
+    max_lag: usize,
     /// This node's copy of the access rules.
     pub access: Arc<Access>,
     /// Where publications, deliveries and drops are counted.
@@ -168,6 +197,10 @@ impl Hub {
     pub fn new(max_lag: usize, max_open: usize, metrics: Arc<Metrics>) -> Self {
         Self {
             ring: broadcast::Sender::new(max_lag.max(1)),
+            control: broadcast::Sender::new(max_lag.max(1)),
+            index: Mutex::default(),
+            crowded: Mutex::default(),
+            max_lag: max_lag.max(1),
             access: Arc::default(),
             metrics,
             open: AtomicUsize::new(0),
@@ -193,11 +226,12 @@ impl Hub {
         });
     }
 
-    /// Fans a published event out to every subscriber.
+    /// Fans a published event out to the streams that want it.
     pub fn publish(&self, p: &Published) {
         Metrics::add(&self.metrics.published, 1);
         let bytes = Bytes::from(sse_frame(p));
-        self.send(Frame::Event {
+        let private = self.access.current().private_rule(&p.event.collection_id);
+        let frame = Arc::new(Frame::Event {
             seq: p.seq,
             collection_id: p.event.collection_id,
             name: p.event.event.clone(),
@@ -205,8 +239,28 @@ impl Hub {
             data_at: bytes.len() - 2 - p.event.data.get().len(),
             bytes,
             envelope: OnceLock::new(),
-            private: self.access.current().private_rule(&p.event.collection_id),
+            private: private.clone(),
         });
+        let mut crowded = Vec::new();
+        {
+            let index = lock(&self.index);
+            let (collection, name) = (&p.event.collection_id, p.event.event.as_str());
+            let named = index.by_collection.get(collection).into_iter().flatten();
+            for inbox in named.chain(index.by_name.get(name).into_iter().flatten()) {
+                let readable = private.as_ref().is_none_or(|rule| rule.may_read(inbox.user));
+                if readable
+                    && inbox.filter.matches(collection, name)
+                    && inbox.push(&frame, self.max_lag)
+                {
+                    crowded.push(inbox.clone());
+                }
+            }
+        }
+        if !crowded.is_empty() {
+            lock(&self.crowded).append(&mut crowded);
+        }
+        // An error only means that no stream reads the ring.
+        let _ = self.ring.send(frame);
     }
 
     /// Tells every stream that the access rules are now `state`.
@@ -223,9 +277,12 @@ impl Hub {
         Ok(())
     }
 
+    /// Sends a frame to every stream.
     fn send(&self, frame: Frame) {
-        // An error only means that nobody is subscribed.
-        let _ = self.ring.send(Arc::new(frame));
+        let frame = Arc::new(frame);
+        // Errors only mean that no stream reads that ring.
+        let _ = self.control.send(frame.clone());
+        let _ = self.ring.send(frame);
     }
 
     /// A place for one more stream, or `None` at the connection limit (logged
@@ -247,25 +304,251 @@ impl Hub {
         None
     }
 
-    /// Waits (at most `PACE` in all) until no subscriber has more than
-    /// `limit` frames left to read, so that a large publication does not
-    /// overrun subscribers that keep up. A stalled subscriber only costs the
-    /// bound.
+    /// Waits (at most `PACE` in all) until no stream has more than `limit`
+    /// frames left to read, so that a large publication does not overrun
+    /// streams that keep up. A stalled stream only costs the bound.
     pub async fn drained(&self, limit: usize) {
         const PACE: Duration = Duration::from_millis(10);
         let deadline = tokio::time::Instant::now() + PACE;
-        while self.ring.len() > limit && tokio::time::Instant::now() < deadline {
+        let busy = || {
+            let mut crowded = lock(&self.crowded);
+            crowded.retain(|inbox| inbox.still_crowded(limit));
+            self.ring.len() > limit || !crowded.is_empty()
+        };
+        while busy() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 
-    /// A new cursor on the ring, seeing every frame sent from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Frame>> {
-        self.ring.subscribe()
+    /// A stream's source of frames from now on: the ring if `filter` names
+    /// nothing, else an inbox for what it names, read by `user`.
+    pub fn listen(self: &Arc<Self>, filter: &Filter, user: Option<Uuid>) -> Listener {
+        if filter.collections().is_empty() && filter.events().is_empty() {
+            return Listener::Ring(self.ring.subscribe());
+        }
+        let inbox = Arc::new(Inbox {
+            filter: filter.clone(),
+            user,
+            queue: Mutex::default(),
+            half: self.max_lag / 2,
+        });
+        let control = self.control.subscribe();
+        let mut index = lock(&self.index);
+        for key in inbox.keys() {
+            index.entry(key).push(inbox.clone());
+        }
+        drop(index);
+        Listener::Inbox(Box::new(Named {
+            hub: self.clone(),
+            inbox,
+            control,
+            taken: VecDeque::new(),
+        }))
     }
 
     /// How many streams are open.
     pub fn subscribers(&self) -> usize {
         self.open.load(Ordering::Acquire)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a stream with an inbox is indexed by.
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Collection(Uuid),
+    Name(String),
+}
+
+/// The inboxes, by what their streams named.
+#[derive(Debug, Default)]
+struct Index {
+    by_collection: HashMap<Uuid, Vec<Arc<Inbox>>>,
+    by_name: HashMap<String, Vec<Arc<Inbox>>>,
+}
+
+impl Index {
+    fn entry(&mut self, key: Key) -> &mut Vec<Arc<Inbox>> {
+        match key {
+            Key::Collection(id) => self.by_collection.entry(id).or_default(),
+            Key::Name(name) => self.by_name.entry(name).or_default(),
+        }
+    }
+
+    fn remove(&mut self, inbox: &Arc<Inbox>) {
+        fn out<K: std::hash::Hash + Eq>(
+            map: &mut HashMap<K, Vec<Arc<Inbox>>>,
+            key: K,
+            inbox: &Arc<Inbox>,
+        ) {
+            if let Some(list) = map.get_mut(&key) {
+                list.retain(|other| !Arc::ptr_eq(other, inbox));
+                if list.is_empty() {
+                    map.remove(&key);
+                }
+            }
+        }
+        for key in inbox.keys() {
+            match key {
+                Key::Collection(id) => out(&mut self.by_collection, id, inbox),
+                Key::Name(name) => out(&mut self.by_name, name, inbox),
+            }
+        }
+    }
+}
+
+/// The frames waiting for one stream that named what it wants.
+#[derive(Debug)]
+struct Inbox {
+    filter: Filter,
+    user: Option<Uuid>,
+    queue: Mutex<Queue>,
+    /// Half of `max_lag`: from this many frames on, [`Hub::drained`] waits.
+    half: usize,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Arc<Frame>>,
+    /// The stream's task, while it waits for a frame.
+    waker: Option<Waker>,
+    /// Frames the stream lost by falling `max_lag` behind (then it ends).
+    missed: u64,
+    /// Whether [`Hub::drained`] watches this inbox.
+    crowded: bool,
+}
+
+impl Inbox {
+    /// Its keys in the index: its collections if it named any, else its
+    /// event names.
+    fn keys(&self) -> Vec<Key> {
+        match self.filter.collections() {
+            [] => self.filter.events().iter().cloned().map(Key::Name).collect(),
+            ids => ids.iter().copied().map(Key::Collection).collect(),
+        }
+    }
+
+    /// Queues `frame` and wakes the stream; returns whether the inbox is
+    /// now crowded (more than half full) and not yet watched.
+    fn push(&self, frame: &Arc<Frame>, max_lag: usize) -> bool {
+        let mut queue = lock(&self.queue);
+        if queue.missed > 0 {
+            return false; // ending: nothing more to queue
+        }
+        if queue.frames.len() >= max_lag {
+            queue.missed = queue.frames.len() as u64 + 1;
+            queue.frames = VecDeque::new();
+        } else {
+            queue.frames.push_back(frame.clone());
+        }
+        if let Some(waker) = queue.waker.take() {
+            waker.wake();
+        }
+        let crowded = queue.frames.len() > self.half && !queue.crowded;
+        queue.crowded |= crowded;
+        crowded
+    }
+
+    /// Whether more than `limit` frames still wait (else no longer watched).
+    fn still_crowded(&self, limit: usize) -> bool {
+        let mut queue = lock(&self.queue);
+        queue.crowded = queue.frames.len() > limit;
+        queue.crowded
+    }
+
+    /// Moves every queued frame into `into` (empty) and takes the first,
+    /// or, if none is queued, has `waker` woken by the next one.
+    fn take(
+        &self,
+        into: &mut VecDeque<Arc<Frame>>,
+        waker: Option<&Waker>,
+    ) -> Poll<Result<Arc<Frame>, u64>> {
+        let mut queue = lock(&self.queue);
+        if queue.missed > 0 {
+            return Poll::Ready(Err(queue.missed));
+        }
+        std::mem::swap(into, &mut queue.frames);
+        match into.pop_front() {
+            Some(frame) => Poll::Ready(Ok(frame)),
+            None => {
+                if let Some(waker) =
+                    waker.filter(|w| !queue.waker.as_ref().is_some_and(|q| q.will_wake(w)))
+                {
+                    queue.waker = Some(waker.clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Where a stream reads its frames: [`Hub::listen`].
+#[derive(Debug)]
+pub enum Listener {
+    /// Every frame, from the shared ring.
+    Ring(broadcast::Receiver<Arc<Frame>>),
+    /// The events of what the stream named, and the control frames.
+    Inbox(Box<Named>),
+}
+
+/// A stream's inbox and its cursor on the control ring; dropping it takes
+/// the inbox out of the index.
+#[derive(Debug)]
+pub struct Named {
+    hub: Arc<Hub>,
+    inbox: Arc<Inbox>,
+    control: broadcast::Receiver<Arc<Frame>>,
+    /// Frames taken from the inbox, not yet read.
+    taken: VecDeque<Arc<Frame>>,
+}
+
+impl Drop for Named {
+    fn drop(&mut self) {
+        lock(&self.hub.index).remove(&self.inbox);
+    }
+}
+
+impl Listener {
+    /// The next frame, waiting for it. Cancel-safe.
+    pub async fn recv(&mut self) -> Result<Arc<Frame>, RecvError> {
+        let named = match self {
+            Listener::Ring(ring) => return ring.recv().await,
+            Listener::Inbox(named) => named,
+        };
+        if let Some(frame) = named.taken.pop_front() {
+            return Ok(frame);
+        }
+        let Named { inbox, control, taken, .. } = &mut **named;
+        // Control first: an access change sent before an event is read
+        // before it.
+        tokio::select! {
+            biased;
+            frame = control.recv() => frame,
+            frame = poll_fn(|cx| inbox.take(taken, Some(cx.waker()))) => {
+                frame.map_err(RecvError::Lagged)
+            }
+        }
+    }
+
+    /// The next frame if one is there.
+    pub fn try_recv(&mut self) -> Result<Arc<Frame>, TryRecvError> {
+        let named = match self {
+            Listener::Ring(ring) => return ring.try_recv(),
+            Listener::Inbox(named) => named,
+        };
+        if let Some(frame) = named.taken.pop_front() {
+            return Ok(frame);
+        }
+        match named.control.try_recv() {
+            Err(TryRecvError::Empty) => {}
+            other => return other,
+        }
+        match named.inbox.take(&mut named.taken, None) {
+            Poll::Ready(frame) => frame.map_err(TryRecvError::Lagged),
+            Poll::Pending => Err(TryRecvError::Empty),
+        }
     }
 }

@@ -65,6 +65,9 @@ pub struct Metrics {
     pub cancelled: AtomicU64,
     /// Event frames handed to subscribers' connections.
     pub deliveries: AtomicU64,
+    /// Event frames streams looked at, delivered or not: with the hub's
+    /// index, only those of what each stream named.
+    pub examined: AtomicU64,
     /// Subscribers disconnected for falling behind.
     pub slow_dropped: AtomicU64,
 }
@@ -103,7 +106,9 @@ impl Metrics {
 
     /// Adds `n` to a counter.
     pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+        if n > 0 {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     /// The Prometheus text exposition of everything.
@@ -132,6 +137,11 @@ impl Metrics {
             ("broker_events_published_total", "Events published.", &self.published),
             ("broker_events_cancelled_total", "Events cancelled.", &self.cancelled),
             ("broker_deliveries_total", "Event frames written to subscribers.", &self.deliveries),
+            (
+                "broker_frames_examined_total",
+                "Event frames that streams looked at, written or not.",
+                &self.examined,
+            ),
             (
                 "broker_slow_consumers_dropped_total",
                 "Subscribers disconnected for falling behind.",

@@ -33,13 +33,13 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
-use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use uuid::Uuid;
 
 use super::{ApiError, App, AppState, ErrorBody};
 use crate::auth::Claims;
 use crate::domain::{EventName, Filter, Published};
-use crate::hub::{About, Frame, HEARTBEAT, Permit, envelope_frame, sse_frame};
+use crate::hub::{About, Frame, HEARTBEAT, Listener, Permit, envelope_frame, sse_frame};
 use crate::metrics::Metrics;
 use crate::policy::AccessState;
 use crate::store::Store;
@@ -207,7 +207,7 @@ pub(crate) async fn open(
         .map(str::to_owned)
         .or(query.last_event_id);
 
-    let (ring, delivered) = app.feed.subscribe().await?;
+    let (ring, delivered) = app.feed.subscribe(&filter, user).await?;
     let mut first = Chunk::default();
     first.push(Bytes::from(format!("retry:{}\n\n", app.retry_ms)));
     let forbidden = unreadable(&app.feed.rules(), &filter, user);
@@ -381,7 +381,7 @@ fn frame(p: &Published, envelope: bool) -> Bytes {
 
 /// One open stream's state.
 pub(crate) struct Subscriber {
-    ring: broadcast::Receiver<Arc<Frame>>,
+    ring: Listener,
     store: Arc<dyn Store>,
     filter: Filter,
     /// Events up to this sequence number come from the store, not the ring.
@@ -467,9 +467,12 @@ impl Subscriber {
     /// the first frame is in, the task yields once, so that frames published
     /// meanwhile (a burst) go out in the same write.
     async fn live(&mut self) -> Option<Bytes> {
-        let (mut yielded, mut delivered) = (false, 0);
+        let (mut yielded, mut delivered, mut examined) = (false, 0, 0);
         while !self.closed && self.pending.len() < MAX_CHUNK {
             let next = if self.pending.is_empty() {
+                // Counted before waiting: a stream that looked at frames and
+                // wrote none still shows what it cost.
+                Metrics::add(&self.permit.hub().metrics.examined, std::mem::take(&mut examined));
                 match &mut self.expiry {
                     Some(expiry) => tokio::select! {
                         frame = self.ring.recv() => frame,
@@ -495,6 +498,7 @@ impl Subscriber {
             };
             match next.as_deref() {
                 Ok(frame @ Frame::Event { seq, collection_id, name, bytes, private, .. }) => {
+                    examined += 1;
                     // A public event costs no permission check at all.
                     if *seq > self.head
                         && self.filter.matches(collection_id, name)
@@ -532,7 +536,9 @@ impl Subscriber {
                 }
             }
         }
-        Metrics::add(&self.permit.hub().metrics.deliveries, delivered);
+        let metrics = &self.permit.hub().metrics;
+        Metrics::add(&metrics.deliveries, delivered);
+        Metrics::add(&metrics.examined, examined);
         self.pending.take()
     }
 }

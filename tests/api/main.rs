@@ -6,6 +6,7 @@ mod accounts;
 mod acme;
 mod cluster;
 mod events;
+mod fanout;
 mod filters;
 mod input;
 mod layers;
