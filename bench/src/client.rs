@@ -78,7 +78,20 @@ async fn read(stream: Body, chunked: bool, rest: Vec<u8>, tally: Arc<Tally>) {
 }
 
 /// Runs a client process: `count` streams from `source` to `addr`.
-pub async fn run(addr: SocketAddr, path: String, count: usize, source: IpAddr, events: usize) {
+/// `path` with `{c}` replaced by the channel of stream `i` (`offset` plus
+/// its index in this process), as 12 hex digits.
+fn path_of(path: &str, i: usize) -> String {
+    path.replace("{c}", &format!("{i:012x}"))
+}
+
+pub async fn run(
+    addr: SocketAddr,
+    path: String,
+    count: usize,
+    source: IpAddr,
+    events: usize,
+    offset: usize,
+) {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let tally = Arc::new(Tally {
         counts: (0..events).map(|_| AtomicU32::new(0)).collect(),
@@ -87,10 +100,6 @@ pub async fn run(addr: SocketAddr, path: String, count: usize, source: IpAddr, e
         errors: AtomicUsize::new(0),
         done: done_tx,
     });
-    let request: Arc<[u8]> =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n")
-            .into_bytes()
-            .into();
     let start = Instant::now();
     let gate = Arc::new(Semaphore::new(CONNECTING));
     let (status_tx, mut status_rx) = mpsc::unbounded_channel::<Result<u16, String>>();
@@ -99,9 +108,10 @@ pub async fn run(addr: SocketAddr, path: String, count: usize, source: IpAddr, e
     let mut left = count;
     while left > 0 {
         let streams = per.min(left);
+        let first = offset + count - left;
         left -= streams;
-        let (gate, request, tally, status_tx, path) =
-            (gate.clone(), request.clone(), tally.clone(), status_tx.clone(), path.clone());
+        let (gate, tally, status_tx, path) =
+            (gate.clone(), tally.clone(), status_tx.clone(), path.clone());
         tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
             let mut opened = Vec::with_capacity(streams);
@@ -111,14 +121,19 @@ pub async fn run(addr: SocketAddr, path: String, count: usize, source: IpAddr, e
                 let tcp = socket.connect(addr).await?;
                 if crate::http::http2().is_some() {
                     let send = crate::http::connect_h2(tcp).await?;
-                    for _ in 0..streams {
+                    for i in first..first + streams {
+                        let path = path_of(&path, i);
                         let (status, body) = crate::http::open_h2(send.clone(), &path).await?;
                         opened.push((Body::H2(body), status, false, Vec::new()));
                     }
                     return Ok(());
                 }
                 let mut stream = crate::http::secure(tcp).await?;
-                stream.write_all(&request).await?;
+                let path = path_of(&path, first);
+                let request = format!(
+                    "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+                );
+                stream.write_all(request.as_bytes()).await?;
                 let (status, chunked, rest) = read_head(&mut stream).await?;
                 opened.push((Body::Http1(stream), status, chunked, rest));
                 Ok::<_, std::io::Error>(())

@@ -131,6 +131,21 @@ enum Cmd {
         #[arg(short = 't', long, default_value_t = 10)]
         seconds: u64,
     },
+    /// N streams, each on a channel of its own (Broker: a collection), and
+    /// R events a second for T seconds, each into one stream's channel:
+    /// latency from the insert to its one receiver, server CPU per event.
+    Channels {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        subs: Fleet,
+        /// Events per second.
+        #[arg(short = 'r', long, default_value_t = 1000)]
+        rate: usize,
+        /// Seconds to publish.
+        #[arg(short = 't', long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// C concurrent publishers insert for T seconds (Broker only).
     Insert {
         #[command(flatten)]
@@ -177,6 +192,9 @@ enum Cmd {
         source: IpAddr,
         #[arg(long)]
         events: usize,
+        /// The first stream's index, for `{c}` in the path.
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
     },
 }
 
@@ -207,8 +225,8 @@ fn main() {
 
 async fn command(command: Cmd) {
     let result = match command {
-        Cmd::Client { addr, path, count, source, events } => {
-            client::run(addr, path, count, source, events).await;
+        Cmd::Client { addr, path, count, source, events, offset } => {
+            client::run(addr, path, count, source, events, offset).await;
             return;
         }
         Cmd::Compare { broker, nchan } => compare(&broker, &nchan),
@@ -218,6 +236,9 @@ async fn command(command: Cmd) {
         }
         Cmd::Rate { target, subs, rate: r, seconds } => {
             run(&target, rate(&target, &subs, r, seconds)).await
+        }
+        Cmd::Channels { target, subs, rate, seconds } => {
+            run(&target, channels(&target, &subs, rate, seconds)).await
         }
         Cmd::Insert { target, concurrency, seconds } => {
             run(&target, insert(&target, concurrency, seconds)).await
@@ -412,8 +433,11 @@ impl Clients {
         let started = Instant::now();
         let mut clients =
             Self { procs: Vec::new(), ok: 0, refused: 0, failed: 0, setup: Duration::ZERO };
+        let mut started_streams = 0;
         for i in 0..procs {
+            let offset = started_streams;
             let count = subs.subscribers / procs + usize::from(i < subs.subscribers % procs);
+            started_streams += count;
             let source = Ipv4Addr::new(127, 0, 0, subs.first_source.wrapping_add(i as u8));
             let mut child = Command::new(&exe);
             if let Some(ca) = http::tls_ca() {
@@ -425,7 +449,7 @@ impl Clients {
             let mut child = child
                 .args(["client", "--addr", &addrs[i % addrs.len()].to_string(), "--path", path])
                 .args(["--count", &count.to_string(), "--source", &source.to_string()])
-                .args(["--events", &events.to_string()])
+                .args(["--events", &events.to_string(), "--offset", &offset.to_string()])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .kill_on_drop(true)
@@ -731,6 +755,98 @@ async fn rate(target: &Target, subs: &Fleet, rate: usize, seconds: u64) -> Resul
             "{} deliveries lost, {ended} streams ended",
             expected.saturating_sub(delivered)
         ));
+    }
+    clients.stop().await;
+    Ok(report)
+}
+
+async fn channels(
+    target: &Target,
+    subs: &Fleet,
+    rate: usize,
+    seconds: u64,
+) -> Result<Report, Error> {
+    let mut report = Report::new("channels");
+    let publisher = Arc::new(Publisher::new(target).await?);
+    let prefix = uuid_v4()[..8].to_owned();
+    let sub_path = match target.target {
+        Kind::Broker => format!("/events?collection_id={prefix}-0000-4000-8000-{{c}}"),
+        Kind::Nchan => "/sub/c{c}".to_owned(),
+    };
+    let total = rate * seconds as usize;
+    let mut clients = Clients::start(&target.addr, subs, &sub_path, total).await?;
+    check_connections(&mut report, &clients, subs.subscribers);
+    let streams = subs.subscribers.max(1);
+    let (cpu_before, rss_before) = (cpu_of(&target.pid), rss_of(&target.pid));
+    // Lanes on every address, each sending on its own schedule.
+    const LANES: usize = 32;
+    let sent = Arc::new(std::sync::Mutex::new(vec![0u64; total]));
+    let start = Instant::now() + Duration::from_millis(100);
+    let mut tasks = Vec::new();
+    for lane in 0..LANES {
+        let (publisher, sent, prefix) = (publisher.clone(), sent.clone(), prefix.clone());
+        let addr = target.addr[lane % target.addr.len()];
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::connect(addr).await?;
+            for n in (lane..total).step_by(LANES) {
+                let at = start + Duration::from_secs_f64(n as f64 / rate as f64);
+                tokio::time::sleep_until(at.into()).await;
+                sent.lock().unwrap_or_else(|e| e.into_inner())[n] = now_ns();
+                let channel = n % streams;
+                let response = match publisher.kind {
+                    Kind::Broker => {
+                        let body = json!({"event": "bench", "collection_id": format!("{prefix}-0000-4000-8000-{channel:012x}"), "timestamp": 0, "data": {"n": n}});
+                        let body = body.to_string();
+                        conn.request("POST", "/insert", publisher.jwt.as_deref(), body.as_bytes())
+                            .await?
+                    }
+                    Kind::Nchan => {
+                        let path = format!("/pub/c{channel:012x}");
+                        conn.request("POST", &path, None, format!("{{\"n\":{n}}}").as_bytes()).await?
+                    }
+                };
+                if !(200..300).contains(&response.status) {
+                    return Err(format!("publishing {n} got {}", response.status).into());
+                }
+            }
+            Ok::<_, Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    report.add("publish time", elapsed, "s");
+    report.add("events per second", total as f64 / elapsed, "/s");
+    // Every event has one receiver: wait until each was received once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (events, ended) = loop {
+        let (events, ended) = clients.report(total).await?;
+        let delivered: u64 = events.iter().map(|e| e.0).sum();
+        if delivered >= total as u64 || Instant::now() > deadline {
+            break (events, ended);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    if let (Some(before), Some(after)) = (cpu_before, cpu_of(&target.pid)) {
+        report.add("server CPU per event", (after - before) / total.max(1) as f64 * 1e6, "µs");
+    }
+    if let (Some(before), Some(after)) = (rss_before, rss_of(&target.pid)) {
+        report.add("server RSS before publishing", before as f64 / 1048576.0, "MiB");
+        report.add("server RSS after", after as f64 / 1048576.0, "MiB");
+    }
+    let sent = sent.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let latencies: Vec<f64> = (0..total)
+        .filter(|&n| events[n].1 > 0)
+        .map(|n| events[n].1.saturating_sub(sent[n]) as f64 / 1e6)
+        .collect();
+    add_distribution(&mut report, "insert to its receiver", latencies, "ms");
+    let delivered: u64 = events.iter().map(|e| e.0).sum();
+    report.add("events sent", total as f64, "");
+    report.add("events delivered", delivered as f64, "");
+    report.add("streams ended early", ended as f64, "");
+    if delivered != total as u64 || ended > 0 {
+        report.fail(format!("{} of {total} delivered, {ended} streams ended", delivered));
     }
     clients.stop().await;
     Ok(report)
