@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Each stream on a channel of its own: Broker (a collection per stream) and
 # nginx + nchan (a channel id per subscriber, one worker), one after the
-# other, a fresh server each; then Broker with no stream open, for the CPU
-# an insert costs without any fan-out. Results in target/bench/channels-*.json.
-#   N streams (18000), R events a second (5000), T seconds (10).
+# other, a fresh server each; then the mixed run (every stream on one shared
+# channel too, B broadcasts to it one at a time while M events a second go
+# to single streams); then Broker with no stream open, for the CPU an insert
+# costs without any fan-out. Results in target/bench/channels-*.json.
+#   N streams (18000), R events a second (5000), T seconds (10),
+#   M events a second in the mixed run (2000), B broadcasts (50).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${N:-18000} R=${R:-5000} T=${T:-10}
+N=${N:-18000} R=${R:-5000} T=${T:-10} M=${M:-2000} B=${B:-50}
 out=target/bench
 mkdir -p "$out"
 cargo build --release --workspace --quiet
@@ -17,30 +20,40 @@ trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 
-# broker <name> <streams> <first source>
+# broker <name> <streams> <first source> <broker-bench channels options…>
 broker() {
-  target/release/broker --host 127.0.0.1 --port 18080 --save-path "$work/$1" --secret bench \
+  local name=$1 streams=$2 source=$3
+  shift 3
+  target/release/broker --host 127.0.0.1 --port 18080 --save-path "$work/$name" --secret bench \
     2>>"$out/channels-broker.log" &
   local pid=$!
   pids+=("$pid")
   wait_port 18080
-  echo "== Broker, $2 streams"
-  "$bench" channels --addr 127.0.0.1:18080 --pid "$pid" -n "$2" -r "$R" -t "$T" \
-    --first-source "$3" --json "$out/channels-$1.json" | grep -v '^{' || true
+  echo "== Broker, $streams streams $*"
+  "$bench" channels --addr 127.0.0.1:18080 --pid "$pid" -n "$streams" --first-source "$source" \
+    --json "$out/channels-$name.json" "$@" | grep -v '^{' || true
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
-broker broker "$N" 2
+# nchan <name> <first source> <broker-bench channels options…>
+nchan() {
+  local name=$1 source=$2
+  shift 2
+  rm -rf "$work/nginx"; mkdir -p "$work/nginx/tmp"
+  nginx -p "$work/nginx" -c "$PWD/bench/nchan/nginx.conf" 2>>"$out/channels-nginx.log" &
+  local master=$!
+  pids+=("$master")
+  wait_port 18081
+  local worker
+  worker=$(pgrep -P "$master" | head -n 1)
+  echo "== nginx + nchan, $N streams $*"
+  "$bench" channels --target nchan --addr 127.0.0.1:18081 --pid "$worker" -n "$N" \
+    --first-source "$source" --json "$out/channels-$name.json" "$@" | grep -v '^{' || true
+  kill "$master"; wait "$master" 2>/dev/null || true
+}
 
-echo "== nginx + nchan, $N streams"
-mkdir -p "$work/nginx/tmp"
-nginx -p "$work/nginx" -c "$PWD/bench/nchan/nginx.conf" 2>"$out/channels-nginx.log" &
-master=$!
-pids+=("$master")
-wait_port 18081
-worker=$(pgrep -P "$master" | head -n 1)
-"$bench" channels --target nchan --addr 127.0.0.1:18081 --pid "$worker" -n "$N" -r "$R" -t "$T" \
-  --first-source 20 --json "$out/channels-nchan.json" | grep -v '^{' || true
-kill "$master"; wait "$master" 2>/dev/null || true
-
-broker idle 0 40
+broker broker "$N" 2 -r "$R" -t "$T"
+nchan nchan 20 -r "$R" -t "$T"
+broker broker-mixed "$N" 40 -r "$M" -t "$T" -b "$B"
+nchan nchan-mixed 60 -r "$M" -t "$T" -b "$B"
+broker idle 0 80 -r "$R" -t "$T"

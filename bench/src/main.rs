@@ -145,6 +145,14 @@ enum Cmd {
         /// Seconds to publish.
         #[arg(short = 't', long, default_value_t = 10)]
         seconds: u64,
+        /// Publishers, each on its own connection, spread over the
+        /// addresses (a rate above what they sustain shows the highest).
+        #[arg(short = 'c', long, default_value_t = 32)]
+        publishers: usize,
+        /// Also: every stream reads one shared channel too, and this many
+        /// events are broadcast to it, one at a time, while the load runs.
+        #[arg(short = 'b', long, default_value_t = 0)]
+        broadcasts: usize,
     },
     /// C concurrent publishers insert for T seconds (Broker only).
     Insert {
@@ -237,8 +245,8 @@ async fn command(command: Cmd) {
         Cmd::Rate { target, subs, rate: r, seconds } => {
             run(&target, rate(&target, &subs, r, seconds)).await
         }
-        Cmd::Channels { target, subs, rate, seconds } => {
-            run(&target, channels(&target, &subs, rate, seconds)).await
+        Cmd::Channels { target, subs, rate, seconds, publishers, broadcasts } => {
+            run(&target, channels(&target, &subs, (rate, seconds, publishers), broadcasts)).await
         }
         Cmd::Insert { target, concurrency, seconds } => {
             run(&target, insert(&target, concurrency, seconds)).await
@@ -760,57 +768,88 @@ async fn rate(target: &Target, subs: &Fleet, rate: usize, seconds: u64) -> Resul
     Ok(report)
 }
 
+/// The channel every stream also reads with `--broadcasts`.
+const SHARED: usize = 0xffff_ffff_ffff;
+
+/// Publishes event `n` into channel `channel` (Broker: a collection named
+/// from `prefix` and the channel).
+async fn send_to(
+    publisher: &Publisher,
+    conn: &mut Conn,
+    prefix: &str,
+    channel: usize,
+    n: usize,
+) -> Result<(), Error> {
+    let response = match publisher.kind {
+        Kind::Broker => {
+            let collection = format!("{prefix}-0000-4000-8000-{channel:012x}");
+            let body = json!({"event": "bench", "collection_id": collection, "timestamp": 0, "data": {"n": n}});
+            let body = body.to_string();
+            conn.request("POST", "/insert", publisher.jwt.as_deref(), body.as_bytes()).await?
+        }
+        Kind::Nchan => {
+            let path = format!("/pub/c{channel:012x}");
+            conn.request("POST", &path, None, format!("{{\"n\":{n}}}").as_bytes()).await?
+        }
+    };
+    if !(200..300).contains(&response.status) {
+        return Err(format!("publishing {n} got {}", response.status).into());
+    }
+    Ok(())
+}
+
 async fn channels(
     target: &Target,
     subs: &Fleet,
-    rate: usize,
-    seconds: u64,
+    load: (usize, u64, usize),
+    broadcasts: usize,
 ) -> Result<Report, Error> {
+    let (rate, seconds, publishers) = load;
     let mut report = Report::new("channels");
     let publisher = Arc::new(Publisher::new(target).await?);
     let prefix = uuid_v4()[..8].to_owned();
-    let sub_path = match target.target {
-        Kind::Broker => format!("/events?collection_id={prefix}-0000-4000-8000-{{c}}"),
-        Kind::Nchan => "/sub/c{c}".to_owned(),
+    let sub_path = match (target.target, broadcasts > 0) {
+        (Kind::Broker, false) => format!("/events?collection_id={prefix}-0000-4000-8000-{{c}}"),
+        (Kind::Broker, true) => format!(
+            "/events?collection_id={prefix}-0000-4000-8000-{{c}}&collection_id={prefix}-0000-4000-8000-{SHARED:012x}"
+        ),
+        (Kind::Nchan, false) => "/sub/c{c}".to_owned(),
+        (Kind::Nchan, true) => "/subm/c{c}".to_owned(),
     };
     let total = rate * seconds as usize;
-    let mut clients = Clients::start(&target.addr, subs, &sub_path, total).await?;
+    let mut clients = Clients::start(&target.addr, subs, &sub_path, total + broadcasts).await?;
     check_connections(&mut report, &clients, subs.subscribers);
     let streams = subs.subscribers.max(1);
     let (cpu_before, rss_before) = (cpu_of(&target.pid), rss_of(&target.pid));
     // Lanes on every address, each sending on its own schedule.
-    const LANES: usize = 32;
-    let sent = Arc::new(std::sync::Mutex::new(vec![0u64; total]));
+    let lanes = publishers.max(1);
+    let sent = Arc::new(std::sync::Mutex::new(vec![0u64; total + broadcasts]));
     let start = Instant::now() + Duration::from_millis(100);
     let mut tasks = Vec::new();
-    for lane in 0..LANES {
+    for lane in 0..lanes {
         let (publisher, sent, prefix) = (publisher.clone(), sent.clone(), prefix.clone());
         let addr = target.addr[lane % target.addr.len()];
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::connect(addr).await?;
-            for n in (lane..total).step_by(LANES) {
+            for n in (lane..total).step_by(lanes) {
                 let at = start + Duration::from_secs_f64(n as f64 / rate as f64);
                 tokio::time::sleep_until(at.into()).await;
                 sent.lock().unwrap_or_else(|e| e.into_inner())[n] = now_ns();
-                let channel = n % streams;
-                let response = match publisher.kind {
-                    Kind::Broker => {
-                        let body = json!({"event": "bench", "collection_id": format!("{prefix}-0000-4000-8000-{channel:012x}"), "timestamp": 0, "data": {"n": n}});
-                        let body = body.to_string();
-                        conn.request("POST", "/insert", publisher.jwt.as_deref(), body.as_bytes())
-                            .await?
-                    }
-                    Kind::Nchan => {
-                        let path = format!("/pub/c{channel:012x}");
-                        conn.request("POST", &path, None, format!("{{\"n\":{n}}}").as_bytes()).await?
-                    }
-                };
-                if !(200..300).contains(&response.status) {
-                    return Err(format!("publishing {n} got {}", response.status).into());
-                }
+                send_to(&publisher, &mut conn, &prefix, n % streams, n).await?;
             }
             Ok::<_, Error>(())
         }));
+    }
+    // Broadcasts to every stream, one at a time, while the load runs.
+    let mut conn = Conn::connect(target.addr[0]).await?;
+    tokio::time::sleep_until((start + Duration::from_secs(1)).into()).await;
+    for n in total..total + broadcasts {
+        sent.lock().unwrap_or_else(|e| e.into_inner())[n] = now_ns();
+        send_to(&publisher, &mut conn, &prefix, SHARED, n).await?;
+        if !clients.wait_done(&[n], Duration::from_secs(30)).await {
+            report.fail(format!("broadcast {n} did not reach every stream within 30 s"));
+            break;
+        }
     }
     for task in tasks {
         task.await??;
@@ -819,11 +858,12 @@ async fn channels(
     report.add("publish time", elapsed, "s");
     report.add("events per second", total as f64 / elapsed, "/s");
     // Every event has one receiver: wait until each was received once.
+    let expected = total as u64 + (broadcasts * clients.ok) as u64;
     let deadline = Instant::now() + Duration::from_secs(30);
     let (events, ended) = loop {
-        let (events, ended) = clients.report(total).await?;
+        let (events, ended) = clients.report(total + broadcasts).await?;
         let delivered: u64 = events.iter().map(|e| e.0).sum();
-        if delivered >= total as u64 || Instant::now() > deadline {
+        if delivered >= expected || Instant::now() > deadline {
             break (events, ended);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -836,17 +876,23 @@ async fn channels(
         report.add("server RSS after", after as f64 / 1048576.0, "MiB");
     }
     let sent = sent.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let latencies: Vec<f64> = (0..total)
-        .filter(|&n| events[n].1 > 0)
-        .map(|n| events[n].1.saturating_sub(sent[n]) as f64 / 1e6)
-        .collect();
-    add_distribution(&mut report, "insert to its receiver", latencies, "ms");
+    let latency = |range: std::ops::Range<usize>| -> Vec<f64> {
+        range
+            .filter(|&n| events[n].1 > 0)
+            .map(|n| events[n].1.saturating_sub(sent[n]) as f64 / 1e6)
+            .collect()
+    };
+    add_distribution(&mut report, "insert to its receiver", latency(0..total), "ms");
+    if broadcasts > 0 {
+        let all = latency(total..total + broadcasts);
+        add_distribution(&mut report, "broadcast to last stream", all, "ms");
+    }
     let delivered: u64 = events.iter().map(|e| e.0).sum();
-    report.add("events sent", total as f64, "");
-    report.add("events delivered", delivered as f64, "");
+    report.add("deliveries expected", expected as f64, "");
+    report.add("deliveries", delivered as f64, "");
     report.add("streams ended early", ended as f64, "");
-    if delivered != total as u64 || ended > 0 {
-        report.fail(format!("{} of {total} delivered, {ended} streams ended", delivered));
+    if delivered != expected || ended > 0 {
+        report.fail(format!("{delivered} of {expected} delivered, {ended} streams ended"));
     }
     clients.stop().await;
     Ok(report)
