@@ -14,7 +14,10 @@
 //! it gets each event once, in publication order (the feed publishes one
 //! event at a time). Heartbeats, access changes and the close signal go
 //! to every stream: through the ring, in order with the events, and
-//! through a control ring that inboxes' streams watch first.
+//! through a control ring that inboxes' streams also read, each control
+//! frame stamped with the last sequence number published before it, so
+//! that a stream reads the events and control frames of its inbox in the
+//! order they were sent.
 //!
 //! A stream may fall `max_lag` frames behind: in the ring, counted over
 //! every event; in an inbox, over the events it receives only. One that
@@ -34,7 +37,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -158,8 +161,10 @@ pub struct Hub {
     /// Every frame, for the streams that named nothing.
     ring: broadcast::Sender<Arc<Frame>>,
     /// Heartbeats, access changes and the close signal, for the streams
-    /// with an inbox.
-    control: broadcast::Sender<Arc<Frame>>,
+    /// with an inbox, each with the last sequence number published before it.
+    control: broadcast::Sender<(i64, Arc<Frame>)>,
+    /// The last sequence number handed to the inboxes.
+    last_seq: AtomicI64,
     /// The inboxes, by what their streams named.
     index: Mutex<Index>,
     /// Inboxes more than half full, watched by [`Hub::drained`].
@@ -198,6 +203,7 @@ impl Hub {
         Self {
             ring: broadcast::Sender::new(max_lag.max(1)),
             control: broadcast::Sender::new(max_lag.max(1)),
+            last_seq: AtomicI64::new(i64::MIN),
             index: Mutex::default(),
             crowded: Mutex::default(),
             max_lag: max_lag.max(1),
@@ -256,6 +262,7 @@ impl Hub {
                 }
             }
         }
+        self.last_seq.store(p.seq, Ordering::Release);
         if !crowded.is_empty() {
             lock(&self.crowded).append(&mut crowded);
         }
@@ -281,7 +288,7 @@ impl Hub {
     fn send(&self, frame: Frame) {
         let frame = Arc::new(frame);
         // Errors only mean that no stream reads that ring.
-        let _ = self.control.send(frame.clone());
+        let _ = self.control.send((self.last_seq.load(Ordering::Acquire), frame.clone()));
         let _ = self.ring.send(frame);
     }
 
@@ -343,6 +350,7 @@ impl Hub {
             inbox,
             control,
             taken: VecDeque::new(),
+            held: None,
         }))
     }
 
@@ -459,29 +467,26 @@ impl Inbox {
         queue.crowded
     }
 
-    /// Moves every queued frame into `into` (empty) and takes the first,
-    /// or, if none is queued, has `waker` woken by the next one.
+    /// Moves every queued frame into `into` (empty), or, if none is
+    /// queued, has `waker` woken by the next one.
     fn take(
         &self,
         into: &mut VecDeque<Arc<Frame>>,
         waker: Option<&Waker>,
-    ) -> Poll<Result<Arc<Frame>, u64>> {
+    ) -> Poll<Result<(), u64>> {
         let mut queue = lock(&self.queue);
         if queue.missed > 0 {
             return Poll::Ready(Err(queue.missed));
         }
-        std::mem::swap(into, &mut queue.frames);
-        match into.pop_front() {
-            Some(frame) => Poll::Ready(Ok(frame)),
-            None => {
-                if let Some(waker) =
-                    waker.filter(|w| !queue.waker.as_ref().is_some_and(|q| q.will_wake(w)))
-                {
-                    queue.waker = Some(waker.clone());
-                }
-                Poll::Pending
+        if queue.frames.is_empty() {
+            let new = waker.filter(|w| !queue.waker.as_ref().is_some_and(|q| q.will_wake(w)));
+            if let Some(waker) = new {
+                queue.waker = Some(waker.clone());
             }
+            return Poll::Pending;
         }
+        std::mem::swap(into, &mut queue.frames);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -500,14 +505,47 @@ pub enum Listener {
 pub struct Named {
     hub: Arc<Hub>,
     inbox: Arc<Inbox>,
-    control: broadcast::Receiver<Arc<Frame>>,
+    control: broadcast::Receiver<(i64, Arc<Frame>)>,
     /// Frames taken from the inbox, not yet read.
     taken: VecDeque<Arc<Frame>>,
+    /// A control frame read from its ring, held back until the events
+    /// published before it (up to its number) have been read.
+    held: Option<(i64, Arc<Frame>)>,
 }
 
 impl Drop for Named {
     fn drop(&mut self) {
         lock(&self.hub.index).remove(&self.inbox);
+    }
+}
+
+impl Named {
+    /// The next frame in publication order if one is ready, without
+    /// waiting: events and control frames interleave as they were sent.
+    fn ready(&mut self) -> Option<Result<Arc<Frame>, RecvError>> {
+        if self.held.is_none() {
+            match self.control.try_recv() {
+                Ok(control) => self.held = Some(control),
+                Err(TryRecvError::Lagged(n)) => return Some(Err(RecvError::Lagged(n))),
+                Err(TryRecvError::Empty | TryRecvError::Closed) => {}
+            }
+        }
+        if self.taken.is_empty()
+            && let Poll::Ready(Err(missed)) = self.inbox.take(&mut self.taken, None)
+        {
+            return Some(Err(RecvError::Lagged(missed)));
+        }
+        let before = |frame: &Frame, after: i64| match frame {
+            Frame::Event { seq, .. } => *seq <= after,
+            _ => true,
+        };
+        match (&self.held, self.taken.front()) {
+            (Some((after, _)), Some(event)) if before(event, *after) => {
+                self.taken.pop_front().map(Ok)
+            }
+            (Some(_), _) => self.held.take().map(|(_, frame)| Ok(frame)),
+            (None, _) => self.taken.pop_front().map(Ok),
+        }
     }
 }
 
@@ -518,37 +556,141 @@ impl Listener {
             Listener::Ring(ring) => return ring.recv().await,
             Listener::Inbox(named) => named,
         };
-        if let Some(frame) = named.taken.pop_front() {
-            return Ok(frame);
-        }
-        let Named { inbox, control, taken, .. } = &mut **named;
-        // Control first: an access change sent before an event is read
-        // before it.
-        tokio::select! {
-            biased;
-            frame = control.recv() => frame,
-            frame = poll_fn(|cx| inbox.take(taken, Some(cx.waker()))) => {
-                frame.map_err(RecvError::Lagged)
+        loop {
+            if let Some(next) = named.ready() {
+                return next;
+            }
+            let Named { inbox, control, taken, held, .. } = &mut **named;
+            tokio::select! {
+                control = control.recv() => *held = Some(control?),
+                filled = poll_fn(|cx| inbox.take(taken, Some(cx.waker()))) => {
+                    filled.map_err(RecvError::Lagged)?;
+                }
             }
         }
     }
 
     /// The next frame if one is there.
     pub fn try_recv(&mut self) -> Result<Arc<Frame>, TryRecvError> {
-        let named = match self {
-            Listener::Ring(ring) => return ring.try_recv(),
-            Listener::Inbox(named) => named,
+        match self {
+            Listener::Ring(ring) => ring.try_recv(),
+            Listener::Inbox(named) => match named.ready() {
+                Some(Ok(frame)) => Ok(frame),
+                Some(Err(RecvError::Lagged(n))) => Err(TryRecvError::Lagged(n)),
+                Some(Err(RecvError::Closed)) => Err(TryRecvError::Closed),
+                None => Err(TryRecvError::Empty),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Event;
+
+    fn hub(max_lag: usize) -> Arc<Hub> {
+        Arc::new(Hub::new(max_lag, 100, Arc::default()))
+    }
+
+    fn publish(hub: &Hub, seq: i64, collection: Uuid, name: &str) {
+        let event = Event {
+            id: Uuid::new_v4(),
+            user_id: Uuid::nil(),
+            collection_id: collection,
+            event: name.into(),
+            timestamp: 0,
+            published: true,
+            cancelled: false,
+            data: serde_json::value::to_raw_value(&seq).unwrap(),
         };
-        if let Some(frame) = named.taken.pop_front() {
-            return Ok(frame);
+        hub.publish(&Published { seq, event });
+    }
+
+    /// The sequence numbers of the event frames ready for `listener`.
+    fn ready(listener: &mut Listener) -> Vec<i64> {
+        let mut seqs = Vec::new();
+        while let Ok(frame) = listener.try_recv() {
+            if let Frame::Event { seq, .. } = *frame {
+                seqs.push(seq);
+            }
         }
-        match named.control.try_recv() {
-            Err(TryRecvError::Empty) => {}
-            other => return other,
+        seqs
+    }
+
+    fn filter(collections: &[Uuid], names: &[&str]) -> Filter {
+        Filter::new(collections.to_vec(), names.iter().map(|n| n.to_string()).collect()).unwrap()
+    }
+
+    #[test]
+    fn an_event_reaches_the_streams_it_matches_and_no_other() {
+        let hub = hub(16);
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let mut on_a = hub.listen(&filter(&[a], &[]), None);
+        let mut on_a_and_b = hub.listen(&filter(&[a, b], &[]), None);
+        let mut named = hub.listen(&filter(&[], &["x"]), None);
+        let mut a_named = hub.listen(&filter(&[a], &["y"]), None);
+        let mut all = hub.listen(&Filter::default(), None);
+        for (seq, collection, name) in [(1, a, "x"), (2, b, "y"), (3, c, "x"), (4, a, "y")] {
+            publish(&hub, seq, collection, name);
         }
-        match named.inbox.take(&mut named.taken, None) {
-            Poll::Ready(frame) => frame.map_err(TryRecvError::Lagged),
-            Poll::Pending => Err(TryRecvError::Empty),
+        assert_eq!(ready(&mut on_a), [1, 4]);
+        assert_eq!(ready(&mut on_a_and_b), [1, 2, 4], "each once, in order");
+        assert_eq!(ready(&mut named), [1, 3]);
+        assert_eq!(ready(&mut a_named), [4]);
+        assert_eq!(ready(&mut all), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn an_inbox_falls_behind_on_its_own_events_only() {
+        let hub = hub(4);
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut on_a = hub.listen(&filter(&[a], &[]), None);
+        let mut on_b = hub.listen(&filter(&[b], &[]), None);
+        for seq in 1..=10 {
+            publish(&hub, seq, a, "e");
         }
+        publish(&hub, 11, b, "e");
+        assert!(matches!(on_a.try_recv(), Err(TryRecvError::Lagged(5))), "4 queued, then full");
+        assert_eq!(ready(&mut on_b), [11], "ten events of A cost B nothing");
+    }
+
+    #[tokio::test]
+    async fn an_inbox_reads_control_frames_and_events_in_the_order_they_were_sent() {
+        let hub = hub(16);
+        let a = Uuid::new_v4();
+        let mut on_a = hub.listen(&filter(&[a], &[]), None);
+        hub.send(Frame::Heartbeat);
+        publish(&hub, 1, a, "e");
+        hub.send(Frame::Close);
+        assert!(matches!(*on_a.recv().await.unwrap(), Frame::Heartbeat));
+        assert!(matches!(*on_a.recv().await.unwrap(), Frame::Event { seq: 1, .. }));
+        assert!(matches!(*on_a.recv().await.unwrap(), Frame::Close));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_stream_is_woken_by_its_event() {
+        let hub = hub(16);
+        let a = Uuid::new_v4();
+        let mut on_a = hub.listen(&filter(&[a], &[]), None);
+        let waiting =
+            tokio::spawn(async move { on_a.recv().await.map(|f| f.envelope().is_some()) });
+        tokio::task::yield_now().await;
+        publish(&hub, 1, a, "e");
+        assert!(waiting.await.unwrap().unwrap(), "an event frame");
+    }
+
+    #[test]
+    fn a_closed_stream_leaves_the_index() {
+        let hub = hub(16);
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let first = hub.listen(&filter(&[a, b], &[]), None);
+        let second = hub.listen(&filter(&[a], &[]), None);
+        let named = hub.listen(&filter(&[], &["x"]), None);
+        drop(first);
+        assert_eq!(lock(&hub.index).by_collection.len(), 1, "only A is left");
+        drop((second, named));
+        let index = lock(&hub.index);
+        assert!(index.by_collection.is_empty() && index.by_name.is_empty());
     }
 }
