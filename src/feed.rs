@@ -17,10 +17,13 @@
 //! reaches this node's streams as a public one.
 //!
 //! The feed also reads the latest state for new subscribers, once for all
-//! those with the same filter that arrive together: a thousand browsers
-//! reconnecting at once cost one query, not a thousand.
+//! those that arrive together: a thousand browsers reconnecting at once
+//! cost one query, not a thousand. Subscribers with the same filter share
+//! one read; subscribers that name collections (each its own, say) join
+//! one batch while the previous batch is being read, and the next read
+//! selects all their collections at once, each taking its own part.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, PoisonError};
 
@@ -36,6 +39,16 @@ const PAGE: usize = 1024;
 /// A snapshot being read, shared by the subscribers that wait for it.
 type Flight = Arc<OnceCell<Result<Arc<Snapshot>, StoreError>>>;
 
+/// Collections read together for the subscribers that arrive together.
+const BATCH: usize = 512;
+
+/// The collections of the subscribers waiting for one read, and the read.
+#[derive(Default)]
+struct Batch {
+    collections: std::sync::Mutex<HashSet<uuid::Uuid>>,
+    read: OnceCell<Result<Arc<Snapshot>, StoreError>>,
+}
+
 /// The hub's supplier; shared behind an `Arc`.
 pub struct Feed {
     store: Arc<dyn Store>,
@@ -48,6 +61,11 @@ pub struct Feed {
     seen: AtomicI64,
     /// Snapshots being read, by filter, with `seen` when each began.
     flights: std::sync::Mutex<HashMap<Filter, (i64, Flight)>>,
+    /// The batch that subscribers naming collections join, until its read
+    /// begins or it is full.
+    batch: std::sync::Mutex<Option<Arc<Batch>>>,
+    /// Held while a batch is read: the next batch gathers meanwhile.
+    reading: Mutex<()>,
     /// Events handed over between waits for subscribers to drain.
     slice: usize,
     /// Whether other nodes share the store (and may change its rules): see
@@ -67,6 +85,8 @@ impl Feed {
             delivered: Mutex::new(None),
             seen: AtomicI64::new(-1),
             flights: std::sync::Mutex::default(),
+            batch: std::sync::Mutex::default(),
+            reading: Mutex::new(()),
             slice: (max_lag / 2).max(1),
             shared,
         }
@@ -95,6 +115,9 @@ impl Feed {
     /// covers everything the subscriber's cursor may have missed. Shared by
     /// every subscriber with the same filter that can use the same read.
     pub async fn snapshot(&self, filter: &Filter, after: i64) -> Result<Arc<Snapshot>, StoreError> {
+        if !filter.collections().is_empty() {
+            return self.batched(filter).await;
+        }
         let flight = {
             let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
             match flights.get(filter) {
@@ -115,6 +138,45 @@ impl Feed {
             flights.remove(filter); // done: later subscribers read anew
         }
         snapshot
+    }
+
+    /// The latest public state of the collections `filter` names, read
+    /// with those of the subscribers that asked meanwhile (up to about
+    /// [`BATCH`] collections). The read begins after they all asked, so its
+    /// head covers each one's cursor.
+    async fn batched(&self, filter: &Filter) -> Result<Arc<Snapshot>, StoreError> {
+        let batch = {
+            let mut open = self.batch.lock().unwrap_or_else(PoisonError::into_inner);
+            let batch = open.get_or_insert_with(Default::default).clone();
+            let mut collections = batch.collections.lock().unwrap_or_else(PoisonError::into_inner);
+            collections.extend(filter.collections());
+            if collections.len() >= BATCH {
+                *open = None; // full: the next subscriber starts another
+            }
+            drop(collections);
+            batch
+        };
+        let read = batch.read.get_or_init(|| async {
+            let _one_at_a_time = self.reading.lock().await;
+            let collections = {
+                let mut open = self.batch.lock().unwrap_or_else(PoisonError::into_inner);
+                if open.as_ref().is_some_and(|b| Arc::ptr_eq(b, &batch)) {
+                    *open = None; // closed: nobody joins a read that began
+                }
+                let collections = batch.collections.lock().unwrap_or_else(PoisonError::into_inner);
+                collections.iter().copied().collect()
+            };
+            let union = Filter::default().within(collections);
+            self.store.snapshot(&union, true).await.map(Arc::new)
+        });
+        let all = read.await.clone()?;
+        let latest = all
+            .latest
+            .iter()
+            .filter(|p| filter.matches(&p.event.collection_id, &p.event.event))
+            .cloned()
+            .collect();
+        Ok(Arc::new(Snapshot { latest, head: all.head }))
     }
 
     /// The store the feed reads.

@@ -101,3 +101,31 @@ async fn a_private_event_costs_the_streams_that_may_not_read_it_nothing() {
     assert_eq!(own.take(10).await.len(), 10);
     assert_eq!(examined(&app).await, 10.0, "the 1,000 outsiders' streams looked at none");
 }
+
+#[tokio::test]
+async fn streams_that_arrive_together_each_get_the_latest_state_of_their_own_collections() {
+    let app = TestApp::spawn().await;
+    let user = app.user("writer").await;
+    let collections: Vec<Uuid> = (0..200).map(|_| Uuid::new_v4()).collect();
+    for (i, collection) in collections.iter().enumerate() {
+        let body =
+            json!({"event": "state", "collection_id": collection, "timestamp": NOW, "data": i});
+        ok_json(app.insert_raw(&user.jwt, &body).await).await;
+    }
+    // Published: the last one reaches a stream on its collection.
+    let last = collections[199];
+    let mut witness = app.subscribe_to(&format!("/events?collection_id={last}"), &[]).await;
+    assert_eq!(witness.next().await.data, json!(199));
+    // 200 streams at once, one on each collection, and one on two of them.
+    let paths = collections.iter().map(|c| format!("/events?collection_id={c}")).chain([format!(
+        "/events?collection_id={}&collection_id={}",
+        collections[3], collections[7]
+    )]);
+    let app = &app;
+    let mut streams = join_all(paths.map(|p| async move { app.subscribe_to(&p, &[]).await })).await;
+    for (i, stream) in streams.iter_mut().take(200).enumerate() {
+        assert_eq!(stream.next().await.data, json!(i), "its own collection's state only");
+    }
+    let both: Vec<_> = streams[200].take(2).await.into_iter().map(|r| r.data).collect();
+    assert_eq!(both, [json!(3), json!(7)]);
+}
