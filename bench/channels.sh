@@ -10,15 +10,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-18000} R=${R:-5000} T=${T:-10} M=${M:-2000} B=${B:-50}
-out=target/bench
-mkdir -p "$out"
-cargo build --release --workspace --quiet
-bench=target/release/broker-bench
-work=$(mktemp -d)
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
+prepare
 
 # broker <name> <streams> <first source> <broker-bench channels options…>
 broker() {

@@ -10,24 +10,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-9000} S=${S:-6} R=${R:-100} C=${C:-300}
-out=target/bench
-mkdir -p "$out"
-cargo build --release --workspace --quiet
-bench=target/release/broker-bench
-work=$(mktemp -d)
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
-
-openssl ecparam -name prime256v1 -genkey -noout -out "$work/ca.key"
-openssl req -x509 -new -key "$work/ca.key" -subj /CN=bench-ca -days 7 -out "$work/ca.pem"
-openssl ecparam -name prime256v1 -genkey -noout -out "$work/key.pem"
-openssl req -new -key "$work/key.pem" -subj /CN=localhost -out "$work/cert.csr"
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$work/san"
-openssl x509 -req -in "$work/cert.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
-  -CAcreateserial -days 7 -extfile "$work/san" -out "$work/cert.pem" 2>/dev/null
-
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
+prepare
+
+make_cert "$work"
 
 target/release/broker --host 127.0.0.1 --port 18443 --save-path "$work/data" --secret bench \
   --tls-cert "$work/cert.pem" --tls-key "$work/key.pem" 2>>"$out/h2-calls-broker.log" &

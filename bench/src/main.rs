@@ -94,6 +94,17 @@ struct Fleet {
     first_source: u8,
 }
 
+/// How fast and how long events are published.
+#[derive(Args, Clone, Copy)]
+struct Pace {
+    /// Events per second.
+    #[arg(short = 'r', long, default_value_t = 1000)]
+    rate: usize,
+    /// Seconds to publish.
+    #[arg(short = 't', long, default_value_t = 10)]
+    seconds: u64,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Opens N SSE connections; reports setup time and server memory per connection.
@@ -124,12 +135,8 @@ enum Cmd {
         target: Target,
         #[command(flatten)]
         subs: Fleet,
-        /// Events per second.
-        #[arg(short = 'r', long, default_value_t = 1000)]
-        rate: usize,
-        /// Seconds to publish.
-        #[arg(short = 't', long, default_value_t = 10)]
-        seconds: u64,
+        #[command(flatten)]
+        pace: Pace,
     },
     /// N streams, each on a channel of its own (Broker: a collection), and
     /// R events a second for T seconds, each into one stream's channel:
@@ -139,12 +146,8 @@ enum Cmd {
         target: Target,
         #[command(flatten)]
         subs: Fleet,
-        /// Events per second.
-        #[arg(short = 'r', long, default_value_t = 1000)]
-        rate: usize,
-        /// Seconds to publish.
-        #[arg(short = 't', long, default_value_t = 10)]
-        seconds: u64,
+        #[command(flatten)]
+        pace: Pace,
         /// Publishers, each on its own connection, spread over the
         /// addresses (a rate above what they sustain shows the highest).
         #[arg(short = 'c', long, default_value_t = 32)]
@@ -242,11 +245,11 @@ async fn command(command: Cmd) {
         Cmd::Fanout { target, subs, singles, burst } => {
             run(&target, fanout(&target, &subs, singles, burst)).await
         }
-        Cmd::Rate { target, subs, rate: r, seconds } => {
-            run(&target, rate(&target, &subs, r, seconds)).await
+        Cmd::Rate { target, subs, pace } => {
+            run(&target, rate(&target, &subs, pace.rate, pace.seconds)).await
         }
-        Cmd::Channels { target, subs, rate, seconds, publishers, broadcasts } => {
-            run(&target, channels(&target, &subs, (rate, seconds, publishers), broadcasts)).await
+        Cmd::Channels { target, subs, pace, publishers, broadcasts } => {
+            run(&target, channels(&target, &subs, (pace, publishers), broadcasts)).await
         }
         Cmd::Insert { target, concurrency, seconds } => {
             run(&target, insert(&target, concurrency, seconds)).await
@@ -801,10 +804,10 @@ async fn send_to(
 async fn channels(
     target: &Target,
     subs: &Fleet,
-    load: (usize, u64, usize),
+    (pace, publishers): (Pace, usize),
     broadcasts: usize,
 ) -> Result<Report, Error> {
-    let (rate, seconds, publishers) = load;
+    let Pace { rate, seconds } = pace;
     let mut report = Report::new("channels");
     let publisher = Arc::new(Publisher::new(target).await?);
     let prefix = uuid_v4()[..8].to_owned();
