@@ -73,6 +73,8 @@ async fn https_with(certs: &Certificates, extra: &[&str]) -> TestApp {
     let mut args = vec!["--tls-cert", cert, "--tls-key", key];
     args.extend_from_slice(extra);
     let mut app = TestApp::start_with_config(config(dir.path(), None, &args)).await;
+    // The app keeps its data: a reader opened later needs the directory.
+    app.dir = std::sync::Arc::new(dir);
     app.base = app.base.replace("http://127.0.0.1", "https://localhost");
     app.http = certs.client(&app, false);
     app
