@@ -12,12 +12,14 @@
 //! streams that receive it plus one map lookup. A stream on several
 //! collections is indexed under each, and an event has one collection, so
 //! it gets each event once, in publication order (the feed publishes one
-//! event at a time). Heartbeats, access changes and the close signal go
-//! to every stream: through the ring, in order with the events, and
-//! through a control ring that inboxes' streams also read, each control
-//! frame stamped with the last sequence number published before it, so
-//! that a stream reads the events and control frames of its inbox in the
-//! order they were sent.
+//! event at a time). Access changes and the close signal go to every
+//! stream: through the ring, in order with the events, and through a
+//! control ring that inboxes' streams also read, each control frame
+//! stamped with the last sequence number published before it, so that a
+//! stream reads the events and control frames of its inbox in the order
+//! they were sent. Heartbeats go through the ring once per interval and
+//! into the inboxes in groups spread over the interval: a hundred
+//! thousand idle streams do not all wake and write in the same instant.
 //!
 //! A stream may fall `max_lag` frames behind: in the ring, counted over
 //! every event; in an inbox, over the events it receives only. One that
@@ -85,6 +87,9 @@ pub enum Frame {
     /// The server is shutting down: end the stream.
     Close,
 }
+
+/// The groups whose heartbeats are spread over the heartbeat interval.
+const GROUPS: usize = 16;
 
 /// The SSE comment sent as a heartbeat.
 pub const HEARTBEAT: &[u8] = b":\n\n";
@@ -169,6 +174,8 @@ pub struct Hub {
     index: Mutex<Index>,
     /// Inboxes more than half full, watched by [`Hub::drained`].
     crowded: Mutex<Vec<Arc<Inbox>>>,
+    /// Inboxes made so far, for their heartbeat groups.
+    streams: AtomicUsize,
     max_lag: usize,
     /// This node's copy of the access rules.
     pub access: Arc<Access>,
@@ -206,6 +213,7 @@ impl Hub {
             last_seq: AtomicI64::new(i64::MIN),
             index: Mutex::default(),
             crowded: Mutex::default(),
+            streams: AtomicUsize::new(0),
             max_lag: max_lag.max(1),
             access: Arc::default(),
             metrics,
@@ -215,21 +223,42 @@ impl Hub {
         }
     }
 
-    /// Sends heartbeats every `interval` until `shutdown`, then tells every
-    /// stream to close.
+    /// Sends heartbeats until `shutdown`, then tells every stream to close.
+    /// Every stream gets one each `interval`: the ring's all at once, the
+    /// inboxes' in [`GROUPS`] groups spread over the interval, so that idle
+    /// streams do not all wake and write in the same instant.
     pub fn spawn_heartbeat(self: &Arc<Self>, interval: Duration, shutdown: CancellationToken) {
         let hub = self.clone();
         tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval);
+            let mut ticks = tokio::time::interval(interval / GROUPS as u32);
             ticks.reset(); // the first tick would otherwise fire at once
-            loop {
+            for tick in 0.. {
                 tokio::select! {
-                    _ = ticks.tick() => hub.send(Frame::Heartbeat),
+                    _ = ticks.tick() => hub.heartbeat(tick % GROUPS),
                     () = shutdown.cancelled() => break,
                 }
             }
             hub.send(Frame::Close);
         });
+    }
+
+    /// Sends the heartbeat to the inboxes of `group`, and to the ring's
+    /// streams with group 0.
+    fn heartbeat(&self, group: usize) {
+        let frame = Arc::new(Frame::Heartbeat);
+        if group == 0 {
+            let _ = self.ring.send(frame.clone());
+        }
+        let index = lock(&self.index);
+        let by_collection = index.by_collection.iter().flat_map(|(id, inboxes)| {
+            inboxes.iter().filter(move |i| i.filter.collections().first() == Some(id))
+        });
+        let by_name = index.by_name.iter().flat_map(|(name, inboxes)| {
+            inboxes.iter().filter(move |i| i.filter.events().first() == Some(name))
+        });
+        for inbox in by_collection.chain(by_name).filter(|i| i.group == group) {
+            inbox.push(&frame, self.max_lag);
+        }
     }
 
     /// Fans a published event out to the streams that want it.
@@ -338,6 +367,7 @@ impl Hub {
             user,
             queue: Mutex::default(),
             half: self.max_lag / 2,
+            group: self.streams.fetch_add(1, Ordering::Relaxed) % GROUPS,
         });
         let control = self.control.subscribe();
         let mut index = lock(&self.index);
@@ -416,6 +446,8 @@ struct Inbox {
     queue: Mutex<Queue>,
     /// Half of `max_lag`: from this many frames on, [`Hub::drained`] waits.
     half: usize,
+    /// When in the heartbeat interval it gets its heartbeat.
+    group: usize,
 }
 
 #[derive(Debug, Default)]
@@ -678,6 +710,32 @@ mod tests {
         tokio::task::yield_now().await;
         publish(&hub, 1, a, "e");
         assert!(waiting.await.unwrap().unwrap(), "an event frame");
+    }
+
+    #[test]
+    fn over_one_interval_every_inbox_gets_one_heartbeat() {
+        let hub = hub(16);
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut listeners: Vec<Listener> = (0..40)
+            .map(|i| match i % 3 {
+                0 => hub.listen(&filter(&[a, b], &[]), None),
+                1 => hub.listen(&filter(&[b], &["x"]), None),
+                _ => hub.listen(&filter(&[], &["x", "y"]), None),
+            })
+            .collect();
+        let mut beats = vec![0; listeners.len()];
+        for group in 0..GROUPS {
+            hub.heartbeat(group);
+            let mut woken = 0;
+            for (listener, count) in listeners.iter_mut().zip(&mut beats) {
+                while let Ok(frame) = listener.try_recv() {
+                    assert!(matches!(*frame, Frame::Heartbeat));
+                    (*count, woken) = (*count + 1, woken + 1);
+                }
+            }
+            assert!(woken < 40, "one group at a time, not all: {woken}");
+        }
+        assert!(beats.iter().all(|&n| n == 1), "once each over the interval: {beats:?}");
     }
 
     #[test]
