@@ -89,7 +89,7 @@ pub enum Frame {
 }
 
 /// The groups whose heartbeats are spread over the heartbeat interval.
-const GROUPS: usize = 16;
+const GROUPS: usize = 64;
 
 /// The SSE comment sent as a heartbeat.
 pub const HEARTBEAT: &[u8] = b":\n\n";
