@@ -256,7 +256,7 @@ impl Hub {
         let by_name = index.by_name.iter().flat_map(|(name, inboxes)| {
             inboxes.iter().filter(move |i| i.filter.events().first() == Some(name))
         });
-        for inbox in by_collection.chain(by_name).filter(|i| i.group == group) {
+        for inbox in by_collection.chain(by_name).filter(|i| usize::from(i.group) == group) {
             inbox.push(&frame, self.max_lag);
         }
     }
@@ -366,8 +366,7 @@ impl Hub {
             filter: filter.clone(),
             user,
             queue: Mutex::default(),
-            half: self.max_lag / 2,
-            group: self.streams.fetch_add(1, Ordering::Relaxed) % GROUPS,
+            group: (self.streams.fetch_add(1, Ordering::Relaxed) % GROUPS) as u8,
         });
         let control = self.control.subscribe();
         let mut index = lock(&self.index);
@@ -444,10 +443,8 @@ struct Inbox {
     filter: Filter,
     user: Option<Uuid>,
     queue: Mutex<Queue>,
-    /// Half of `max_lag`: from this many frames on, [`Hub::drained`] waits.
-    half: usize,
     /// When in the heartbeat interval it gets its heartbeat.
-    group: usize,
+    group: u8,
 }
 
 #[derive(Debug, Default)]
@@ -472,7 +469,7 @@ impl Inbox {
     }
 
     /// Queues `frame` and wakes the stream; returns whether the inbox is
-    /// now crowded (more than half full) and not yet watched.
+    /// now crowded (more than half of `max_lag`) and not yet watched.
     fn push(&self, frame: &Arc<Frame>, max_lag: usize) -> bool {
         let mut queue = lock(&self.queue);
         if queue.missed > 0 {
@@ -487,7 +484,7 @@ impl Inbox {
         if let Some(waker) = queue.waker.take() {
             waker.wake();
         }
-        let crowded = queue.frames.len() > self.half && !queue.crowded;
+        let crowded = queue.frames.len() > max_lag / 2 && !queue.crowded;
         queue.crowded |= crowded;
         crowded
     }
