@@ -17,7 +17,9 @@
 //! control ring that inboxes' streams also read, each control frame
 //! stamped with the last sequence number published before it, so that a
 //! stream reads the events and control frames of its inbox in the order
-//! they were sent. Heartbeats go through the ring once per interval and
+//! they were sent. An access change therefore wakes every stream once
+//! (each re-checks its session and what it may read), as before the
+//! index; an event never does. Heartbeats go through the ring once per interval and
 //! into the inboxes in groups spread over the interval: a hundred
 //! thousand idle streams do not all wake and write in the same instant.
 //!
