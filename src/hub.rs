@@ -227,7 +227,7 @@ impl Hub {
 
     /// Sends heartbeats until `shutdown`, then tells every stream to close.
     /// Every stream gets one each `interval`: the ring's all at once, the
-    /// inboxes' in [`GROUPS`] groups spread over the interval, so that idle
+    /// inboxes' in 64 groups spread over the interval, so that idle
     /// streams do not all wake and write in the same instant.
     pub fn spawn_heartbeat(self: &Arc<Self>, interval: Duration, shutdown: CancellationToken) {
         let hub = self.clone();
