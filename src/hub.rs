@@ -167,8 +167,8 @@ impl Frame {
 pub struct Hub {
     /// Every frame, for the streams that named nothing.
     ring: broadcast::Sender<Arc<Frame>>,
-    /// Heartbeats, access changes and the close signal, for the streams
-    /// with an inbox, each with the last sequence number published before it.
+    /// Access changes and the close signal, for the streams with an inbox,
+    /// each with the last sequence number published before it.
     control: broadcast::Sender<(i64, Arc<Frame>)>,
     /// The last sequence number handed to the inboxes.
     last_seq: AtomicI64,

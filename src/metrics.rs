@@ -65,9 +65,10 @@ pub struct Metrics {
     pub cancelled: AtomicU64,
     /// Event frames handed to subscribers' connections.
     pub deliveries: AtomicU64,
-    /// Event frames streams looked at, delivered or not: with the hub's
-    /// index, only those of what each stream named.
-    pub examined: AtomicU64,
+    /// Event frames streams looked at and did not write (not what they
+    /// named, already sent, or not theirs to read): with the hub's index,
+    /// next to none.
+    pub skipped: AtomicU64,
     /// Subscribers disconnected for falling behind.
     pub slow_dropped: AtomicU64,
 }
@@ -138,9 +139,9 @@ impl Metrics {
             ("broker_events_cancelled_total", "Events cancelled.", &self.cancelled),
             ("broker_deliveries_total", "Event frames written to subscribers.", &self.deliveries),
             (
-                "broker_frames_examined_total",
-                "Event frames that streams looked at, written or not.",
-                &self.examined,
+                "broker_frames_skipped_total",
+                "Event frames that streams looked at and did not write.",
+                &self.skipped,
             ),
             (
                 "broker_slow_consumers_dropped_total",

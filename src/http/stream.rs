@@ -467,12 +467,12 @@ impl Subscriber {
     /// the first frame is in, the task yields once, so that frames published
     /// meanwhile (a burst) go out in the same write.
     async fn live(&mut self) -> Option<Bytes> {
-        let (mut yielded, mut delivered, mut examined) = (false, 0, 0);
+        let (mut yielded, mut delivered, mut skipped) = (false, 0, 0);
         while !self.closed && self.pending.len() < MAX_CHUNK {
             let next = if self.pending.is_empty() {
                 // Counted before waiting: a stream that looked at frames and
                 // wrote none still shows what it cost.
-                Metrics::add(&self.permit.hub().metrics.examined, std::mem::take(&mut examined));
+                Metrics::add(&self.permit.hub().metrics.skipped, std::mem::take(&mut skipped));
                 match &mut self.expiry {
                     Some(expiry) => tokio::select! {
                         frame = self.ring.recv() => frame,
@@ -498,7 +498,6 @@ impl Subscriber {
             };
             match next.as_deref() {
                 Ok(frame @ Frame::Event { seq, collection_id, name, bytes, private, .. }) => {
-                    examined += 1;
                     // A public event costs no permission check at all.
                     if *seq > self.head
                         && self.filter.matches(collection_id, name)
@@ -508,6 +507,8 @@ impl Subscriber {
                         self.pending.push(envelope.unwrap_or_else(|| bytes.clone()));
                         self.busy = true;
                         delivered += 1;
+                    } else {
+                        skipped += 1;
                     }
                 }
                 // A stream that carried events since the last heartbeat
@@ -538,7 +539,7 @@ impl Subscriber {
         }
         let metrics = &self.permit.hub().metrics;
         Metrics::add(&metrics.deliveries, delivered);
-        Metrics::add(&metrics.examined, examined);
+        Metrics::add(&metrics.skipped, skipped);
         self.pending.take()
     }
 }

@@ -1,6 +1,6 @@
 //! The indexed fan-out: an event costs the streams that receive it, not
-//! the others. Measured by `broker_frames_examined_total`, the event frames
-//! streams looked at, written or not.
+//! the others. Measured by `broker_frames_skipped_total`, the event frames
+//! streams looked at and did not write, next to `broker_deliveries_total`.
 
 use futures_util::future::join_all;
 use serde_json::json;
@@ -9,12 +9,16 @@ use uuid::Uuid;
 use crate::access::{claim, stream_of};
 use crate::support::{NOW, Sse, TestApp, TestUser, ok_json};
 
-/// The counter of event frames that streams looked at.
-async fn examined(app: &TestApp) -> f64 {
+/// The event frames streams looked at: (written, looked at and not written).
+async fn frames(app: &TestApp) -> (f64, f64) {
     let response = app.http.get(app.url("/metrics")).send().await.unwrap();
     let text = response.text().await.unwrap();
-    let series = "broker_frames_examined_total ";
-    text.lines().find_map(|l| l.strip_prefix(series)?.parse().ok()).expect("the series")
+    let value = |series: &str| {
+        let line =
+            text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok());
+        line.expect("the series")
+    };
+    (value("broker_deliveries_total"), value("broker_frames_skipped_total"))
 }
 
 /// Inserts `n` events named `e<i>` into `collection`, `batch` at a time.
@@ -47,9 +51,9 @@ async fn events_into_one_collection_leave_the_streams_of_another_untouched() {
         let got = stream.take(1000).await;
         assert!(got.windows(2).all(|w| w[0].id < w[1].id), "in order, once each");
     }
-    // The stream on A and the unfiltered one looked at 1,000 frames each;
-    // the 1,000 streams on B at none.
-    assert_eq!(examined(&app).await, 2000.0);
+    // The stream on A and the unfiltered one wrote 1,000 frames each; the
+    // 1,000 streams on B looked at none.
+    assert_eq!(frames(&app).await, (2000.0, 0.0));
 }
 
 #[tokio::test]
@@ -99,7 +103,7 @@ async fn a_private_event_costs_the_streams_that_may_not_read_it_nothing() {
     let mut own = stream_of(&app, &owner, &format!("?collection_id={}", owner.collection)).await;
     insert_many(&app, &owner, owner.collection, 10, 10).await;
     assert_eq!(own.take(10).await.len(), 10);
-    assert_eq!(examined(&app).await, 10.0, "the 1,000 outsiders' streams looked at none");
+    assert_eq!(frames(&app).await, (10.0, 0.0), "the 1,000 outsiders' streams looked at none");
 }
 
 #[tokio::test]
