@@ -176,6 +176,9 @@ pub struct Hub {
     index: Mutex<Index>,
     /// Inboxes more than half full, watched by [`Hub::drained`].
     crowded: Mutex<Vec<Arc<Inbox>>>,
+    /// The inboxes by heartbeat group, so that a tick visits its group
+    /// only and never holds the index.
+    beats: Box<[Mutex<Vec<Arc<Inbox>>>]>,
     /// Inboxes made so far, for their heartbeat groups.
     streams: AtomicUsize,
     max_lag: usize,
@@ -215,6 +218,7 @@ impl Hub {
             last_seq: AtomicI64::new(i64::MIN),
             index: Mutex::default(),
             crowded: Mutex::default(),
+            beats: (0..GROUPS).map(|_| Mutex::default()).collect(),
             streams: AtomicUsize::new(0),
             max_lag: max_lag.max(1),
             access: Arc::default(),
@@ -251,14 +255,7 @@ impl Hub {
         if group == 0 {
             let _ = self.ring.send(frame.clone());
         }
-        let index = lock(&self.index);
-        let by_collection = index.by_collection.iter().flat_map(|(id, inboxes)| {
-            inboxes.iter().filter(move |i| i.filter.collections().first() == Some(id))
-        });
-        let by_name = index.by_name.iter().flat_map(|(name, inboxes)| {
-            inboxes.iter().filter(move |i| i.filter.events().first() == Some(name))
-        });
-        for inbox in by_collection.chain(by_name).filter(|i| usize::from(i.group) == group) {
+        for inbox in lock(&self.beats[group]).iter() {
             inbox.push(&frame, self.max_lag);
         }
     }
@@ -376,6 +373,7 @@ impl Hub {
             index.entry(key).push(inbox.clone());
         }
         drop(index);
+        lock(&self.beats[usize::from(inbox.group)]).push(inbox.clone());
         Listener::Inbox(Box::new(Named {
             hub: self.clone(),
             inbox,
@@ -424,7 +422,7 @@ impl Index {
             inbox: &Arc<Inbox>,
         ) {
             if let Some(list) = map.get_mut(&key) {
-                list.retain(|other| !Arc::ptr_eq(other, inbox));
+                remove(list, inbox);
                 if list.is_empty() {
                     map.remove(&key);
                 }
@@ -436,6 +434,13 @@ impl Index {
                 Key::Name(name) => out(&mut self.by_name, name, inbox),
             }
         }
+    }
+}
+
+/// Takes `inbox` out of `list` (whose order does not matter).
+fn remove(list: &mut Vec<Arc<Inbox>>, inbox: &Arc<Inbox>) {
+    if let Some(at) = list.iter().position(|other| Arc::ptr_eq(other, inbox)) {
+        list.swap_remove(at);
     }
 }
 
@@ -547,6 +552,7 @@ pub struct Named {
 impl Drop for Named {
     fn drop(&mut self) {
         lock(&self.hub.index).remove(&self.inbox);
+        remove(&mut lock(&self.hub.beats[usize::from(self.inbox.group)]), &self.inbox);
     }
 }
 
@@ -749,5 +755,6 @@ mod tests {
         drop((second, named));
         let index = lock(&hub.index);
         assert!(index.by_collection.is_empty() && index.by_name.is_empty());
+        assert!(hub.beats.iter().all(|group| lock(group).is_empty()), "nor any heartbeat group");
     }
 }
