@@ -13,7 +13,11 @@
 //!   `LISTEN`) and every [`Follower::log_poll`] anyway, since
 //!   notifications are lost while a listener is disconnected;
 //! - **the schedule**: the scheduler looks every log poll too, for future
-//!   events inserted on other nodes and a dead node's overdue ones.
+//!   events inserted on other nodes and a dead node's overdue ones;
+//! - **the signals**: every node's, as PostgreSQL delivers them to its
+//!   listening connection (`NOTIFY broker_signals`: one statement per
+//!   signal, nothing stored, lost while the connection is down, as a
+//!   signal may be), handed to this node's streams within milliseconds.
 //!
 //! The feed, told that the store is shared, also reads the rules before it
 //! hands over events it read from the store, so that they are never older
@@ -23,12 +27,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::feed::Feed;
 use crate::hub::Hub;
 use crate::store::{Store, StoreError};
+
+/// Signals from other nodes waiting for this node's hub; more are dropped.
+const SIGNALS_QUEUED: usize = 4096;
 
 /// How often a node looks for access rules changed by other nodes.
 pub const RULES_POLL: Duration = Duration::from_millis(250);
@@ -38,6 +45,8 @@ pub const RULES_POLL: Duration = Duration::from_millis(250);
 pub struct Follower {
     /// Rung by the store when another node publishes.
     published: Arc<Notify>,
+    /// The signals sent on every node, this one's too.
+    signals: mpsc::Receiver<String>,
     /// How often the log and the schedule are looked at anyway.
     log_poll: Duration,
 }
@@ -47,8 +56,9 @@ impl Follower {
     /// starts listening for their publications, until `shutdown`).
     pub fn of(store: &dyn Store, shutdown: &CancellationToken) -> Option<Self> {
         let published = Arc::new(Notify::new());
-        let log_poll = store.listen(published.clone(), shutdown.clone())?;
-        Some(Self { published, log_poll })
+        let (sender, signals) = mpsc::channel(SIGNALS_QUEUED);
+        let log_poll = store.listen(published.clone(), sender, shutdown.clone())?;
+        Some(Self { published, signals, log_poll })
     }
 
     /// How often the log is read, and the scheduler looks, without a
@@ -57,7 +67,7 @@ impl Follower {
         self.log_poll
     }
 
-    /// Follows the rules and the log until `shutdown`.
+    /// Follows the rules, the log and the signals until `shutdown`.
     pub fn spawn(
         self,
         store: Arc<dyn Store>,
@@ -65,6 +75,12 @@ impl Follower {
         feed: Arc<Feed>,
         shutdown: CancellationToken,
     ) {
+        let (mut signals, relay) = (self.signals, feed.clone());
+        tokio::spawn(async move {
+            while let Some(message) = signals.recv().await {
+                relay.signal_from(&message);
+            }
+        });
         repeat("read the access rules", RULES_POLL, None, shutdown.clone(), move || {
             let (hub, store) = (hub.clone(), store.clone());
             async move { hub.refresh_access(store.as_ref()).await }

@@ -189,6 +189,11 @@ pub struct Config {
     /// get 429 with `Retry-After`. 0 (the default) means no limit.
     #[arg(long, env = "BROKER_INSERT_RATE", default_value_t = 0)]
     pub insert_rate: u32,
+
+    /// Signals each user may send per second (`POST /signal`, in bursts of
+    /// as many); more get 429 with `Retry-After`. 0 means no limit.
+    #[arg(long, env = "BROKER_SIGNAL_RATE", default_value_t = 50)]
+    pub signal_rate: u32,
 }
 
 /// The subcommands: work on the store (given by `--database-url` or

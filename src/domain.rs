@@ -285,6 +285,22 @@ pub struct Published {
     pub event: Event,
 }
 
+/// A signal: a message for the streams of one collection that are open
+/// now, never stored (`POST /signal`). Its JSON is the `data:` of the
+/// `event:signal` frame that carries it, and what goes to other nodes.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Signal {
+    /// The collection whose streams receive it.
+    pub collection_id: Uuid,
+    /// Its name, the application's own ("typing", "cursor").
+    pub event: String,
+    /// The user who sent it.
+    pub user_id: Uuid,
+    /// Any JSON value, compacted.
+    #[schema(value_type = serde_json::Value)]
+    pub data: Box<RawValue>,
+}
+
 /// A registered user as the store keeps it (and `broker export` writes it).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct User {

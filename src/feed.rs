@@ -29,8 +29,9 @@ use std::sync::{Arc, PoisonError};
 
 use tokio::sync::{Mutex, OnceCell};
 
+use crate::domain::Signal;
 use crate::domain::{Filter, Published};
-use crate::hub::{Hub, Listener};
+use crate::hub::{Hub, Listener, Signals};
 use crate::store::{Snapshot, Store, StoreError};
 
 /// Events read from the store at a time while catching up.
@@ -71,6 +72,8 @@ pub struct Feed {
     /// Whether other nodes share the store (and may change its rules): see
     /// [`crate::cluster`].
     shared: bool,
+    /// This node's name in the signals it sends to the others.
+    node: uuid::Uuid,
 }
 
 impl Feed {
@@ -89,10 +92,11 @@ impl Feed {
             reading: Mutex::new(()),
             slice: (max_lag / 2).max(1),
             shared,
+            node: uuid::Uuid::new_v4(),
         }
     }
 
-    /// A hub listener for `filter`, read by `user`, and the last sequence
+    /// A hub listener for `filter` and `signals`, read by `user`, and the last sequence
     /// number handed to the hub when it was made: the listener sees every
     /// event after that number. Fails only while the store cannot say where
     /// the log stands (before the first subscriber is admitted).
@@ -100,11 +104,12 @@ impl Feed {
         &self,
         filter: &Filter,
         user: Option<uuid::Uuid>,
+        signals: Signals,
     ) -> Result<(Listener, i64), StoreError> {
         if self.seen.load(Ordering::SeqCst) < 0 {
             self.start(&mut *self.delivered.lock().await).await?;
         }
-        let ring = self.hub.listen(filter, user);
+        let ring = self.hub.listen(filter, user, signals);
         // Read after subscribing: `hand_over` sets it before sending, so an
         // event above it cannot have been sent before the cursor existed.
         Ok((ring, self.seen.load(Ordering::SeqCst)))
@@ -177,6 +182,32 @@ impl Feed {
             .cloned()
             .collect();
         Ok(Arc::new(Snapshot { latest, head: all.head }))
+    }
+
+    /// Hands a signal to this node's streams and, on a shared store, to
+    /// the other nodes' (as `<node> <signal JSON>`).
+    pub async fn signal(&self, signal: &Signal) -> Result<(), StoreError> {
+        self.hub.signal(signal);
+        if !self.shared {
+            return Ok(());
+        }
+        // A Signal always serialises: its fields are ids, a string and JSON.
+        let json = serde_json::to_string(signal).unwrap_or_default();
+        self.store.signal(format!("{} {json}", self.node)).await
+    }
+
+    /// Hands a signal another node sent (see [`Feed::signal`]) to this
+    /// node's streams; this node's own, and anything unreadable, are
+    /// ignored.
+    pub fn signal_from(&self, message: &str) {
+        let Some((node, json)) = message.split_once(' ') else { return };
+        if node == self.node.to_string() {
+            return;
+        }
+        match serde_json::from_str::<Signal>(json) {
+            Ok(signal) => self.hub.signal(&signal),
+            Err(e) => tracing::warn!(error = %e, "ignoring an unreadable signal from another node"),
+        }
     }
 
     /// The store the feed reads.
@@ -296,7 +327,7 @@ mod tests {
         let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
         let hub = Arc::new(Hub::new(16, 16, Arc::default()));
         let feed = Feed::new(store.clone(), hub, 16, false);
-        let (_ring, start) = feed.subscribe(&Filter::default(), None).await.unwrap();
+        let (_ring, start) = feed.subscribe(&Filter::default(), None, Signals::None).await.unwrap();
         assert_eq!(start, 0);
         publish(&store, &feed, 1).await;
         // A read that began when the feed had handed over event 1.
@@ -315,7 +346,7 @@ mod tests {
 
         feed.flights.lock().unwrap().insert(filter.clone(), began_at_1());
         publish(&store, &feed, 2).await;
-        let (_ring, after) = feed.subscribe(&Filter::default(), None).await.unwrap();
+        let (_ring, after) = feed.subscribe(&Filter::default(), None, Signals::None).await.unwrap();
         assert_eq!(after, 2);
         let snapshot = feed.snapshot(&filter, after).await.unwrap();
         assert_eq!(snapshot.head, 2, "read anew: the shared read began before the cursor");

@@ -19,7 +19,12 @@
 //! stream reads the events and control frames of its inbox in the order
 //! they were sent. An access change therefore wakes every stream once
 //! (each re-checks its session and what it may read), as before the
-//! index; an event never does. Heartbeats go through the ring once per interval and
+//! index; an event never does. Signals (`POST /signal`: no sequence
+//! number, never stored) take the same index: a signal is pushed into the
+//! inboxes of its collection whose streams asked for signals and may read
+//! it, so it costs the streams of that collection only; one that is
+//! already half `max_lag` behind misses it instead of being ended for it.
+//! Heartbeats go through the ring once per interval and
 //! into the inboxes in groups spread over the interval: a hundred
 //! thousand idle streams do not all wake and write in the same instant.
 //!
@@ -84,6 +89,13 @@ pub enum Frame {
     },
     /// The access rules changed: streams re-check their session.
     Access(Arc<AccessState>),
+    /// A signal, for the streams of its collection that asked for them.
+    Signal {
+        /// Its sender, for the streams that want only others' signals.
+        from: Uuid,
+        /// The complete SSE frame (`event:signal`, no `id:`).
+        bytes: Bytes,
+    },
     /// Keep-alive comment.
     Heartbeat,
     /// The server is shutting down: end the stream.
@@ -104,6 +116,26 @@ pub fn sse_frame(p: &Published) -> String {
     // Writing to a String cannot fail.
     let _ = write!(text, "id:{}\nevent:{}\ndata:{}\n\n", p.seq, p.event.event, p.event.data.get());
     text
+}
+
+/// Which signals a stream asked for (`?signals=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Signals {
+    /// None (as 1.x streams).
+    #[default]
+    None,
+    /// Every signal of its collections.
+    All,
+    /// Those of other users only: not its own user's echo.
+    Others,
+}
+
+/// Serialises a signal as an SSE frame: `event:signal`, its JSON as the
+/// data, and no `id:`, so that it never moves a client's resume position.
+pub fn signal_frame(signal: &crate::domain::Signal) -> Bytes {
+    // A Signal always serialises: its fields are ids, a string and JSON.
+    let json = serde_json::to_string(signal).unwrap_or_default();
+    Bytes::from(format!("event:signal\ndata:{json}\n\n"))
 }
 
 /// What an envelope frame tells of an event besides its name, collection
@@ -298,6 +330,31 @@ impl Hub {
         let _ = self.ring.send(frame);
     }
 
+    /// Hands a signal to the streams of its collection that asked for
+    /// signals and may read it, as it does an event; a stream already half
+    /// `max_lag` behind misses it instead (a signal matters for a moment
+    /// and never ends a stream).
+    pub fn signal(&self, signal: &crate::domain::Signal) {
+        Metrics::add(&self.metrics.signals, 1);
+        let private = self.access.current().private_rule(&signal.collection_id);
+        let frame = Arc::new(Frame::Signal { from: signal.user_id, bytes: signal_frame(signal) });
+        let index = lock(&self.index);
+        let mut queued = 0;
+        for inbox in index.by_collection.get(&signal.collection_id).into_iter().flatten() {
+            let wanted = match inbox.signals {
+                Signals::None => false,
+                Signals::All => true,
+                Signals::Others => inbox.user != Some(signal.user_id),
+            };
+            let readable = private.as_ref().is_none_or(|rule| rule.may_read(inbox.user));
+            if wanted && readable && inbox.push_signal(&frame, self.max_lag / 2) {
+                queued += 1;
+            }
+        }
+        drop(index);
+        Metrics::add(&self.metrics.signal_deliveries, queued);
+    }
+
     /// Tells every stream that the access rules are now `state`.
     pub fn access_changed(&self, state: Arc<AccessState>) {
         self.send(Frame::Access(state));
@@ -357,13 +414,19 @@ impl Hub {
 
     /// A stream's source of frames from now on: the ring if `filter` names
     /// nothing, else an inbox for what it names, read by `user`.
-    pub fn listen(self: &Arc<Self>, filter: &Filter, user: Option<Uuid>) -> Listener {
+    pub fn listen(
+        self: &Arc<Self>,
+        filter: &Filter,
+        user: Option<Uuid>,
+        signals: Signals,
+    ) -> Listener {
         if filter.collections().is_empty() && filter.events().is_empty() {
             return Listener::Ring(self.ring.subscribe());
         }
         let inbox = Arc::new(Inbox {
             filter: filter.clone(),
             user,
+            signals,
             queue: Mutex::default(),
             group: (self.streams.fetch_add(1, Ordering::Relaxed) % GROUPS) as u8,
         });
@@ -449,6 +512,8 @@ fn remove(list: &mut Vec<Arc<Inbox>>, inbox: &Arc<Inbox>) {
 struct Inbox {
     filter: Filter,
     user: Option<Uuid>,
+    /// Which signals of its collections it gets.
+    signals: Signals,
     queue: Mutex<Queue>,
     /// When in the heartbeat interval it gets its heartbeat.
     group: u8,
@@ -494,6 +559,20 @@ impl Inbox {
         let crowded = queue.frames.len() > max_lag / 2 && !queue.crowded;
         queue.crowded |= crowded;
         crowded
+    }
+
+    /// Queues a signal and wakes the stream, unless `limit` frames already
+    /// wait; returns whether it was queued.
+    fn push_signal(&self, frame: &Arc<Frame>, limit: usize) -> bool {
+        let mut queue = lock(&self.queue);
+        if queue.missed > 0 || queue.frames.len() >= limit {
+            return false;
+        }
+        queue.frames.push_back(frame.clone());
+        if let Some(waker) = queue.waker.take() {
+            waker.wake();
+        }
+        true
     }
 
     /// Whether more than `limit` frames still wait (else no longer watched).
@@ -663,11 +742,11 @@ mod tests {
     fn an_event_reaches_the_streams_it_matches_and_no_other() {
         let hub = hub(16);
         let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let mut on_a = hub.listen(&filter(&[a], &[]), None);
-        let mut on_a_and_b = hub.listen(&filter(&[a, b], &[]), None);
-        let mut named = hub.listen(&filter(&[], &["x"]), None);
-        let mut a_named = hub.listen(&filter(&[a], &["y"]), None);
-        let mut all = hub.listen(&Filter::default(), None);
+        let mut on_a = hub.listen(&filter(&[a], &[]), None, Signals::None);
+        let mut on_a_and_b = hub.listen(&filter(&[a, b], &[]), None, Signals::None);
+        let mut named = hub.listen(&filter(&[], &["x"]), None, Signals::None);
+        let mut a_named = hub.listen(&filter(&[a], &["y"]), None, Signals::None);
+        let mut all = hub.listen(&Filter::default(), None, Signals::None);
         for (seq, collection, name) in [(1, a, "x"), (2, b, "y"), (3, c, "x"), (4, a, "y")] {
             publish(&hub, seq, collection, name);
         }
@@ -682,8 +761,8 @@ mod tests {
     fn an_inbox_falls_behind_on_its_own_events_only() {
         let hub = hub(4);
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let mut on_a = hub.listen(&filter(&[a], &[]), None);
-        let mut on_b = hub.listen(&filter(&[b], &[]), None);
+        let mut on_a = hub.listen(&filter(&[a], &[]), None, Signals::None);
+        let mut on_b = hub.listen(&filter(&[b], &[]), None, Signals::None);
         for seq in 1..=10 {
             publish(&hub, seq, a, "e");
         }
@@ -696,7 +775,7 @@ mod tests {
     async fn an_inbox_reads_control_frames_and_events_in_the_order_they_were_sent() {
         let hub = hub(16);
         let a = Uuid::new_v4();
-        let mut on_a = hub.listen(&filter(&[a], &[]), None);
+        let mut on_a = hub.listen(&filter(&[a], &[]), None, Signals::None);
         hub.send(Frame::Heartbeat);
         publish(&hub, 1, a, "e");
         hub.send(Frame::Close);
@@ -709,7 +788,7 @@ mod tests {
     async fn a_waiting_stream_is_woken_by_its_event() {
         let hub = hub(16);
         let a = Uuid::new_v4();
-        let mut on_a = hub.listen(&filter(&[a], &[]), None);
+        let mut on_a = hub.listen(&filter(&[a], &[]), None, Signals::None);
         let waiting =
             tokio::spawn(async move { on_a.recv().await.map(|f| f.envelope().is_some()) });
         tokio::task::yield_now().await;
@@ -723,9 +802,9 @@ mod tests {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         let mut listeners: Vec<Listener> = (0..40)
             .map(|i| match i % 3 {
-                0 => hub.listen(&filter(&[a, b], &[]), None),
-                1 => hub.listen(&filter(&[b], &["x"]), None),
-                _ => hub.listen(&filter(&[], &["x", "y"]), None),
+                0 => hub.listen(&filter(&[a, b], &[]), None, Signals::None),
+                1 => hub.listen(&filter(&[b], &["x"]), None, Signals::None),
+                _ => hub.listen(&filter(&[], &["x", "y"]), None, Signals::None),
             })
             .collect();
         let mut beats = vec![0; listeners.len()];
@@ -744,12 +823,42 @@ mod tests {
     }
 
     #[test]
+    fn a_signal_reaches_the_streams_of_its_collection_that_asked_for_signals() {
+        let hub = hub(16);
+        let (a, b, alice, bob) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let mut all = hub.listen(&filter(&[a], &[]), Some(alice), Signals::All);
+        let mut others = hub.listen(&filter(&[a, b], &[]), Some(alice), Signals::Others);
+        let mut bobs = hub.listen(&filter(&[a], &["x"]), Some(bob), Signals::Others);
+        let mut none = hub.listen(&filter(&[a], &[]), Some(bob), Signals::None);
+        let mut on_b = hub.listen(&filter(&[b], &[]), Some(bob), Signals::All);
+        let mut ring = hub.listen(&Filter::default(), Some(bob), Signals::All);
+        let data = serde_json::value::to_raw_value(&1).unwrap();
+        let signal = crate::domain::Signal {
+            collection_id: a,
+            event: "typing".into(),
+            user_id: alice,
+            data,
+        };
+        hub.signal(&signal);
+        let mut signals = |listener: &mut Listener| {
+            std::iter::from_fn(|| listener.try_recv().ok())
+                .filter(|frame| matches!(**frame, Frame::Signal { .. }))
+                .count()
+        };
+        let counts: Vec<usize> =
+            [&mut all, &mut others, &mut bobs, &mut none, &mut on_b, &mut ring]
+                .map(&mut signals)
+                .into();
+        assert_eq!(counts, [1, 0, 1, 0, 0, 0], "all, others (alice's own), bob's, none, B, ring");
+    }
+
+    #[test]
     fn a_closed_stream_leaves_the_index() {
         let hub = hub(16);
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let first = hub.listen(&filter(&[a, b], &[]), None);
-        let second = hub.listen(&filter(&[a], &[]), None);
-        let named = hub.listen(&filter(&[], &["x"]), None);
+        let first = hub.listen(&filter(&[a, b], &[]), None, Signals::None);
+        let second = hub.listen(&filter(&[a], &[]), None, Signals::None);
+        let named = hub.listen(&filter(&[], &["x"]), None, Signals::None);
         drop(first);
         assert_eq!(lock(&hub.index).by_collection.len(), 1, "only A is left");
         drop((second, named));

@@ -144,6 +144,7 @@ impl Broker {
                 trusted: config.trusted_proxy.clone(),
             },
             inserts: Rate::new(config.insert_rate),
+            signals: Rate::new(config.signal_rate),
             hsts: Some(config.hsts_max_age)
                 .filter(|age| *age > 0)
                 .and_then(|age| axum::http::HeaderValue::from_str(&format!("max-age={age}")).ok()),

@@ -71,6 +71,10 @@ pub struct Metrics {
     pub skipped: AtomicU64,
     /// Subscribers disconnected for falling behind.
     pub slow_dropped: AtomicU64,
+    /// Signals this node fanned out (sent here or on another node).
+    pub signals: AtomicU64,
+    /// Signal frames queued for this node's streams.
+    pub signal_deliveries: AtomicU64,
 }
 
 /// Gauges read at scrape time.
@@ -147,6 +151,12 @@ impl Metrics {
                 "broker_slow_consumers_dropped_total",
                 "Subscribers disconnected for falling behind.",
                 &self.slow_dropped,
+            ),
+            ("broker_signals_total", "Signals fanned out by this node.", &self.signals),
+            (
+                "broker_signal_deliveries_total",
+                "Signal frames queued for this node's streams.",
+                &self.signal_deliveries,
             ),
         ];
         for (name, help, value) in counters {

@@ -9,6 +9,7 @@ mod extract;
 mod listing;
 mod openapi;
 pub(crate) mod ops;
+mod signals;
 pub(crate) mod stream;
 mod users;
 
@@ -66,6 +67,8 @@ pub struct App {
     pub logins: Logins,
     /// Inserts per user, if limited.
     pub inserts: Rate,
+    /// Signals per user.
+    pub signals: Rate,
     /// The `Strict-Transport-Security` value sent over HTTPS, if any.
     pub hsts: Option<HeaderValue>,
 }
@@ -158,6 +161,7 @@ pub fn router(app: AppState, max_body: usize) -> Router {
         .route("/admin/users/{id}", patch(admin::update_user))
         .route("/admin/collections/{id}", get(admin::collection))
         .route("/insert", post(events::insert))
+        .route("/signal", post(signals::send))
         .route("/events", get(stream::subscribe))
         .route("/events/user", get(events::user))
         .route("/events/collections/{collection_id}", get(events::collection))

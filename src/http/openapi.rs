@@ -13,7 +13,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{ErrorBody, admin, collections, console, events, ops, stream, users};
+use super::{ErrorBody, admin, collections, console, events, ops, signals, stream, users};
 use crate::domain::Event;
 
 #[derive(OpenApi)]
@@ -38,6 +38,7 @@ use crate::domain::Event;
         admin::update_user,
         admin::collection,
         events::insert,
+        signals::send,
         events::collection,
         events::user,
         events::cancel,

@@ -39,7 +39,7 @@ use uuid::Uuid;
 use super::{ApiError, App, AppState, ErrorBody};
 use crate::auth::Claims;
 use crate::domain::{EventName, Filter, Published};
-use crate::hub::{About, Frame, HEARTBEAT, Listener, Permit, envelope_frame, sse_frame};
+use crate::hub::{About, Frame, HEARTBEAT, Listener, Permit, Signals, envelope_frame, sse_frame};
 use crate::metrics::Metrics;
 use crate::policy::AccessState;
 use crate::store::Store;
@@ -59,6 +59,7 @@ struct Query {
     last_event_id: Option<String>,
     token: Option<String>,
     envelope: bool,
+    signals: Signals,
 }
 
 fn parse_query(query: Option<&str>) -> Result<(Filter, Query), ApiError> {
@@ -81,12 +82,27 @@ fn parse_query(query: Option<&str>) -> Result<(Filter, Query), ApiError> {
                     _ => return Err(bad(format!("envelope must be true or false, not {value:?}"))),
                 }
             }
+            "signals" => {
+                q.signals = match value.as_str() {
+                    "true" | "1" => Signals::All,
+                    "others" => Signals::Others,
+                    "false" | "0" => Signals::None,
+                    _ => {
+                        return Err(bad(format!(
+                            "signals must be true, others or false, not {value:?}"
+                        )));
+                    }
+                }
+            }
             _ => {
                 return Err(bad(format!(
-                    "unknown parameter {key:?}; /events takes collection_id, event, last_event_id, token and envelope"
+                    "unknown parameter {key:?}; /events takes collection_id, event, last_event_id, token, envelope and signals"
                 )));
             }
         }
+    }
+    if q.signals != Signals::None && q.collections.is_empty() {
+        return Err(bad("signals are sent to collections: name one with collection_id".into()));
     }
     let filter = Filter::new(std::mem::take(&mut q.collections), std::mem::take(&mut q.events))?;
     Ok((filter, q))
@@ -153,6 +169,7 @@ pub(crate) const STREAM_HEADERS: [(header::HeaderName, &str); 3] = [
         ("last_event_id" = Option<String>, Query, description = "Resume after this event id (for clients that cannot set the header)."),
         ("token" = Option<String>, Query, description = "A token from `/login`, for clients that cannot set a header."),
         ("envelope" = Option<bool>, Query, description = "Send every event unnamed, its name inside the data, for `EventSource.onmessage`."),
+        ("signals" = Option<String>, Query, description = "`true`: also receive the signals sent to the named collections (`POST /signal`) as `event: signal` frames without id, whose data is `{\"collection_id\", \"event\", \"user_id\", \"data\"}`; `others`: only those other users sent; `false` (the default): none. Needs `collection_id`.", pattern = "^(true|false|1|0|others)$"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id; wins over the query parameter."),
     ),
     security((), ("bearer" = []), ("cookie" = [])),
@@ -207,7 +224,7 @@ pub(crate) async fn open(
         .map(str::to_owned)
         .or(query.last_event_id);
 
-    let (ring, delivered) = app.feed.subscribe(&filter, user).await?;
+    let (ring, delivered) = app.feed.subscribe(&filter, user, query.signals).await?;
     let mut first = Chunk::default();
     first.push(Bytes::from(format!("retry:{}\n\n", app.retry_ms)));
     let forbidden = unreadable(&app.feed.rules(), &filter, user);
@@ -510,6 +527,12 @@ impl Subscriber {
                     } else {
                         skipped += 1;
                     }
+                }
+                // Only streams that asked for them get signals, checked by
+                // the hub.
+                Ok(Frame::Signal { bytes, .. }) => {
+                    self.pending.push(bytes.clone());
+                    self.busy = true;
                 }
                 // A stream that carried events since the last heartbeat
                 // needs none: heartbeats cost nothing while traffic flows.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -26,6 +26,10 @@ use crate::policy::{AccessState, Role, Rule};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+
+/// The longest message [`Store::signal`] carries (PostgreSQL's `NOTIFY`
+/// takes less than 8,000 bytes).
+pub const SIGNAL_BYTES: usize = 7_900;
 
 /// A storage failure the client did not cause.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -367,12 +371,27 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<User>, StoreError>;
 
     /// Starts ringing `published` when other nodes on the same database
-    /// publish, until `shutdown`. Returns how often the caller must look
-    /// anyway (notifications can be lost, and future events inserted
-    /// elsewhere are not notified), or `None` for a store no other node
-    /// shares, where nothing happens that this node does not do itself.
-    fn listen(&self, published: Arc<Notify>, shutdown: CancellationToken) -> Option<Duration> {
-        let _ = (published, shutdown);
+    /// publish, and handing `signals` every message sent with
+    /// [`Store::signal`] (this node's own too), until `shutdown`. Returns
+    /// how often the caller must look anyway (notifications can be lost,
+    /// and future events inserted elsewhere are not notified), or `None`
+    /// for a store no other node shares, where nothing happens that this
+    /// node does not do itself.
+    fn listen(
+        &self,
+        published: Arc<Notify>,
+        signals: mpsc::Sender<String>,
+        shutdown: CancellationToken,
+    ) -> Option<Duration> {
+        let _ = (published, signals, shutdown);
         None
+    }
+
+    /// Sends `message` to every node listening on the same database, at
+    /// most once, never stored ([`SIGNAL_BYTES`] at most); a store no
+    /// other node shares has nobody to tell.
+    async fn signal(&self, message: String) -> Result<(), StoreError> {
+        let _ = message;
+        Ok(())
     }
 }

@@ -925,18 +925,33 @@ impl Store for PostgresStore {
         .await
     }
 
-    fn listen(&self, published: Arc<Notify>, shutdown: CancellationToken) -> Option<Duration> {
-        tokio::spawn(listen(self.config.clone(), published, shutdown));
+    fn listen(
+        &self,
+        published: Arc<Notify>,
+        signals: mpsc::Sender<String>,
+        shutdown: CancellationToken,
+    ) -> Option<Duration> {
+        tokio::spawn(listen(self.config.clone(), published, signals, shutdown));
         Some(LOG_POLL)
+    }
+
+    async fn signal(&self, message: String) -> Result<(), StoreError> {
+        self.run(async |client| {
+            let statement = client.prepare_cached("SELECT pg_notify('broker_signals', $1)").await?;
+            Ok(client.execute(&statement, &[&message]).await.map(|_| ())?)
+        })
+        .await
     }
 }
 
-/// Holds a connection that LISTENs for publications and rings
-/// `published` on each. After every (re)connection it rings once, since
-/// notifications sent while disconnected are lost.
+/// Holds a connection that LISTENs for publications, ringing `published`
+/// on each, and for signals, handing them to `signals` (dropped when it is
+/// full: a signal matters for a moment). After every (re)connection it
+/// rings once, since notifications sent while disconnected are lost.
 async fn listen(
     config: tokio_postgres::Config,
     published: Arc<Notify>,
+    signals: mpsc::Sender<String>,
     shutdown: CancellationToken,
 ) {
     let mut warned = false;
@@ -944,6 +959,7 @@ async fn listen(
         let connected = within(async {
             let (client, mut connection) = config.connect(NoTls).await?;
             let (tx, rx) = mpsc::unbounded_channel();
+            let signals = signals.clone();
             // tokio-postgres hands out notifications only while its
             // connection future is polled: this task does nothing else.
             tokio::spawn(async move {
@@ -951,6 +967,9 @@ async fn listen(
                     std::future::poll_fn(|cx| connection.poll_message(cx)).await
                 {
                     match message {
+                        Ok(AsyncMessage::Notification(n)) if n.channel() == "broker_signals" => {
+                            let _ = signals.try_send(n.payload().to_owned());
+                        }
                         Ok(AsyncMessage::Notification(_)) => {
                             if tx.send(()).is_err() {
                                 break;
@@ -964,7 +983,7 @@ async fn listen(
                     }
                 }
             });
-            client.batch_execute("LISTEN broker_published").await?;
+            client.batch_execute("LISTEN broker_published; LISTEN broker_signals").await?;
             Ok((client, rx))
         })
         .await;

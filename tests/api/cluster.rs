@@ -499,3 +499,39 @@ async fn nodes_ride_out_a_database_restart() {
         assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2, 3]);
     }
 }
+
+/// A signal sent on one node reaches the streams that asked for it on
+/// every node, once, and an outsider's on none, while nothing is stored.
+#[tokio::test]
+async fn a_signal_reaches_every_node_once() {
+    let nodes = cluster(3).await;
+    let (alice, bob) = (nodes[0].user("alice").await, nodes[0].user("bob").await);
+    let private = alice.collection;
+    let body = json!({"collection_id": private, "private": true});
+    assert_eq!(nodes[0].post_as(&alice.jwt, "/collections", &body).await.status(), 201);
+    let query =
+        format!("/events?collection_id={private}&collection_id={}&signals=true", bob.collection);
+    let bearer = |user: &TestUser| format!("Bearer {}", user.jwt);
+    let mut readers = Vec::new();
+    let mut outsiders = Vec::new();
+    for node in &nodes {
+        // Every node knows the collection is private before the signal.
+        eventually("the rule on every node", || async {
+            node.get_as(&bob.jwt, &format!("/events/collections/{private}")).await.status() == 403
+        })
+        .await;
+        readers.push(node.subscribe_to(&query, &[("authorization", &bearer(&alice))]).await);
+        outsiders.push(node.subscribe_to(&query, &[("authorization", &bearer(&bob))]).await);
+    }
+    let signal = json!({"collection_id": private, "event": "cursor", "data": {"x": 1}});
+    ok_json(nodes[1].post_as(&alice.jwt, "/signal", &signal).await).await;
+    let after =
+        json!({"event": "after", "collection_id": bob.collection, "timestamp": NOW, "data": 0});
+    ok_json(nodes[2].insert_raw(&bob.jwt, &after).await).await;
+    for (reader, outsider) in readers.iter_mut().zip(&mut outsiders) {
+        let (id, event, data) = reader.next_raw().await;
+        assert_eq!((id.as_str(), event.as_str(), &data["data"]), ("", "signal", &json!({"x": 1})));
+        assert_eq!(reader.next_raw().await.1, "after", "once");
+        assert_eq!(outsider.next_raw().await.1, "after", "no signal for an outsider");
+    }
+}

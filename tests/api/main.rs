@@ -15,6 +15,7 @@ mod ops;
 mod process;
 mod resume;
 mod sessions;
+mod signals;
 mod store;
 mod stream;
 mod support;

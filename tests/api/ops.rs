@@ -95,6 +95,7 @@ async fn the_openapi_description_covers_every_route() {
         ("/admin/collections/{id}", &["get"]),
         ("/events/collections/{collection_id}", &["get"]),
         ("/events/{id}/cancel", &["get", "post"]),
+        ("/signal", &["post"]),
         ("/healthz", &["get"]),
         ("/readyz", &["get"]),
         ("/metrics", &["get"]),
@@ -107,7 +108,7 @@ async fn the_openapi_description_covers_every_route() {
             assert!(documented(path, method), "{method} {path} is not described");
         }
     }
-    assert_eq!(doc["paths"].as_object().map(|p| p.len()), Some(24), "an undescribed path");
+    assert_eq!(doc["paths"].as_object().map(|p| p.len()), Some(25), "an undescribed path");
     // Operations that take a token or a body list the errors that brings.
     let insert = &doc["paths"]["/insert"]["post"]["responses"];
     for status in ["200", "400", "401", "413", "415", "422"] {
