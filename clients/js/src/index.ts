@@ -222,6 +222,18 @@ export interface BrokerOptions {
  */
 export type StreamStatus = "connecting" | "open" | "forbidden" | "unauthenticated" | "closed";
 
+/** A signal: a message for the streams of a collection open now, never stored. */
+export interface Signal {
+  /** The collection it was sent to. */
+  collectionId: string;
+  /** Its name. */
+  event: string;
+  /** The user who sent it. */
+  userId: string;
+  /** Its data. */
+  data: unknown;
+}
+
 /** What {@link Broker.subscribe} selects and is told. */
 export interface SubscribeOptions {
   /** Only these collections (default: all). */
@@ -230,6 +242,14 @@ export interface SubscribeOptions {
   events?: string[];
   /** Each event, in order, once. */
   onEvent?: (event: BrokerEvent) => void;
+  /**
+   * Also receive the signals sent to `collections` (which must be given):
+   * `true` every one, `"others"` those other users sent (not the echo of
+   * this user's own). Default: none.
+   */
+  signals?: boolean | "others";
+  /** Each signal received while the stream is open (at most once; never replayed). */
+  onSignal?: (signal: Signal) => void;
   /** The state (latest event of each name in each collection) after each change. */
   onState?: (state: BrokerState) => void;
   /** The state was cleared, and why: another user, logged out, or an unknown last id. */
@@ -458,6 +478,16 @@ export class Broker {
     return eventOf((await this.request<{ event: Wire }>("POST", "/insert", body)).event);
   }
 
+  /**
+   * Sends a signal to the streams of a collection open now (those that
+   * asked for signals); nothing is stored. Needs the write permission an
+   * insert needs; 429 beyond the server's `--signal-rate`.
+   */
+  async signal(event: string, collectionId: string, data: unknown): Promise<Signal> {
+    const body = { event, collection_id: collectionId, data };
+    return signalOf((await this.request<{ signal: SignalWire }>("POST", "/signal", body)).signal);
+  }
+
   /** Cancels a future event of one's own (`event.id` of any event this client handed over). */
   async cancel(id: string): Promise<BrokerEvent> {
     return eventOf((await this.request<{ event: Wire }>("POST", `/events/${id}/cancel`)).event);
@@ -603,9 +633,11 @@ export class Broker {
     const query = new URLSearchParams({ envelope: "true" });
     for (const c of options.collections ?? []) query.append("collection_id", c);
     for (const e of options.events ?? []) query.append("event", e);
+    if (options.signals) query.set("signals", options.signals === "others" ? "others" : "true");
 
     const deliver = (message: { id?: string; event: string; data: string }) => {
       if (message.event === "reset") return reset("Broker did not know the last event id");
+      if (message.event === "signal") return options.onSignal?.(signalOf(JSON.parse(message.data) as SignalWire));
       if (message.event === "forbidden") {
         const notice = JSON.parse(message.data) as { collections: string[]; error: string | null };
         forbidden = notice.collections;
@@ -741,6 +773,18 @@ export class Broker {
       },
     };
   }
+}
+
+/** A signal as the server writes it. */
+interface SignalWire {
+  collection_id: string;
+  event: string;
+  user_id: string;
+  data: unknown;
+}
+
+function signalOf(wire: SignalWire): Signal {
+  return { collectionId: wire.collection_id, event: wire.event, userId: wire.user_id, data: wire.data };
 }
 
 /** The {@link BrokerError} of a failed response; `credentials`: whether a token or cookie went with it. */

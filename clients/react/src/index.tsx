@@ -13,6 +13,7 @@ import {
   type BrokerError,
   type BrokerEvent,
   type BrokerState,
+  type Signal,
   type StreamStatus,
   type Subscription,
 } from "@broker/client";
@@ -21,6 +22,8 @@ import {
 export interface Filter {
   collections?: string[];
   events?: string[];
+  /** Also the signals of `collections`: all, or only other users' (see `@broker/client`). */
+  signals?: boolean | "others";
 }
 
 /**
@@ -32,6 +35,8 @@ class Live {
   /** A new copy on every change, so that React sees it changed. */
   state: BrokerState;
   events: BrokerEvent[] = [];
+  /** The signals received, oldest first; a new array on every one. */
+  signals: Signal[] = [];
   /** A new object on every change of status. */
   status: { status: StreamStatus; error?: BrokerError } = { status: "connecting" };
   private listeners = new Set<() => void>();
@@ -44,6 +49,10 @@ class Live {
       onEvent: (event) => {
         this.events = [...this.events.slice(-(keep - 1)), event];
       },
+      onSignal: (signal) => {
+        this.signals = [...this.signals.slice(-(keep - 1)), signal];
+        this.notify();
+      },
       onState: (state) => {
         this.state = snapshotOf(state);
         this.notify();
@@ -51,6 +60,7 @@ class Live {
       // Another user, or none: nothing of the old view stays on screen.
       onReset: () => {
         this.events = [];
+        this.signals = [];
       },
       onStatus: (status, error) => {
         this.status = { status, error };
@@ -87,7 +97,8 @@ const Context = createContext<Shared | null>(null);
 export function BrokerProvider({ client, children }: { client: Broker; children?: ReactNode }) {
   const shared = useMemo<Shared>(() => {
     const lives = new Map<string, Live>();
-    const key = (f: Filter) => JSON.stringify([[...(f.collections ?? [])].sort(), [...(f.events ?? [])].sort()]);
+    const key = (f: Filter) =>
+      JSON.stringify([[...(f.collections ?? [])].sort(), [...(f.events ?? [])].sort(), f.signals ?? false]);
     // A stream nobody holds is closed a moment later (a component that
     // re-mounts at once, as under StrictMode, keeps it).
     const reap = (k: string, live: Live) =>
@@ -182,6 +193,23 @@ export function useBrokerEvents(filter: Filter = {}): readonly BrokerEvent[] {
 export function useBrokerStatus(filter: Filter = {}): { status: StreamStatus; error?: BrokerError } {
   const live = useLive(filter);
   return useSyncExternalStore(live.listen, () => live.status, () => live.status);
+}
+
+/**
+ * The signals sent to `collectionId` while the component is mounted,
+ * oldest first (the last 500; cleared when the user changes): every one,
+ * or with `others` only those other users sent. Signals are never stored:
+ * a component mounted later sees only what comes after.
+ */
+export function useSignals(collectionId: string, { others = false } = {}): readonly Signal[] {
+  const live = useLive({ collections: [collectionId], signals: others ? "others" : true });
+  return useSyncExternalStore(live.listen, () => live.signals, () => live.signals);
+}
+
+/** A function that sends a signal to `collectionId` (`broker.signal`). */
+export function useSendSignal(collectionId: string): (event: string, data: unknown) => Promise<Signal> {
+  const broker = useBroker();
+  return useCallback((event: string, data: unknown) => broker.signal(event, collectionId, data), [broker, collectionId]);
 }
 
 /** The session: whether one is logged in, and the calls that change it. */

@@ -3,7 +3,16 @@ import { act, StrictMode } from "react";
 import { createRoot } from "react-dom/client";
 import { afterEach, expect, it, vi } from "vitest";
 import { Broker } from "@broker/client";
-import { BrokerProvider, useAuth, useBrokerEvents, useBrokerState, useBrokerStatus, useBrokerValue } from "../src/index.js";
+import {
+  BrokerProvider,
+  useAuth,
+  useBrokerEvents,
+  useBrokerState,
+  useBrokerStatus,
+  useBrokerValue,
+  useSendSignal,
+  useSignals,
+} from "../src/index.js";
 
 (globalThis as { IS_REACT_ACT_ENVIRONMENT?: boolean }).IS_REACT_ACT_ENVIRONMENT = true;
 
@@ -13,8 +22,14 @@ const encoder = new TextEncoder();
 function fakeBroker() {
   let push!: (text: string) => void;
   let streams = 0;
-  const fetch = vi.fn(async (input: RequestInfo | URL) => {
+  const urls: string[] = [];
+  const fetch = vi.fn(async (input: RequestInfo | URL, init?: RequestInit) => {
     const url = String(input);
+    urls.push(url);
+    if (url.endsWith("/signal")) {
+      const signal = { ...JSON.parse(String(init?.body)), user_id: "u" };
+      return new Response(JSON.stringify({ signal }), { headers: { "content-type": "application/json" } });
+    }
     if (url.endsWith("/login")) {
       return new Response(JSON.stringify({ jwt: "a.eyJzdWIiOiJ1In0.b" }), { headers: { "content-type": "application/json" } });
     }
@@ -30,7 +45,7 @@ function fakeBroker() {
   const broker = new Broker({ url: "http://b", fetch: fetch as unknown as typeof globalThis.fetch });
   const send = (id: number, event: string, data: unknown, collection = "c") =>
     push(`id:${id}\ndata:${JSON.stringify({ event, collection_id: collection, id: `e${id}`, user_id: "u", timestamp: 1, data })}\n\n`);
-  return { broker, send, streams: () => streams };
+  return { broker, send, push: (text: string) => push(text), streams: () => streams, urls };
 }
 
 const roots: (() => void)[] = [];
@@ -107,4 +122,23 @@ it("log out clears what the hooks render, at once", async () => {
   await act(async () => void broker.logOut());
   expect(view.textContent).toBe("unauthenticated: ");
   broker.close();
+});
+
+it("useSignals shows the signals of a collection as they come; useSendSignal sends one", async () => {
+  const { broker, push, urls } = fakeBroker();
+  let send!: (event: string, data: unknown) => Promise<unknown>;
+  function Cursors() {
+    const signals = useSignals("board", { others: true });
+    send = useSendSignal("board");
+    return <p>{signals.map((s) => `${s.userId}:${s.event}=${JSON.stringify(s.data)}`).join(",")}</p>;
+  }
+  const view = await render(broker, <Cursors />);
+  await until(() => urls.some((u) => u.includes("/events?") && u.includes("signals=others")));
+  const frame = (user: string, x: number) =>
+    `event:signal\ndata:${JSON.stringify({ collection_id: "board", event: "cursor", user_id: user, data: { x } })}\n\n`;
+  await act(async () => push(frame("bob", 1)));
+  await until(() => view.textContent === 'bob:cursor={"x":1}');
+  await act(async () => push(frame("carol", 2)));
+  await until(() => view.textContent === 'bob:cursor={"x":1},carol:cursor={"x":2}');
+  await expect(send("cursor", { x: 3 })).resolves.toEqual({ collectionId: "board", event: "cursor", userId: "u", data: { x: 3 } });
 });

@@ -242,3 +242,37 @@ it("insert, listing and stream hand over one event shape; cancel takes any of th
   sub.close();
   alice.close();
 }, 60_000);
+
+it("signals reach the other pages of a board at once, without the sender's echo, and are never stored", async () => {
+  const dir = dataDir();
+  const server = await start(dir, await freePort(), "--signal-rate", "5");
+  const [alice, bob] = [await user(server.url, "alice"), await user(server.url, "bob")];
+  const board = crypto.randomUUID();
+  const got = { alice: [] as string[], bob: [] as string[] };
+  const open = { alice: false, bob: false };
+  const subs = (["alice", "bob"] as const).map((name) =>
+    (name === "alice" ? alice : bob).subscribe({
+      collections: [board],
+      signals: name === "alice" ? "others" : true,
+      onSignal: (s) => got[name].push(`${s.event}:${JSON.stringify(s.data)}:${s.userId === alice.userId ? "alice" : "bob"}`),
+      onStatus: (status) => (open[name] = status === "open"),
+    }),
+  );
+  await vi.waitFor(() => expect(open).toEqual({ alice: true, bob: true }), { timeout: 10_000 });
+  const sent = await alice.signal("moving", board, { card: 7 });
+  expect(sent).toEqual({ collectionId: board, event: "moving", userId: alice.userId, data: { card: 7 } });
+  await bob.signal("typing", board, true);
+  await vi.waitFor(() => expect(got.bob).toHaveLength(2), { timeout: 10_000 });
+  await vi.waitFor(() => expect(got.alice).toHaveLength(1), { timeout: 10_000 });
+  expect(got.bob).toEqual(['moving:{"card":7}:alice', "typing:true:bob"]);
+  expect(got.alice).toEqual(["typing:true:bob"]);
+  // Nothing stored, no event id moved.
+  for await (const event of alice.collectionEvents(board)) throw new Error(`stored: ${event.event}`);
+  expect(subs.map((s) => s.lastEventId)).toEqual([undefined, undefined]);
+  // Past --signal-rate: 429 with the time to wait.
+  const results = await Promise.allSettled(Array.from({ length: 8 }, () => bob.signal("typing", board, true)));
+  const refusal = results.find((r) => r.status === "rejected");
+  expect(refusal && (refusal as PromiseRejectedResult).reason).toMatchObject({ status: 429, retryAfter: 1 });
+  for (const s of subs) s.close();
+  for (const b of [alice, bob]) b.close();
+}, 60_000);
