@@ -194,6 +194,12 @@ pub struct Config {
     /// as many); more get 429 with `Retry-After`. 0 means no limit.
     #[arg(long, env = "BROKER_SIGNAL_RATE", default_value_t = 50)]
     pub signal_rate: u32,
+
+    /// How long a user stays present in a collection after their last
+    /// stream on it closed, in milliseconds: a tab that reconnects within
+    /// it causes no leave and join.
+    #[arg(long, env = "BROKER_PRESENCE_GRACE_MS", default_value_t = 5000)]
+    pub presence_grace_ms: u64,
 }
 
 /// The subcommands: work on the store (given by `--database-url` or

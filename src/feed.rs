@@ -31,7 +31,7 @@ use tokio::sync::{Mutex, OnceCell};
 
 use crate::domain::Signal;
 use crate::domain::{Filter, Published};
-use crate::hub::{Hub, Listener, Signals};
+use crate::hub::{Extras, Hub, Listener};
 use crate::store::{Snapshot, Store, StoreError};
 
 /// Events read from the store at a time while catching up.
@@ -96,7 +96,7 @@ impl Feed {
         }
     }
 
-    /// A hub listener for `filter` and `signals`, read by `user`, and the last sequence
+    /// A hub listener for `filter` and `extras`, read by `user`, and the last sequence
     /// number handed to the hub when it was made: the listener sees every
     /// event after that number. Fails only while the store cannot say where
     /// the log stands (before the first subscriber is admitted).
@@ -104,12 +104,12 @@ impl Feed {
         &self,
         filter: &Filter,
         user: Option<uuid::Uuid>,
-        signals: Signals,
+        extras: Extras,
     ) -> Result<(Listener, i64), StoreError> {
         if self.seen.load(Ordering::SeqCst) < 0 {
             self.start(&mut *self.delivered.lock().await).await?;
         }
-        let ring = self.hub.listen(filter, user, signals);
+        let ring = self.hub.listen(filter, user, extras);
         // Read after subscribing: `hand_over` sets it before sending, so an
         // event above it cannot have been sent before the cursor existed.
         Ok((ring, self.seen.load(Ordering::SeqCst)))
@@ -327,7 +327,8 @@ mod tests {
         let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
         let hub = Arc::new(Hub::new(16, 16, Arc::default()));
         let feed = Feed::new(store.clone(), hub, 16, false);
-        let (_ring, start) = feed.subscribe(&Filter::default(), None, Signals::None).await.unwrap();
+        let (_ring, start) =
+            feed.subscribe(&Filter::default(), None, Extras::default()).await.unwrap();
         assert_eq!(start, 0);
         publish(&store, &feed, 1).await;
         // A read that began when the feed had handed over event 1.
@@ -346,7 +347,8 @@ mod tests {
 
         feed.flights.lock().unwrap().insert(filter.clone(), began_at_1());
         publish(&store, &feed, 2).await;
-        let (_ring, after) = feed.subscribe(&Filter::default(), None, Signals::None).await.unwrap();
+        let (_ring, after) =
+            feed.subscribe(&Filter::default(), None, Extras::default()).await.unwrap();
         assert_eq!(after, 2);
         let snapshot = feed.snapshot(&filter, after).await.unwrap();
         assert_eq!(snapshot.head, 2, "read anew: the shared read began before the cursor");

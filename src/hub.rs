@@ -96,6 +96,9 @@ pub enum Frame {
         /// The complete SSE frame (`event:signal`, no `id:`).
         bytes: Bytes,
     },
+    /// A presence change of its collection (join or leave), for the
+    /// streams of that collection that asked for presence.
+    Presence(Bytes),
     /// Keep-alive comment.
     Heartbeat,
     /// The server is shutting down: end the stream.
@@ -128,6 +131,15 @@ pub enum Signals {
     All,
     /// Those of other users only: not its own user's echo.
     Others,
+}
+
+/// What a stream asked for besides events (`?signals=`, `?presence=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Extras {
+    /// Which signals of its collections.
+    pub signals: Signals,
+    /// Whether the joins and leaves of its collections.
+    pub presence: bool,
 }
 
 /// Serialises a signal as an SSE frame: `event:signal`, its JSON as the
@@ -341,7 +353,7 @@ impl Hub {
         let index = lock(&self.index);
         let mut queued = 0;
         for inbox in index.by_collection.get(&signal.collection_id).into_iter().flatten() {
-            let wanted = match inbox.signals {
+            let wanted = match inbox.extras.signals {
                 Signals::None => false,
                 Signals::All => true,
                 Signals::Others => inbox.user != Some(signal.user_id),
@@ -353,6 +365,21 @@ impl Hub {
         }
         drop(index);
         Metrics::add(&self.metrics.signal_deliveries, queued);
+    }
+
+    /// Hands a presence frame of `collection` to the streams of that
+    /// collection that asked for presence and may read it; as signals, it
+    /// never ends a stream.
+    pub fn presence(&self, collection: Uuid, bytes: Bytes) {
+        let private = self.access.current().private_rule(&collection);
+        let frame = Arc::new(Frame::Presence(bytes));
+        let index = lock(&self.index);
+        for inbox in index.by_collection.get(&collection).into_iter().flatten() {
+            let readable = private.as_ref().is_none_or(|rule| rule.may_read(inbox.user));
+            if inbox.extras.presence && readable {
+                inbox.push_signal(&frame, self.max_lag / 2);
+            }
+        }
     }
 
     /// Tells every stream that the access rules are now `state`.
@@ -418,7 +445,7 @@ impl Hub {
         self: &Arc<Self>,
         filter: &Filter,
         user: Option<Uuid>,
-        signals: Signals,
+        extras: Extras,
     ) -> Listener {
         if filter.collections().is_empty() && filter.events().is_empty() {
             return Listener::Ring(self.ring.subscribe());
@@ -426,7 +453,7 @@ impl Hub {
         let inbox = Arc::new(Inbox {
             filter: filter.clone(),
             user,
-            signals,
+            extras,
             queue: Mutex::default(),
             group: (self.streams.fetch_add(1, Ordering::Relaxed) % GROUPS) as u8,
         });
@@ -512,8 +539,8 @@ fn remove(list: &mut Vec<Arc<Inbox>>, inbox: &Arc<Inbox>) {
 struct Inbox {
     filter: Filter,
     user: Option<Uuid>,
-    /// Which signals of its collections it gets.
-    signals: Signals,
+    /// What it gets besides events.
+    extras: Extras,
     queue: Mutex<Queue>,
     /// When in the heartbeat interval it gets its heartbeat.
     group: u8,
@@ -742,11 +769,11 @@ mod tests {
     fn an_event_reaches_the_streams_it_matches_and_no_other() {
         let hub = hub(16);
         let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let mut on_a = hub.listen(&filter(&[a], &[]), None, Signals::None);
-        let mut on_a_and_b = hub.listen(&filter(&[a, b], &[]), None, Signals::None);
-        let mut named = hub.listen(&filter(&[], &["x"]), None, Signals::None);
-        let mut a_named = hub.listen(&filter(&[a], &["y"]), None, Signals::None);
-        let mut all = hub.listen(&Filter::default(), None, Signals::None);
+        let mut on_a = hub.listen(&filter(&[a], &[]), None, Extras::default());
+        let mut on_a_and_b = hub.listen(&filter(&[a, b], &[]), None, Extras::default());
+        let mut named = hub.listen(&filter(&[], &["x"]), None, Extras::default());
+        let mut a_named = hub.listen(&filter(&[a], &["y"]), None, Extras::default());
+        let mut all = hub.listen(&Filter::default(), None, Extras::default());
         for (seq, collection, name) in [(1, a, "x"), (2, b, "y"), (3, c, "x"), (4, a, "y")] {
             publish(&hub, seq, collection, name);
         }
@@ -761,8 +788,8 @@ mod tests {
     fn an_inbox_falls_behind_on_its_own_events_only() {
         let hub = hub(4);
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let mut on_a = hub.listen(&filter(&[a], &[]), None, Signals::None);
-        let mut on_b = hub.listen(&filter(&[b], &[]), None, Signals::None);
+        let mut on_a = hub.listen(&filter(&[a], &[]), None, Extras::default());
+        let mut on_b = hub.listen(&filter(&[b], &[]), None, Extras::default());
         for seq in 1..=10 {
             publish(&hub, seq, a, "e");
         }
@@ -775,7 +802,7 @@ mod tests {
     async fn an_inbox_reads_control_frames_and_events_in_the_order_they_were_sent() {
         let hub = hub(16);
         let a = Uuid::new_v4();
-        let mut on_a = hub.listen(&filter(&[a], &[]), None, Signals::None);
+        let mut on_a = hub.listen(&filter(&[a], &[]), None, Extras::default());
         hub.send(Frame::Heartbeat);
         publish(&hub, 1, a, "e");
         hub.send(Frame::Close);
@@ -788,7 +815,7 @@ mod tests {
     async fn a_waiting_stream_is_woken_by_its_event() {
         let hub = hub(16);
         let a = Uuid::new_v4();
-        let mut on_a = hub.listen(&filter(&[a], &[]), None, Signals::None);
+        let mut on_a = hub.listen(&filter(&[a], &[]), None, Extras::default());
         let waiting =
             tokio::spawn(async move { on_a.recv().await.map(|f| f.envelope().is_some()) });
         tokio::task::yield_now().await;
@@ -802,9 +829,9 @@ mod tests {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         let mut listeners: Vec<Listener> = (0..40)
             .map(|i| match i % 3 {
-                0 => hub.listen(&filter(&[a, b], &[]), None, Signals::None),
-                1 => hub.listen(&filter(&[b], &["x"]), None, Signals::None),
-                _ => hub.listen(&filter(&[], &["x", "y"]), None, Signals::None),
+                0 => hub.listen(&filter(&[a, b], &[]), None, Extras::default()),
+                1 => hub.listen(&filter(&[b], &["x"]), None, Extras::default()),
+                _ => hub.listen(&filter(&[], &["x", "y"]), None, Extras::default()),
             })
             .collect();
         let mut beats = vec![0; listeners.len()];
@@ -826,12 +853,32 @@ mod tests {
     fn a_signal_reaches_the_streams_of_its_collection_that_asked_for_signals() {
         let hub = hub(16);
         let (a, b, alice, bob) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let mut all = hub.listen(&filter(&[a], &[]), Some(alice), Signals::All);
-        let mut others = hub.listen(&filter(&[a, b], &[]), Some(alice), Signals::Others);
-        let mut bobs = hub.listen(&filter(&[a], &["x"]), Some(bob), Signals::Others);
-        let mut none = hub.listen(&filter(&[a], &[]), Some(bob), Signals::None);
-        let mut on_b = hub.listen(&filter(&[b], &[]), Some(bob), Signals::All);
-        let mut ring = hub.listen(&Filter::default(), Some(bob), Signals::All);
+        let mut all = hub.listen(
+            &filter(&[a], &[]),
+            Some(alice),
+            Extras { signals: Signals::All, presence: false },
+        );
+        let mut others = hub.listen(
+            &filter(&[a, b], &[]),
+            Some(alice),
+            Extras { signals: Signals::Others, presence: false },
+        );
+        let mut bobs = hub.listen(
+            &filter(&[a], &["x"]),
+            Some(bob),
+            Extras { signals: Signals::Others, presence: false },
+        );
+        let mut none = hub.listen(&filter(&[a], &[]), Some(bob), Extras::default());
+        let mut on_b = hub.listen(
+            &filter(&[b], &[]),
+            Some(bob),
+            Extras { signals: Signals::All, presence: false },
+        );
+        let mut ring = hub.listen(
+            &Filter::default(),
+            Some(bob),
+            Extras { signals: Signals::All, presence: false },
+        );
         let data = serde_json::value::to_raw_value(&1).unwrap();
         let signal = crate::domain::Signal {
             collection_id: a,
@@ -856,9 +903,9 @@ mod tests {
     fn a_closed_stream_leaves_the_index() {
         let hub = hub(16);
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let first = hub.listen(&filter(&[a, b], &[]), None, Signals::None);
-        let second = hub.listen(&filter(&[a], &[]), None, Signals::None);
-        let named = hub.listen(&filter(&[], &["x"]), None, Signals::None);
+        let first = hub.listen(&filter(&[a, b], &[]), None, Extras::default());
+        let second = hub.listen(&filter(&[a], &[]), None, Extras::default());
+        let named = hub.listen(&filter(&[], &["x"]), None, Extras::default());
         drop(first);
         assert_eq!(lock(&hub.index).by_collection.len(), 1, "only A is left");
         drop((second, named));

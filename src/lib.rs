@@ -23,6 +23,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod policy;
+pub mod presence;
 pub mod scheduler;
 pub mod serve;
 pub mod store;
@@ -121,8 +122,14 @@ impl Broker {
             schedule_poll,
             shutdown.clone(),
         );
+        let presence = presence::Presence::new(
+            hub.clone(),
+            clock.clone(),
+            Duration::from_millis(config.presence_grace_ms),
+        );
         let app = Arc::new(App {
             store,
+            presence,
             hub,
             feed,
             wake,

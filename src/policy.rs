@@ -150,7 +150,7 @@ mod tests {
     use super::*;
 
     fn claims(sub: Uuid, jti: Option<Uuid>, generation: i64) -> Claims {
-        Claims { sub, iat: 0, exp: 1, jti, generation }
+        Claims { sub, iat: 0, exp: 1, jti, generation, name: None }
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub struct Claims {
     /// The account's token generation when it was issued (0 before 2.1).
     #[serde(default, rename = "gen")]
     pub generation: i64,
+    /// The username when it was issued, for presence (none before 2.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// Why a token was refused; the message is shown to the client.
@@ -71,6 +74,7 @@ impl Keys {
     pub fn issue(
         &self,
         user: Uuid,
+        name: Option<String>,
         generation: i64,
         clock: &Clock,
     ) -> Result<String, jsonwebtoken::errors::Error> {
@@ -81,6 +85,7 @@ impl Keys {
             exp: iat.saturating_add(self.lifetime),
             jti: Some(Uuid::new_v4()),
             generation,
+            name,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
     }
@@ -109,9 +114,9 @@ mod tests {
         let (clock, hand) = Clock::manual(1_000_000_000_000);
         let keys = Keys::new(b"secret", 60).unwrap();
         let user = Uuid::new_v4();
-        let token = keys.issue(user, 0, &clock).unwrap();
+        let token = keys.issue(user, None, 0, &clock).unwrap();
         assert_eq!(keys.verify(&token, &clock).unwrap().sub, user);
-        let forged = Keys::new(b"other", 60).unwrap().issue(user, 0, &clock).unwrap();
+        let forged = Keys::new(b"other", 60).unwrap().issue(user, None, 0, &clock).unwrap();
         assert_eq!(keys.verify(&forged, &clock).unwrap_err(), TokenError::Invalid);
         assert_eq!(keys.verify("1234", &clock).unwrap_err(), TokenError::Invalid);
         hand.advance(60_000);

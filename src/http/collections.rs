@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::extract::{AuthUser, Json, Path};
 use super::{ApiError, App, AppState, ErrorBody};
 use crate::policy::Role;
+use crate::presence::Presents;
 use crate::store::{Change, Changed, Collection};
 
 /// The body of `POST /collections`.
@@ -98,6 +99,27 @@ pub async fn show(
         return Err(ApiError::forbidden("only the owner and members see a collection"));
     }
     show_to(&app, id).await
+}
+
+/// Who has the collection open now.
+#[utoipa::path(get, path = "/collections/{id}/presence", tag = "collections",
+    description = "The users whose streams name the collection now (over every node), with their connection count and since when (a user whose last stream closed stays for `--presence-grace-ms`), and the anonymous streams' count. Any collection, claimed or not; a private one's to its readers only.",
+    params(("id" = Uuid, Path, description = "The collection.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Who is present.", body = Presents),
+        (status = 400, description = "The id is not a UUID.", body = ErrorBody),
+        (status = 403, description = "The collection is private and the caller is neither its owner nor a member.", body = ErrorBody),
+    ))]
+pub async fn presence(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<Uuid>,
+) -> Result<axum::Json<Presents>, ApiError> {
+    if !app.rules().await?.may_read(&id, Some(user)) {
+        return Err(ApiError::forbidden("only the owner and members see a private collection"));
+    }
+    Ok(axum::Json(app.presence.of(id)))
 }
 
 /// Makes the caller's collection private or public.

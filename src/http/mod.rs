@@ -40,6 +40,8 @@ pub struct App {
     pub store: Arc<dyn Store>,
     /// The fan-out hub.
     pub hub: Arc<Hub>,
+    /// Who has which collection open.
+    pub presence: Arc<crate::presence::Presence>,
     /// What feeds the hub, in sequence order.
     pub feed: Arc<Feed>,
     /// The scheduler's doorbell.
@@ -153,6 +155,7 @@ pub fn router(app: AppState, max_body: usize) -> Router {
         .route("/users/me/password", post(users::change_password))
         .route("/collections", post(collections::claim))
         .route("/collections/{id}", get(collections::show).patch(collections::update))
+        .route("/collections/{id}/presence", get(collections::presence))
         .route(
             "/collections/{id}/members/{username}",
             put(collections::add_member).delete(collections::remove_member),

@@ -32,6 +32,7 @@ use crate::domain::Event;
         collections::claim,
         collections::show,
         collections::update,
+        collections::presence,
         collections::add_member,
         collections::remove_member,
         admin::users,

@@ -39,9 +39,12 @@ use uuid::Uuid;
 use super::{ApiError, App, AppState, ErrorBody};
 use crate::auth::Claims;
 use crate::domain::{EventName, Filter, Published};
-use crate::hub::{About, Frame, HEARTBEAT, Listener, Permit, Signals, envelope_frame, sse_frame};
+use crate::hub::{
+    About, Extras, Frame, HEARTBEAT, Listener, Permit, Signals, envelope_frame, sse_frame,
+};
 use crate::metrics::Metrics;
 use crate::policy::AccessState;
+use crate::presence::Seat;
 use crate::store::Store;
 
 /// Largest chunk assembled from queued frames before it is written.
@@ -59,7 +62,7 @@ struct Query {
     last_event_id: Option<String>,
     token: Option<String>,
     envelope: bool,
-    signals: Signals,
+    extras: Extras,
 }
 
 fn parse_query(query: Option<&str>) -> Result<(Filter, Query), ApiError> {
@@ -82,8 +85,15 @@ fn parse_query(query: Option<&str>) -> Result<(Filter, Query), ApiError> {
                     _ => return Err(bad(format!("envelope must be true or false, not {value:?}"))),
                 }
             }
+            "presence" => {
+                q.extras.presence = match value.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(bad(format!("presence must be true or false, not {value:?}"))),
+                }
+            }
             "signals" => {
-                q.signals = match value.as_str() {
+                q.extras.signals = match value.as_str() {
                     "true" | "1" => Signals::All,
                     "others" => Signals::Others,
                     "false" | "0" => Signals::None,
@@ -96,13 +106,15 @@ fn parse_query(query: Option<&str>) -> Result<(Filter, Query), ApiError> {
             }
             _ => {
                 return Err(bad(format!(
-                    "unknown parameter {key:?}; /events takes collection_id, event, last_event_id, token, envelope and signals"
+                    "unknown parameter {key:?}; /events takes collection_id, event, last_event_id, token, envelope, signals and presence"
                 )));
             }
         }
     }
-    if q.signals != Signals::None && q.collections.is_empty() {
-        return Err(bad("signals are sent to collections: name one with collection_id".into()));
+    if q.extras != Extras::default() && q.collections.is_empty() {
+        return Err(bad(
+            "signals and presence are those of collections: name one with collection_id".into(),
+        ));
     }
     let filter = Filter::new(std::mem::take(&mut q.collections), std::mem::take(&mut q.events))?;
     Ok((filter, q))
@@ -169,6 +181,7 @@ pub(crate) const STREAM_HEADERS: [(header::HeaderName, &str); 3] = [
         ("last_event_id" = Option<String>, Query, description = "Resume after this event id (for clients that cannot set the header)."),
         ("token" = Option<String>, Query, description = "A token from `/login`, for clients that cannot set a header."),
         ("envelope" = Option<bool>, Query, description = "Send every event unnamed, its name inside the data, for `EventSource.onmessage`."),
+        ("presence" = Option<bool>, Query, description = "Also receive who is present in the named collections: after the sync an `event: presence` frame without id per readable collection, `{\"collection_id\", \"type\": \"list\", \"users\": [{\"user_id\", \"username\", \"connections\", \"since\"}], \"anonymous\"}`, then one per change, `{\"collection_id\", \"type\": \"join\" or \"leave\", \"user_id\", \"username\", \"since\"}`. Needs `collection_id`."),
         ("signals" = Option<String>, Query, description = "`true`: also receive the signals sent to the named collections (`POST /signal`) as `event: signal` frames without id, whose data is `{\"collection_id\", \"event\", \"user_id\", \"data\"}`; `others`: only those other users sent; `false` (the default): none. Needs `collection_id`.", pattern = "^(true|false|1|0|others)$"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id; wins over the query parameter."),
     ),
@@ -224,10 +237,24 @@ pub(crate) async fn open(
         .map(str::to_owned)
         .or(query.last_event_id);
 
-    let (ring, delivered) = app.feed.subscribe(&filter, user, query.signals).await?;
+    let forbidden = unreadable(&app.feed.rules(), &filter, user);
+    let seat = match (filter.collections(), &session) {
+        ([], _) => None,
+        (_, None) => Some(app.presence.sit(None, &readable(&filter, &forbidden))),
+        (_, Some(claims)) => {
+            let name = match &claims.name {
+                Some(name) => name.clone(),
+                // A token from before names were in tokens.
+                None => {
+                    app.store.user_by_id(claims.sub).await?.map(|u| u.username).unwrap_or_default()
+                }
+            };
+            Some(app.presence.sit(Some((claims.sub, name)), &readable(&filter, &forbidden)))
+        }
+    };
+    let (ring, delivered) = app.feed.subscribe(&filter, user, query.extras).await?;
     let mut first = Chunk::default();
     first.push(Bytes::from(format!("retry:{}\n\n", app.retry_ms)));
-    let forbidden = unreadable(&app.feed.rules(), &filter, user);
     if !forbidden.is_empty() {
         first.push(forbidden_notice(&forbidden, user, query.envelope));
     }
@@ -251,6 +278,11 @@ pub(crate) async fn open(
             sync(&app.feed, &filter, delivered, &mut first, reset, reader).await?
         }
     };
+    if query.extras.presence {
+        for collection in readable(&filter, &forbidden) {
+            first.push(app.presence.list_frame(collection));
+        }
+    }
     let expiry = session.as_ref().map(|s| s.exp).map(|exp| {
         let clock = app.clock.clone();
         let at = exp.saturating_mul(1000);
@@ -274,8 +306,14 @@ pub(crate) async fn open(
         envelope: query.envelope,
         forbidden,
         session,
+        seat,
         permit,
     })
+}
+
+/// The collections `filter` names except the `forbidden` ones.
+fn readable(filter: &Filter, forbidden: &[Uuid]) -> Vec<Uuid> {
+    filter.collections().iter().filter(|c| !forbidden.contains(c)).copied().collect()
 }
 
 /// The collections `filter` names that `user` may not read.
@@ -421,6 +459,8 @@ pub(crate) struct Subscriber {
     forbidden: Box<[Uuid]>,
     /// The subscriber's token, if it presented one (boxed: most have none).
     session: Option<Box<Claims>>,
+    /// Its place in the presence of the collections it names.
+    seat: Option<Seat>,
     permit: Permit,
 }
 
@@ -530,7 +570,7 @@ impl Subscriber {
                 }
                 // Only streams that asked for them get signals, checked by
                 // the hub.
-                Ok(Frame::Signal { bytes, .. }) => {
+                Ok(Frame::Signal { bytes, .. } | Frame::Presence(bytes)) => {
                     self.pending.push(bytes.clone());
                     self.busy = true;
                 }
@@ -542,10 +582,15 @@ impl Subscriber {
                     if let Some(why) = self.session.as_deref().and_then(|s| rules.refuses(s)) {
                         self.pending.push(Bytes::from(format!(": disconnected: {why}\n\n")));
                         self.closed = true;
+                        // Logged out or disabled: gone at once, not after the grace.
+                        self.seat.as_mut().map(Seat::leave_now);
                     }
                     let forbidden = unreadable(rules, &self.filter, self.user());
                     if forbidden != self.forbidden {
                         self.pending.push(forbidden_notice(&forbidden, self.user(), self.envelope));
+                        if let Some(seat) = &mut self.seat {
+                            seat.set(&readable(&self.filter, &forbidden));
+                        }
                         self.forbidden = forbidden;
                     }
                 }

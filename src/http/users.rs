@@ -116,13 +116,18 @@ pub async fn log_in(
     if user.disabled {
         return Err(ApiError::forbidden("this account is disabled"));
     }
-    token(&app, user.id, user.generation)
+    token(&app, user.id, Some(user.username), user.generation)
 }
 
-/// `{"jwt"}` with a new token for `user`, also set as the cookie.
-fn token(app: &App, user: Uuid, generation: i64) -> Result<Response, ApiError> {
+/// `{"jwt"}` with a new token for `user` (named `name`), also set as the cookie.
+fn token(
+    app: &App,
+    user: Uuid,
+    name: Option<String>,
+    generation: i64,
+) -> Result<Response, ApiError> {
     let keys = app.keys()?;
-    let jwt = keys.issue(user, generation, &app.clock).map_err(ApiError::internal)?;
+    let jwt = keys.issue(user, name, generation, &app.clock).map_err(ApiError::internal)?;
     // Lets a same-site browser page open the stream without putting the
     // token in its URL; only `GET /events` reads this cookie.
     let cookie = format!(
@@ -169,7 +174,7 @@ pub async fn refresh(
     State(app): State<AppState>,
     Session(claims): Session,
 ) -> Result<Response, ApiError> {
-    token(&app, claims.sub, claims.generation)
+    token(&app, claims.sub, claims.name, claims.generation)
 }
 
 /// The caller's account.
@@ -250,7 +255,7 @@ pub async fn change_password(
     }
     let password_hash = Passwords::hash(new).await.map_err(ApiError::internal)?;
     set_password(&app, user.id, password_hash).await?;
-    token(&app, user.id, user.generation + 1)
+    token(&app, user.id, Some(user.username), user.generation + 1)
 }
 
 /// Stores a new password hash and revokes every token issued so far.
