@@ -32,10 +32,86 @@ use tokio_util::sync::CancellationToken;
 
 use crate::feed::Feed;
 use crate::hub::Hub;
-use crate::store::{Store, StoreError};
+use crate::presence::Presence;
+use crate::store::{Notice, PRESENCE_DEAD_MS, Store, StoreError};
 
-/// Signals from other nodes waiting for this node's hub; more are dropped.
-const SIGNALS_QUEUED: usize = 4096;
+/// Notices from other nodes waiting for this node; more are dropped.
+const NOTICES_QUEUED: usize = 4096;
+
+/// How often at most a node writes its presence changes to the store.
+const PRESENCE_FLUSH: Duration = Duration::from_millis(200);
+
+/// Hands signals to the feed and reads again the presence other nodes
+/// changed (all of it after the listening connection was re-established).
+async fn follow_notices(
+    mut notices: mpsc::Receiver<Notice>,
+    store: Arc<dyn Store>,
+    feed: Arc<Feed>,
+    presence: Arc<Presence>,
+) {
+    let node = feed.node();
+    while let Some(notice) = notices.recv().await {
+        let collections = match notice {
+            Notice::Signal(message) => {
+                feed.signal_from(&message);
+                continue;
+            }
+            Notice::Presence(message) => {
+                let Some((from, list)) = message.split_once(' ') else { continue };
+                if from == node.to_string() {
+                    continue;
+                }
+                (list != "*").then(|| list.split(',').filter_map(|c| c.parse().ok()).collect())
+            }
+            Notice::Listening => None,
+        };
+        let mut rooms = match store.others_presence(node, collections.clone()).await {
+            Ok(rooms) => rooms,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the other nodes' presence");
+                continue;
+            }
+        };
+        // Everything asked about, and, after a full read, what was known.
+        let known = collections.unwrap_or_else(|| {
+            let mut all = presence.remote_collections();
+            all.extend(rooms.keys());
+            all
+        });
+        for collection in known {
+            presence.remote(collection, rooms.remove(&collection).unwrap_or_default());
+        }
+    }
+}
+
+/// Writes this node's presence changes to the store, a few times a second
+/// at most; after a failure, all of it again.
+async fn tell_presence(
+    store: Arc<dyn Store>,
+    node: uuid::Uuid,
+    presence: Arc<Presence>,
+    shutdown: CancellationToken,
+) {
+    let mut failing = false;
+    loop {
+        let changed = tokio::select! {
+            changed = presence.take_changed() => changed,
+            () = shutdown.cancelled() => return,
+        };
+        match store.put_presence(node, changed).await {
+            Ok(()) if std::mem::take(&mut failing) => tracing::info!("telling presence again"),
+            Ok(()) => {}
+            Err(e) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(error = %e, "cannot tell this node's presence; retrying");
+                }
+                presence.all_changed();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        tokio::time::sleep(PRESENCE_FLUSH).await;
+    }
+}
 
 /// How often a node looks for access rules changed by other nodes.
 pub const RULES_POLL: Duration = Duration::from_millis(250);
@@ -45,8 +121,8 @@ pub const RULES_POLL: Duration = Duration::from_millis(250);
 pub struct Follower {
     /// Rung by the store when another node publishes.
     published: Arc<Notify>,
-    /// The signals sent on every node, this one's too.
-    signals: mpsc::Receiver<String>,
+    /// What every node (this one too) says to the others.
+    notices: mpsc::Receiver<Notice>,
     /// How often the log and the schedule are looked at anyway.
     log_poll: Duration,
 }
@@ -56,9 +132,9 @@ impl Follower {
     /// starts listening for their publications, until `shutdown`).
     pub fn of(store: &dyn Store, shutdown: &CancellationToken) -> Option<Self> {
         let published = Arc::new(Notify::new());
-        let (sender, signals) = mpsc::channel(SIGNALS_QUEUED);
+        let (sender, notices) = mpsc::channel(NOTICES_QUEUED);
         let log_poll = store.listen(published.clone(), sender, shutdown.clone())?;
-        Some(Self { published, signals, log_poll })
+        Some(Self { published, notices, log_poll })
     }
 
     /// How often the log is read, and the scheduler looks, without a
@@ -67,18 +143,30 @@ impl Follower {
         self.log_poll
     }
 
-    /// Follows the rules, the log and the signals until `shutdown`.
+    /// Follows the rules, the log, the signals and presence until
+    /// `shutdown`, and tells the others this node's presence.
     pub fn spawn(
         self,
         store: Arc<dyn Store>,
         hub: Arc<Hub>,
         feed: Arc<Feed>,
+        presence: Arc<Presence>,
         shutdown: CancellationToken,
     ) {
-        let (mut signals, relay) = (self.signals, feed.clone());
-        tokio::spawn(async move {
-            while let Some(message) = signals.recv().await {
-                relay.signal_from(&message);
+        let node = feed.node();
+        tokio::spawn(follow_notices(self.notices, store.clone(), feed.clone(), presence.clone()));
+        tokio::spawn(tell_presence(store.clone(), node, presence.clone(), shutdown.clone()));
+        let alive = Duration::from_millis(PRESENCE_DEAD_MS as u64 / 3);
+        repeat("say that this node is alive", alive, None, shutdown.clone(), {
+            let (store, presence) = (store.clone(), presence);
+            move || {
+                let (store, presence) = (store.clone(), presence.clone());
+                async move {
+                    if store.alive(node).await? {
+                        presence.all_changed(); // forgotten meanwhile: say it all again
+                    }
+                    Ok(())
+                }
             }
         });
         repeat("read the access rules", RULES_POLL, None, shutdown.clone(), move || {

@@ -301,6 +301,28 @@ pub struct Signal {
     pub data: Box<RawValue>,
 }
 
+/// One user present in a collection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Present {
+    /// The user.
+    pub user_id: Uuid,
+    /// Their username.
+    pub username: String,
+    /// Their open streams on the collection (over every node).
+    pub connections: u32,
+    /// Since when they are present, in UNIX seconds.
+    pub since: i64,
+}
+
+/// What one node says of one collection: its users and anonymous streams.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeRoom {
+    /// The users present through this node's streams.
+    pub users: std::collections::HashMap<Uuid, Present>,
+    /// This node's anonymous streams.
+    pub anonymous: u32,
+}
+
 /// A registered user as the store keeps it (and `broker export` writes it).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct User {

@@ -184,6 +184,11 @@ impl Feed {
         Ok(Arc::new(Snapshot { latest, head: all.head }))
     }
 
+    /// This node's name among the nodes of a shared store.
+    pub fn node(&self) -> uuid::Uuid {
+        self.node
+    }
+
     /// Hands a signal to this node's streams and, on a shared store, to
     /// the other nodes' (as `<node> <signal JSON>`).
     pub async fn signal(&self, signal: &Signal) -> Result<(), StoreError> {

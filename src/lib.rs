@@ -110,8 +110,15 @@ impl Broker {
             Err(store::StoreError::Unavailable(_)) => {}
             Err(e) => return Err(e.into()),
         }
+        let presence = presence::Presence::new(
+            hub.clone(),
+            clock.clone(),
+            Duration::from_millis(config.presence_grace_ms),
+            follower.is_some(),
+        );
         if let Some(follower) = follower {
-            follower.spawn(store.clone(), hub.clone(), feed.clone(), shutdown.clone());
+            let (store, hub, feed) = (store.clone(), hub.clone(), feed.clone());
+            follower.spawn(store, hub, feed, presence.clone(), shutdown.clone());
         }
         let wake = Arc::new(Wake::default());
         let scheduler = scheduler::spawn(
@@ -121,11 +128,6 @@ impl Broker {
             wake.clone(),
             schedule_poll,
             shutdown.clone(),
-        );
-        let presence = presence::Presence::new(
-            hub.clone(),
-            clock.clone(),
-            Duration::from_millis(config.presence_grace_ms),
         );
         let app = Arc::new(App {
             store,

@@ -27,20 +27,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::clock::Clock;
+use crate::domain::{NodeRoom, Present};
 use crate::hub::Hub;
-
-/// One user present in a collection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct Present {
-    /// The user.
-    pub user_id: Uuid,
-    /// Their username.
-    pub username: String,
-    /// Their open streams on the collection (over every node).
-    pub connections: u32,
-    /// Since when they are present, in UNIX seconds.
-    pub since: i64,
-}
 
 /// Who is present in a collection: `GET /collections/{id}/presence`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -50,15 +38,6 @@ pub struct Presents {
     /// The users present, by username.
     pub users: Vec<Present>,
     /// Streams without a token.
-    pub anonymous: u32,
-}
-
-/// What one node says of one collection: its users and anonymous streams.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NodeRoom {
-    /// The users present through this node's streams.
-    pub users: HashMap<Uuid, Present>,
-    /// This node's anonymous streams.
     pub anonymous: u32,
 }
 
@@ -110,8 +89,10 @@ pub struct Presence {
     rooms: Mutex<HashMap<Uuid, Room>>,
     /// Collections whose local presence changed since the store was told.
     changed: Mutex<HashSet<Uuid>>,
-    /// Rung when `changed` gains a collection (on a shared store).
+    /// Rung when `changed` gains a collection.
     ring: tokio::sync::Notify,
+    /// Whether other nodes share the store: only then is `changed` kept.
+    shared: bool,
     pending: std::sync::atomic::AtomicU64,
 }
 
@@ -135,7 +116,8 @@ fn change_frame(collection: Uuid, kind: &str, present: &Present) -> Bytes {
 impl Presence {
     /// Presence for `hub`'s streams; a user whose last stream closed
     /// leaves after `grace` (by `clock`).
-    pub fn new(hub: Arc<Hub>, clock: Clock, grace: Duration) -> Arc<Self> {
+    /// On a `shared` store, changes are kept for [`Presence::take_changed`].
+    pub fn new(hub: Arc<Hub>, clock: Clock, grace: Duration, shared: bool) -> Arc<Self> {
         Arc::new(Self {
             hub,
             clock,
@@ -143,6 +125,7 @@ impl Presence {
             rooms: Mutex::default(),
             changed: Mutex::default(),
             ring: tokio::sync::Notify::new(),
+            shared,
             pending: 0.into(),
         })
     }
@@ -223,6 +206,7 @@ impl Presence {
         let ticket = self.pending.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         *leaving = ticket;
         drop(rooms);
+        self.changed(collection);
         let (presence, user) = (self.clone(), *id);
         let at = self.clock.now_millis() + self.grace.as_millis() as i64;
         tokio::spawn(async move {
@@ -257,7 +241,7 @@ impl Presence {
     }
 
     fn changed(&self, collection: Uuid) {
-        if lock(&self.changed).insert(collection) {
+        if self.shared && lock(&self.changed).insert(collection) {
             self.ring.notify_one();
         }
     }

@@ -10,6 +10,7 @@ mod sql;
 mod postgres;
 mod sqlite;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use uuid::Uuid;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Event, Filter, Published, User};
+use crate::domain::{Event, Filter, NodeRoom, Published, User};
 use crate::metrics::Metrics;
 use crate::policy::{AccessState, Role, Rule};
 
@@ -30,6 +31,23 @@ pub use sqlite::SqliteStore;
 /// The longest message [`Store::signal`] carries (PostgreSQL's `NOTIFY`
 /// takes less than 8,000 bytes).
 pub const SIGNAL_BYTES: usize = 7_900;
+
+/// How long a node that stopped saying it is alive keeps its presence
+/// (it says so every [`PRESENCE_DEAD_MS`] / 3).
+pub const PRESENCE_DEAD_MS: i64 = 6_000;
+
+/// What a shared store tells a listening node of the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A message sent with [`Store::signal`].
+    Signal(String),
+    /// `<node> <collection ids, comma-separated, or *>`: that node's
+    /// presence changed in those collections (or some node's in any).
+    Presence(String),
+    /// The listening connection was (re)established: anything may have
+    /// been missed.
+    Listening,
+}
 
 /// A storage failure the client did not cause.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -371,20 +389,51 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<User>, StoreError>;
 
     /// Starts ringing `published` when other nodes on the same database
-    /// publish, and handing `signals` every message sent with
-    /// [`Store::signal`] (this node's own too), until `shutdown`. Returns
-    /// how often the caller must look anyway (notifications can be lost,
-    /// and future events inserted elsewhere are not notified), or `None`
-    /// for a store no other node shares, where nothing happens that this
-    /// node does not do itself.
+    /// publish, and handing `notices` what the nodes (this one too) say
+    /// to each other, until `shutdown`. Returns how often the caller must
+    /// look anyway (notifications can be lost, and future events inserted
+    /// elsewhere are not notified), or `None` for a store no other node
+    /// shares, where nothing happens that this node does not do itself.
     fn listen(
         &self,
         published: Arc<Notify>,
-        signals: mpsc::Sender<String>,
+        notices: mpsc::Sender<Notice>,
         shutdown: CancellationToken,
     ) -> Option<Duration> {
-        let _ = (published, signals, shutdown);
+        let _ = (published, notices, shutdown);
         None
+    }
+
+    /// Replaces what `node` says of the presence in these collections,
+    /// says that it is alive, and tells the other nodes
+    /// ([`Notice::Presence`]). Only a shared store keeps it.
+    async fn put_presence(
+        &self,
+        node: Uuid,
+        rooms: Vec<(Uuid, NodeRoom)>,
+    ) -> Result<(), StoreError> {
+        let _ = (node, rooms);
+        Ok(())
+    }
+
+    /// What the live nodes other than `node` say of the presence in
+    /// `collections` (`None`: every collection).
+    async fn others_presence(
+        &self,
+        node: Uuid,
+        collections: Option<Vec<Uuid>>,
+    ) -> Result<HashMap<Uuid, NodeRoom>, StoreError> {
+        let _ = (node, collections);
+        Ok(HashMap::new())
+    }
+
+    /// Says that `node` is alive, and forgets the presence of nodes that
+    /// have not said so for [`PRESENCE_DEAD_MS`] (telling the others).
+    /// Returns whether the store had forgotten `node` (it must say again
+    /// everything it says).
+    async fn alive(&self, node: Uuid) -> Result<bool, StoreError> {
+        let _ = node;
+        Ok(false)
     }
 
     /// Sends `message` to every node listening on the same database, at

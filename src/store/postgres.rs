@@ -55,10 +55,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    Cancel, Change, Changed, Collection, ListOf, Listed, Member, Position, Record, Snapshot, Store,
-    StoreError,
+    Cancel, Change, Changed, Collection, ListOf, Listed, Member, Notice, PRESENCE_DEAD_MS,
+    Position, Record, Snapshot, Store, StoreError,
 };
-use crate::domain::{Event, Filter, Published, User};
+use crate::domain::{Event, Filter, NodeRoom, Present, Published, User};
 use crate::metrics::Metrics;
 use crate::policy::{AccessState, Role, Rule, Standing};
 
@@ -67,6 +67,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0001_init.sql"),
     include_str!("migrations/postgres/0002_node.sql"),
     include_str!("migrations/postgres/0003_access.sql"),
+    include_str!("migrations/postgres/0004_presence.sql"),
 ];
 /// The advisory lock that serialises migrations of nodes starting at once.
 const MIGRATION_LOCK: i64 = 0x6272_6f6b_6572; // "broker"
@@ -459,6 +460,37 @@ mod sql {
     pub const SET_HEAD: &str =
         "UPDATE head SET seq = $1 RETURNING pg_notify('broker_published', seq::text)";
     pub const HEAD: &str = "SELECT seq FROM head";
+    /// The database's clock in milliseconds: the one every node agrees on.
+    macro_rules! now_ms {
+        () => {
+            "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+        };
+    }
+    /// Says a node is alive; answers whether it was not known (any more).
+    pub const ALIVE: &str = concat!(
+        "INSERT INTO presence_nodes (node, seen) VALUES ($1, ",
+        now_ms!(),
+        ") ON CONFLICT (node) DO UPDATE SET seen = EXCLUDED.seen RETURNING xmax = 0"
+    );
+    pub const PRESENCE_FORGET: &str =
+        "DELETE FROM presence WHERE node = $1 AND collection_id = ANY($2)";
+    pub const PRESENCE_PUT: &str = "INSERT INTO presence
+        (collection_id, node, user_id, username, connections, since)
+        SELECT c, $2, u, n, k, s FROM unnest($1::uuid[], $3::uuid[], $4::text[], $5::int[], $6::bigint[])
+        AS t(c, u, n, k, s)";
+    pub const PRESENCE_NOTIFY: &str = "SELECT pg_notify('broker_presence', $1)";
+    pub const PRESENCE_OF_OTHERS: &str = concat!(
+        "SELECT p.collection_id, p.user_id, p.username, p.connections, p.since
+        FROM presence p JOIN presence_nodes n ON n.node = p.node
+        WHERE p.node <> $1 AND n.seen >= ",
+        now_ms!(),
+        " - $2 AND ($3::uuid[] IS NULL OR p.collection_id = ANY($3))"
+    );
+    pub const DEAD_NODES: &str =
+        concat!("DELETE FROM presence_nodes WHERE seen < ", now_ms!(), " - $1 RETURNING node");
+    pub const PRESENCE_OF_DEAD: &str =
+        "WITH gone AS (DELETE FROM presence WHERE node = ANY($1) RETURNING collection_id)
+        SELECT DISTINCT collection_id FROM gone";
     /// When node `$1` should next publish: when its own (or no node's) next
     /// event is due, or `$2` seconds after anyone's.
     pub const NEXT_DUE: &str = "SELECT LEAST(
@@ -928,11 +960,108 @@ impl Store for PostgresStore {
     fn listen(
         &self,
         published: Arc<Notify>,
-        signals: mpsc::Sender<String>,
+        notices: mpsc::Sender<Notice>,
         shutdown: CancellationToken,
     ) -> Option<Duration> {
-        tokio::spawn(listen(self.config.clone(), published, signals, shutdown));
+        tokio::spawn(listen(self.config.clone(), published, notices, shutdown));
         Some(LOG_POLL)
+    }
+
+    async fn put_presence(
+        &self,
+        node: Uuid,
+        rooms: Vec<(Uuid, NodeRoom)>,
+    ) -> Result<(), StoreError> {
+        let ids: Vec<Uuid> = rooms.iter().map(|(c, _)| *c).collect();
+        let (mut collections, mut users, mut names, mut connections, mut since) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (c, room) in &rooms {
+            let anonymous = (room.anonymous > 0).then(|| (Uuid::nil(), "", room.anonymous, 0));
+            let present = room
+                .users
+                .values()
+                .map(|p| (p.user_id, p.username.as_str(), p.connections, p.since));
+            for (user, name, count, at) in present.chain(anonymous) {
+                collections.push(*c);
+                users.push(user);
+                names.push(name);
+                connections.push(i32::try_from(count).unwrap_or(i32::MAX));
+                since.push(at);
+            }
+        }
+        let message = format!("{node} {}", notice_list(&ids));
+        self.write(async |mut client| {
+            let tx = client.transaction().await?;
+            tx.query_one(sql::ALIVE, &[&node]).await?;
+            tx.execute(sql::PRESENCE_FORGET, &[&node, &ids]).await?;
+            tx.execute(
+                sql::PRESENCE_PUT,
+                &[&collections, &node, &users, &names, &connections, &since],
+            )
+            .await?;
+            tx.execute(sql::PRESENCE_NOTIFY, &[&message]).await?;
+            Ok(tx.commit().await?)
+        })
+        .await
+    }
+
+    async fn others_presence(
+        &self,
+        node: Uuid,
+        collections: Option<Vec<Uuid>>,
+    ) -> Result<HashMap<Uuid, NodeRoom>, StoreError> {
+        let found = self
+            .run(async |client| {
+                Ok(client
+                    .query(sql::PRESENCE_OF_OTHERS, &[&node, &PRESENCE_DEAD_MS, &collections])
+                    .await?)
+            })
+            .await?;
+        let mut rooms: HashMap<Uuid, NodeRoom> = HashMap::new();
+        for row in found {
+            let room = rooms.entry(row.try_get(0)?).or_default();
+            let (user, connections): (Uuid, i32) = (row.try_get(1)?, row.try_get(3)?);
+            let connections = u32::try_from(connections).unwrap_or(0);
+            if user.is_nil() {
+                room.anonymous += connections;
+                continue;
+            }
+            let present = Present {
+                user_id: user,
+                username: row.try_get(2)?,
+                connections,
+                since: row.try_get(4)?,
+            };
+            room.users
+                .entry(user)
+                .and_modify(|p| {
+                    p.connections += present.connections;
+                    p.since = p.since.min(present.since);
+                })
+                .or_insert(present);
+        }
+        Ok(rooms)
+    }
+
+    async fn alive(&self, node: Uuid) -> Result<bool, StoreError> {
+        self.write(async |mut client| {
+            let tx = client.transaction().await?;
+            let fresh: bool = tx.query_one(sql::ALIVE, &[&node]).await?.try_get(0)?;
+            let dead: Vec<Uuid> =
+                rows(&tx.query(sql::DEAD_NODES, &[&PRESENCE_DEAD_MS]).await?, |r| {
+                    Ok(r.try_get(0)?)
+                })?;
+            if !dead.is_empty() {
+                let gone =
+                    rows(&tx.query(sql::PRESENCE_OF_DEAD, &[&dead]).await?, |r| Ok(r.try_get(0)?))?;
+                // From nobody: every node (this one too) reads them again.
+                let message = format!("{} {}", Uuid::nil(), notice_list(&gone));
+                tx.execute(sql::PRESENCE_NOTIFY, &[&message]).await?;
+            }
+            tx.commit().await?;
+            Ok(fresh)
+        })
+        .await
     }
 
     async fn signal(&self, message: String) -> Result<(), StoreError> {
@@ -944,14 +1073,25 @@ impl Store for PostgresStore {
     }
 }
 
+/// `ids` comma-separated for a notification, or `*` (all) if that would
+/// not fit in one.
+fn notice_list(ids: &[Uuid]) -> String {
+    if ids.len() > 150 {
+        return "*".into();
+    }
+    ids.iter().map(Uuid::to_string).collect::<Vec<_>>().join(",")
+}
+
 /// Holds a connection that LISTENs for publications, ringing `published`
-/// on each, and for signals, handing them to `signals` (dropped when it is
-/// full: a signal matters for a moment). After every (re)connection it
-/// rings once, since notifications sent while disconnected are lost.
+/// on each, and for what nodes say to each other, handing it to `notices`
+/// (dropped when it is full: a signal matters for a moment, and presence
+/// is read again on [`Notice::Listening`]). After every (re)connection it
+/// rings once and says [`Notice::Listening`], since notifications sent
+/// while disconnected are lost.
 async fn listen(
     config: tokio_postgres::Config,
     published: Arc<Notify>,
-    signals: mpsc::Sender<String>,
+    notices: mpsc::Sender<Notice>,
     shutdown: CancellationToken,
 ) {
     let mut warned = false;
@@ -959,7 +1099,7 @@ async fn listen(
         let connected = within(async {
             let (client, mut connection) = config.connect(NoTls).await?;
             let (tx, rx) = mpsc::unbounded_channel();
-            let signals = signals.clone();
+            let notices = notices.clone();
             // tokio-postgres hands out notifications only while its
             // connection future is polled: this task does nothing else.
             tokio::spawn(async move {
@@ -968,7 +1108,10 @@ async fn listen(
                 {
                     match message {
                         Ok(AsyncMessage::Notification(n)) if n.channel() == "broker_signals" => {
-                            let _ = signals.try_send(n.payload().to_owned());
+                            let _ = notices.try_send(Notice::Signal(n.payload().to_owned()));
+                        }
+                        Ok(AsyncMessage::Notification(n)) if n.channel() == "broker_presence" => {
+                            let _ = notices.try_send(Notice::Presence(n.payload().to_owned()));
                         }
                         Ok(AsyncMessage::Notification(_)) => {
                             if tx.send(()).is_err() {
@@ -983,7 +1126,11 @@ async fn listen(
                     }
                 }
             });
-            client.batch_execute("LISTEN broker_published; LISTEN broker_signals").await?;
+            client
+                .batch_execute(
+                    "LISTEN broker_published; LISTEN broker_signals; LISTEN broker_presence",
+                )
+                .await?;
             Ok((client, rx))
         })
         .await;
@@ -1003,6 +1150,7 @@ async fn listen(
             tracing::info!("listening for other nodes' events again");
         }
         published.notify_one();
+        let _ = notices.send(Notice::Listening).await;
         loop {
             tokio::select! {
                 notification = notifications.recv() => match notification {

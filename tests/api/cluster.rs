@@ -535,3 +535,64 @@ async fn a_signal_reaches_every_node_once() {
         assert_eq!(outsider.next_raw().await.1, "after", "no signal for an outsider");
     }
 }
+
+/// Presence is the union of every node's: a join on one node is announced
+/// on the others, a user with streams on two nodes leaves once the last
+/// one closes, and the users of a node that stops (as if killed: it says
+/// nothing more) leave everywhere once it is found dead.
+#[tokio::test]
+async fn presence_is_the_same_on_every_node() {
+    let mut nodes = cluster(3).await;
+    let (alice, bob) = (nodes[0].user("alice").await, nodes[0].user("bob").await);
+    let board = Uuid::new_v4();
+    let query = format!("/events?collection_id={board}");
+    let bearer = |user: &TestUser| format!("Bearer {}", user.jwt);
+    let mut watcher = nodes[0].subscribe_to(&format!("{query}&presence=true"), &[]).await;
+    let (_, _, list) = watcher.next_raw().await;
+    assert_eq!((list["type"].as_str(), &list["users"]), (Some("list"), &json!([])));
+    let change = |data: Value| {
+        (data["type"].as_str().unwrap().to_owned(), data["username"].as_str().unwrap().to_owned())
+    };
+
+    let on_one = nodes[1].subscribe_to(&query, &[("authorization", &bearer(&alice))]).await;
+    assert_eq!(change(watcher.next_raw().await.2), ("join".into(), "alice".into()));
+    let on_two = nodes[2].subscribe_to(&query, &[("authorization", &bearer(&alice))]).await;
+    let path = format!("/collections/{board}/presence");
+    for node in &nodes {
+        eventually("alice's two streams, seen from every node", || async {
+            let body = ok_json(node.get_as(&bob.jwt, &path).await).await;
+            body["users"] == json!([{"user_id": alice.id, "username": "alice", "connections": 2, "since": NOW}])
+                && body["anonymous"] == 1
+        })
+        .await;
+    }
+    // Her stream on node 1 ends, then (after the grace) the one on node 2.
+    drop(on_one);
+    let connections = |n: u64| {
+        let expected =
+            json!([{"user_id": alice.id, "username": "alice", "connections": n, "since": NOW}]);
+        move |body: Value| body["users"] == expected
+    };
+    for node in &nodes {
+        eventually("alice's stream on node 1 closed", || async {
+            connections(1)(ok_json(node.get_as(&bob.jwt, &path).await).await)
+        })
+        .await;
+    }
+    nodes[1].set_time(NOW + 10);
+    let _bobs = nodes[2].subscribe_to(&query, &[("authorization", &bearer(&bob))]).await;
+    assert_eq!(change(watcher.next_raw().await.2), ("join".into(), "bob".into()), "alice stayed");
+    drop(on_two);
+    eventually("alice's streams closed", || async {
+        let body = ok_json(nodes[0].get_as(&bob.jwt, &path).await).await;
+        body["users"][0]["connections"] == 0
+    })
+    .await;
+    nodes[2].set_time(NOW + 20);
+    assert_eq!(change(watcher.next_raw().await.2), ("leave".into(), "alice".into()));
+
+    // Node 2 stops saying anything: bob leaves everywhere within 10 s.
+    let mut dead = nodes.pop().unwrap();
+    dead.shut_down().await;
+    assert_eq!(change(watcher.next_raw().await.2), ("leave".into(), "bob".into()));
+}
