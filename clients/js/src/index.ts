@@ -234,6 +234,23 @@ export interface Signal {
   data: unknown;
 }
 
+/** A user present in a collection. */
+export interface PresentUser {
+  userId: string;
+  username: string;
+  /** Since when, in UNIX seconds. */
+  since: number;
+}
+
+/** Who has a collection open. */
+export interface Presence {
+  collectionId: string;
+  /** By username. */
+  users: PresentUser[];
+  /** Streams without a token, when the stream (re)connected or when asked with `broker.presence()`. */
+  anonymous: number;
+}
+
 /** What {@link Broker.subscribe} selects and is told. */
 export interface SubscribeOptions {
   /** Only these collections (default: all). */
@@ -250,6 +267,10 @@ export interface SubscribeOptions {
   signals?: boolean | "others";
   /** Each signal received while the stream is open (at most once; never replayed). */
   onSignal?: (signal: Signal) => void;
+  /** Also who is present in `collections` (which must be given), kept in `subscription.presence`. */
+  presence?: boolean;
+  /** Who is present in a collection, after each change there. */
+  onPresence?: (presence: Presence) => void;
   /** The state (latest event of each name in each collection) after each change. */
   onState?: (state: BrokerState) => void;
   /** The state was cleared, and why: another user, logged out, or an unknown last id. */
@@ -274,6 +295,8 @@ export interface Subscription {
   readonly status: StreamStatus;
   /** The sequence number of the last event received. */
   readonly lastEventId: number | undefined;
+  /** Who is present, by collection (with `presence: true`). */
+  readonly presence: ReadonlyMap<string, Presence>;
   /** Stops for good. */
   close(): void;
 }
@@ -488,6 +511,11 @@ export class Broker {
     return signalOf((await this.request<{ signal: SignalWire }>("POST", "/signal", body)).signal);
   }
 
+  /** Who has a collection open now, over every node (a private one's: readers only). */
+  async presence(collectionId: string): Promise<Presence> {
+    return presenceOf(await this.request<PresenceWire>("GET", `/collections/${collectionId}/presence`));
+  }
+
   /** Cancels a future event of one's own (`event.id` of any event this client handed over). */
   async cancel(id: string): Promise<BrokerEvent> {
     return eventOf((await this.request<{ event: Wire }>("POST", `/events/${id}/cancel`)).event);
@@ -587,6 +615,7 @@ export class Broker {
    */
   subscribe(options: SubscribeOptions = {}): Subscription {
     const state = new State();
+    const presence = new Map<string, Presence>();
     let last = options.lastEventId;
     let closed = false;
     let controller: AbortController | undefined;
@@ -608,6 +637,7 @@ export class Broker {
     };
     const reset = (reason: string) => {
       state.clear();
+      presence.clear();
       last = undefined;
       options.onReset?.(reason);
       options.onState?.(state);
@@ -634,10 +664,25 @@ export class Broker {
     for (const c of options.collections ?? []) query.append("collection_id", c);
     for (const e of options.events ?? []) query.append("event", e);
     if (options.signals) query.set("signals", options.signals === "others" ? "others" : "true");
+    if (options.presence) query.set("presence", "true");
 
     const deliver = (message: { id?: string; event: string; data: string }) => {
       if (message.event === "reset") return reset("Broker did not know the last event id");
       if (message.event === "signal") return options.onSignal?.(signalOf(JSON.parse(message.data) as SignalWire));
+      if (message.event === "presence") {
+        const change = JSON.parse(message.data) as PresenceWire & PresentWire & { type: string };
+        const id = change.collection_id;
+        const before = presence.get(id) ?? { collectionId: id, users: [], anonymous: 0 };
+        const others = before.users.filter((u) => u.userId !== change.user_id);
+        const after =
+          change.type === "list"
+            ? presenceOf(change)
+            : change.type === "join"
+              ? { ...before, users: [...others, presentOf(change)].sort(byName) }
+              : { ...before, users: others };
+        presence.set(id, after);
+        return options.onPresence?.(after);
+      }
       if (message.event === "forbidden") {
         const notice = JSON.parse(message.data) as { collections: string[]; error: string | null };
         forbidden = notice.collections;
@@ -765,6 +810,7 @@ export class Broker {
       get lastEventId() {
         return last;
       },
+      presence,
       close: () => {
         closed = true;
         unlisten();
@@ -773,6 +819,27 @@ export class Broker {
       },
     };
   }
+}
+
+/** A present user as the server writes it. */
+interface PresentWire {
+  user_id: string;
+  username: string;
+  since: number;
+}
+
+/** Who is present, as the server writes it. */
+interface PresenceWire {
+  collection_id: string;
+  users: PresentWire[];
+  anonymous: number;
+}
+
+const presentOf = (wire: PresentWire): PresentUser => ({ userId: wire.user_id, username: wire.username, since: wire.since });
+const byName = (a: PresentUser, b: PresentUser) => (a.username < b.username ? -1 : a.username > b.username ? 1 : 0);
+
+function presenceOf(wire: PresenceWire): Presence {
+  return { collectionId: wire.collection_id, users: wire.users.map(presentOf), anonymous: wire.anonymous };
 }
 
 /** A signal as the server writes it. */

@@ -13,6 +13,7 @@ import {
   type BrokerError,
   type BrokerEvent,
   type BrokerState,
+  type Presence,
   type Signal,
   type StreamStatus,
   type Subscription,
@@ -24,6 +25,8 @@ export interface Filter {
   events?: string[];
   /** Also the signals of `collections`: all, or only other users' (see `@broker/client`). */
   signals?: boolean | "others";
+  /** Also who is present in `collections`. */
+  presence?: boolean;
 }
 
 /**
@@ -37,6 +40,8 @@ class Live {
   events: BrokerEvent[] = [];
   /** The signals received, oldest first; a new array on every one. */
   signals: Signal[] = [];
+  /** Who is present, by collection; a new map on every change. */
+  presence: ReadonlyMap<string, Presence> = new Map();
   /** A new object on every change of status. */
   status: { status: StreamStatus; error?: BrokerError } = { status: "connecting" };
   private listeners = new Set<() => void>();
@@ -48,6 +53,10 @@ class Live {
       ...filter,
       onEvent: (event) => {
         this.events = [...this.events.slice(-(keep - 1)), event];
+      },
+      onPresence: (presence) => {
+        this.presence = new Map(this.presence).set(presence.collectionId, presence);
+        this.notify();
       },
       onSignal: (signal) => {
         this.signals = [...this.signals.slice(-(keep - 1)), signal];
@@ -61,6 +70,7 @@ class Live {
       onReset: () => {
         this.events = [];
         this.signals = [];
+        this.presence = new Map();
       },
       onStatus: (status, error) => {
         this.status = { status, error };
@@ -98,7 +108,12 @@ export function BrokerProvider({ client, children }: { client: Broker; children?
   const shared = useMemo<Shared>(() => {
     const lives = new Map<string, Live>();
     const key = (f: Filter) =>
-      JSON.stringify([[...(f.collections ?? [])].sort(), [...(f.events ?? [])].sort(), f.signals ?? false]);
+      JSON.stringify([
+        [...(f.collections ?? [])].sort(),
+        [...(f.events ?? [])].sort(),
+        f.signals ?? false,
+        f.presence ?? false,
+      ]);
     // A stream nobody holds is closed a moment later (a component that
     // re-mounts at once, as under StrictMode, keeps it).
     const reap = (k: string, live: Live) =>
@@ -204,6 +219,26 @@ export function useBrokerStatus(filter: Filter = {}): { status: StreamStatus; er
 export function useSignals(collectionId: string, { others = false } = {}): readonly Signal[] {
   const live = useLive({ collections: [collectionId], signals: others ? "others" : true });
   return useSyncExternalStore(live.listen, () => live.signals, () => live.signals);
+}
+
+/**
+ * Who has `collectionId` open now (`users`, by username, and the anonymous
+ * streams' count as of the last connection), kept current: joins, and
+ * leaves once a user's last page has been closed for the server's grace
+ * period. Empty until the stream has said, and cleared when the user changes.
+ */
+export function usePresence(collectionId: string): Presence {
+  const live = useLive({ collections: [collectionId], presence: true });
+  const get = () => live.presence.get(collectionId) ?? empty(collectionId);
+  return useSyncExternalStore(live.listen, get, get);
+}
+
+const nobody = new Map<string, Presence>();
+/** The same empty presence for a collection each time (React compares snapshots by identity). */
+function empty(collectionId: string): Presence {
+  let presence = nobody.get(collectionId);
+  if (!presence) nobody.set(collectionId, (presence = { collectionId, users: [], anonymous: 0 }));
+  return presence;
 }
 
 /** A function that sends a signal to `collectionId` (`broker.signal`). */

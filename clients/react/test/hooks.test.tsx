@@ -10,6 +10,7 @@ import {
   useBrokerState,
   useBrokerStatus,
   useBrokerValue,
+  usePresence,
   useSendSignal,
   useSignals,
 } from "../src/index.js";
@@ -141,4 +142,23 @@ it("useSignals shows the signals of a collection as they come; useSendSignal sen
   await act(async () => push(frame("carol", 2)));
   await until(() => view.textContent === 'bob:cursor={"x":1},carol:cursor={"x":2}');
   await expect(send("cursor", { x: 3 })).resolves.toEqual({ collectionId: "board", event: "cursor", userId: "u", data: { x: 3 } });
+});
+
+it("usePresence lists who has the collection open and follows joins and leaves", async () => {
+  const { broker, push, urls } = fakeBroker();
+  function Here() {
+    const presence = usePresence("board");
+    return <p>{presence.users.map((u) => u.username).join(",") || "nobody"}</p>;
+  }
+  const view = await render(broker, <Here />);
+  expect(view.textContent).toBe("nobody");
+  await until(() => urls.some((u) => u.includes("/events?") && u.includes("presence=true")));
+  const frame = (data: object) => `event:presence\ndata:${JSON.stringify({ collection_id: "board", ...data })}\n\n`;
+  const user = (name: string) => ({ user_id: name, username: name, since: 1 });
+  await act(async () => push(frame({ type: "list", users: [user("carol")], anonymous: 2 })));
+  await until(() => view.textContent === "carol");
+  await act(async () => push(frame({ type: "join", ...user("bob") })));
+  await until(() => view.textContent === "bob,carol");
+  await act(async () => push(frame({ type: "leave", ...user("carol") })));
+  await until(() => view.textContent === "bob");
 });

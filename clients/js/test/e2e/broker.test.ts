@@ -276,3 +276,26 @@ it("signals reach the other pages of a board at once, without the sender's echo,
   for (const s of subs) s.close();
   for (const b of [alice, bob]) b.close();
 }, 60_000);
+
+it("presence: each page sees who else has the board open, and who left", async () => {
+  const dir = dataDir();
+  const server = await start(dir, await freePort(), "--presence-grace-ms", "300");
+  const [alice, bob] = [await user(server.url, "alice"), await user(server.url, "bob")];
+  const board = crypto.randomUUID();
+  const seen: string[][] = [];
+  const alices = alice.subscribe({
+    collections: [board],
+    presence: true,
+    onPresence: (p) => seen.push(p.users.map((u) => u.username)),
+  });
+  await vi.waitFor(() => expect(seen.at(-1)).toEqual(["alice"]), { timeout: 10_000 });
+  const bobs = bob.subscribe({ collections: [board] });
+  await vi.waitFor(() => expect(seen.at(-1)).toEqual(["alice", "bob"]), { timeout: 10_000 });
+  expect(alices.presence.get(board)?.users.map((u) => u.username)).toEqual(["alice", "bob"]);
+  const asked = await bob.presence(board);
+  expect(asked.users.map((u) => [u.username, u.userId])).toEqual([["alice", alice.userId], ["bob", bob.userId]]);
+  bobs.close(); // bob closes the page: he leaves after the grace period
+  await vi.waitFor(() => expect(seen.at(-1)).toEqual(["alice"]), { timeout: 10_000 });
+  alices.close();
+  for (const b of [alice, bob]) b.close();
+}, 60_000);
