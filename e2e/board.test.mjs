@@ -53,7 +53,7 @@ after(async () => {
 });
 
 /** A user signed up and logged in on the board, in a browser profile of its own. */
-async function user(name, query = '', watch = () => {}) {
+async function user(name, query = '', watch = () => {}, status = 'open') {
   const context = await launch(join(dir, `profile-${name}`));
   contexts.push(context);
   const page = await context.newPage();
@@ -63,7 +63,7 @@ async function user(name, query = '', watch = () => {}) {
   await page.getByLabel('username').fill(name);
   await page.getByLabel('password').fill('correct horse battery');
   await page.getByRole('button', { name: 'Sign up' }).click();
-  await page.locator('[data-status="open"]').waitFor();
+  await page.locator(`[data-status="${status}"]`).waitFor();
   return page;
 }
 
@@ -175,4 +175,22 @@ test('log out hides the team cards at once; the next user on that page never see
   await carol.getByLabel('password').fill('a brand new horse');
   await carol.getByRole('button', { name: 'Log in' }).click();
   await until('carol back on the team board', async () => (await titles(carol)).includes('Team secret'));
+});
+
+test('each page shows who else is on the board, what they are moving right now, and who left', async () => {
+  // Not in the team: the team board is forbidden to them, the shared one open.
+  const [dave, erin] = [await user('dave', '', undefined, 'forbidden'), await user('erin', '', undefined, 'forbidden')];
+  const here = (page) => page.locator('[data-here]').getAttribute('data-here');
+  await until('each to see the other', async () =>
+    (await here(dave)).split(',').includes('erin') && (await here(erin)).split(',').includes('dave'));
+  // dave picks up a card: erin sees it at once, dave does not see his own.
+  await dave.locator('[data-card="From Alice"]').dispatchEvent('pointerdown');
+  await until('erin to see dave moving the card', async () =>
+    (await erin.getByRole('status').allTextContents()).includes('dave is moving “From Alice”'));
+  assert.equal(await dave.getByRole('status').count(), 0, 'no echo of one’s own signal');
+  // dave closes his page: he leaves erin's board after the grace period (5 s), plus 1 s at most.
+  const closed = Date.now();
+  await dave.close();
+  await until('dave to leave', async () => !(await here(erin)).split(',').includes('dave'), 6_000 + 1_000);
+  assert.ok(Date.now() - closed >= 4_000, 'not before the grace period');
 });

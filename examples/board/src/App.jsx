@@ -1,5 +1,13 @@
-import { useState } from "react";
-import { useAuth, useBroker, useBrokerState, useBrokerStatus } from "@broker/react";
+import { useEffect, useState } from "react";
+import {
+  useAuth,
+  useBroker,
+  useBrokerState,
+  useBrokerStatus,
+  usePresence,
+  useSendSignal,
+  useSignals,
+} from "@broker/react";
 
 // The board everyone shares, and the team's private one (claimed by
 // whoever creates it first). Each card is an event named `card:<id>`; its
@@ -63,6 +71,9 @@ function Board() {
     run(() => broker.insert(`card:${crypto.randomUUID()}`, collection, { title: form.get("title"), column: "todo" }, at));
   };
   const move = (card, column) => run(() => broker.insert(card.event, card.collectionId, { ...card.data, column }));
+  // Pressing a card tells the others, as a signal (never stored), that one is moving it.
+  const sendSignal = useSendSignal(BOARD);
+  const grab = (card) => card.collectionId === BOARD && sendSignal("moving", { card: card.data.title }).catch(() => {});
   const remove = (card) => run(() => broker.insert(card.event, card.collectionId, null));
 
   return (
@@ -82,6 +93,7 @@ function Board() {
           <button type="submit">Add</button>
         </form>
         {error && <p className="error" role="alert">{error}</p>}
+        <Here />
         <div className="columns">
           {COLUMNS.map((column) => (
             <div className="column" key={column} data-column={column}>
@@ -89,7 +101,7 @@ function Board() {
               {cards
                 .filter((card) => card.data.column === column)
                 .map((card) => (
-                  <Card key={`${card.collectionId}/${card.event}`} card={card} move={move} remove={remove} />
+                  <Card key={`${card.collectionId}/${card.event}`} card={card} move={move} remove={remove} grab={grab} />
                 ))}
             </div>
           ))}
@@ -101,10 +113,33 @@ function Board() {
   );
 }
 
-function Card({ card, move, remove }) {
+/** Who else has the board open, and what one of them is doing right now. */
+function Here() {
+  const { userId } = useAuth();
+  const { users } = usePresence(BOARD);
+  const signals = useSignals(BOARD, { others: true });
+  const [doing, setDoing] = useState(null);
+  const last = signals.at(-1);
+  useEffect(() => {
+    if (!last) return;
+    const who = users.find((u) => u.userId === last.userId)?.username ?? "someone";
+    setDoing(`${who} is moving “${last.data.card}”`);
+    const timer = setTimeout(() => setDoing(null), 3000);
+    return () => clearTimeout(timer);
+  }, [last]); // eslint-disable-line react-hooks/exhaustive-deps
+  const others = users.filter((u) => u.userId !== userId).map((u) => u.username);
+  return (
+    <p className="here">
+      <span data-here={others.join(",")}>on this board: {["you", ...others].join(", ")}</span>
+      {doing && <span className="doing" role="status">{doing}</span>}
+    </p>
+  );
+}
+
+function Card({ card, move, remove, grab }) {
   const at = COLUMNS.indexOf(card.data.column);
   return (
-    <div className="card" data-card={card.data.title}>
+    <div className="card" data-card={card.data.title} onPointerDown={() => grab(card)}>
       {card.data.title}
       {card.collectionId === TEAM && <span className="badge">team</span>}
       <div className="actions">
