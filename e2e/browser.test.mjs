@@ -200,7 +200,16 @@ test('filters select by collection and by event name', async () => {
   assert.deepEqual((await feed(filtered)).map((i) => i.event), ['also-wanted']);
   await until('the unfiltered page to have all three', () => shown(watcher, 'also-wanted').then((s) => s.length));
   assert.equal((await shown(watcher, 'unwanted')).length, 1);
+  // The watcher browses that collection: the filtered page's stream (alice's: the pages share her token) is open on it.
+  await watcher.fill('#browse-form [name=collection_id]', other);
+  await watcher.click('#browse-form button[type=submit]');
+  await until('its presence', async () => (await watcher.textContent('#browse-presence')) === 'Open now: alice.');
   await filtered.close();
+  // She leaves once the grace period (5 s) is over.
+  await until('nobody left', async () => {
+    await watcher.click('#browse-form button[type=submit]');
+    return (await watcher.textContent('#browse-presence')) === 'Open now: nobody.';
+  });
   // Back to alice's own collection for what follows.
   await writer.fill('#insert-form [name=collection_id]', aliceCollection);
 });

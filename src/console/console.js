@@ -372,6 +372,16 @@ $('#browse-form').addEventListener('submit', async (e) => {
   } catch (err) {
     say('#browse-message', `Could not list the collection: ${err.message}`, false);
   }
+  // Who has it open now, over every node.
+  try {
+    const { users, anonymous } = await api('GET', `/collections/${encodeURIComponent(id)}/presence`);
+    const named = users.map((u) => (u.connections > 1 ? `${u.username} (${u.connections} streams)` : u.username));
+    const nobody = anonymous === 0 ? 'nobody' : '';
+    const streams = anonymous > 0 ? `${anonymous} anonymous stream${anonymous === 1 ? '' : 's'}` : '';
+    $('#browse-presence').textContent = `Open now: ${[...named, streams].filter(Boolean).join(', ') || nobody}.`;
+  } catch (err) {
+    $('#browse-presence').textContent = `Presence: ${err.message}`;
+  }
 });
 
 // ---------------------------------------------------------------- sharing
