@@ -22,11 +22,13 @@ create_database() {
   databases+=("$1")
 }
 
-# start_nodes COUNT FIRST_PORT DATABASE LOG_PREFIX: nodes on FIRST_PORT+1…,
+# start_nodes COUNT FIRST_PORT DATABASE LOG_PREFIX: nodes on FIRST_PORT+1…
+# (with the options in $NODE_ARGS),
 # waited for until ready; sets $all and $pidlist (comma-separated).
 start_nodes() {
   for i in $(seq 1 "$1"); do
-    target/release/broker --host 127.0.0.1 --port "$(($2 + i))" --database-url "$PG/$3" \
+    # shellcheck disable=SC2086 # NODE_ARGS: more options, split on spaces
+    target/release/broker --host 127.0.0.1 --port "$(($2 + i))" --database-url "$PG/$3" ${NODE_ARGS:-} \
       2>"$out/$4-node-$i.log" &
     pids+=($!) addrs+=("127.0.0.1:$(($2 + i))")
   done

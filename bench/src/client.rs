@@ -79,9 +79,11 @@ async fn read(stream: Body, chunked: bool, rest: Vec<u8>, tally: Arc<Tally>) {
 
 /// Runs a client process: `count` streams from `source` to `addr`.
 /// `path` with `{c}` replaced by the channel of stream `i` (`offset` plus
-/// its index in this process), as 12 hex digits.
-fn path_of(path: &str, i: usize) -> String {
-    path.replace("{c}", &format!("{i:012x}"))
+/// its index in this process), as 12 hex digits: `i` modulo `channels`
+/// (0: `i`).
+fn path_of(path: &str, i: usize, channels: usize) -> String {
+    let c = if channels > 0 { i % channels } else { i };
+    path.replace("{c}", &format!("{c:012x}"))
 }
 
 pub async fn run(
@@ -90,7 +92,7 @@ pub async fn run(
     count: usize,
     source: IpAddr,
     events: usize,
-    offset: usize,
+    (offset, channels): (usize, usize),
 ) {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let tally = Arc::new(Tally {
@@ -122,14 +124,14 @@ pub async fn run(
                 if crate::http::http2().is_some() {
                     let send = crate::http::connect_h2(tcp).await?;
                     for i in first..first + streams {
-                        let path = path_of(&path, i);
+                        let path = path_of(&path, i, channels);
                         let (status, body) = crate::http::open_h2(send.clone(), &path).await?;
                         opened.push((Body::H2(body), status, false, Vec::new()));
                     }
                     return Ok(());
                 }
                 let mut stream = crate::http::secure(tcp).await?;
-                let path = path_of(&path, first);
+                let path = path_of(&path, first, channels);
                 let request = format!(
                     "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
                 );

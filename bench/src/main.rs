@@ -92,6 +92,10 @@ struct Fleet {
     /// Source addresses are 127.0.0.<first-source>, <first-source + 1>, …
     #[arg(long, default_value_t = 2)]
     first_source: u8,
+    /// `channels` only: the streams share this many channels (stream i on
+    /// channel i mod C); 0: a channel each.
+    #[arg(long, default_value_t = 0)]
+    channels: usize,
 }
 
 /// How fast and how long events are published.
@@ -156,6 +160,15 @@ enum Cmd {
         /// events are broadcast to it, one at a time, while the load runs.
         #[arg(short = 'b', long, default_value_t = 0)]
         broadcasts: usize,
+        /// Broker only: send signals (`POST /signal`) instead of inserting
+        /// events; the streams ask for signals and presence.
+        #[arg(long)]
+        signals: bool,
+        /// Broker only: also open this many streams a second with a token,
+        /// each on the next channel and closed a second later (its user
+        /// joins, then leaves once the server's grace period is over).
+        #[arg(long, default_value_t = 0)]
+        churn: usize,
     },
     /// C concurrent publishers insert for T seconds (Broker only).
     Insert {
@@ -206,6 +219,9 @@ enum Cmd {
         /// The first stream's index, for `{c}` in the path.
         #[arg(long, default_value_t = 0)]
         offset: usize,
+        /// Channels the streams share (0: one each), for `{c}` in the path.
+        #[arg(long, default_value_t = 0)]
+        channels: usize,
     },
 }
 
@@ -236,8 +252,8 @@ fn main() {
 
 async fn command(command: Cmd) {
     let result = match command {
-        Cmd::Client { addr, path, count, source, events, offset } => {
-            client::run(addr, path, count, source, events, offset).await;
+        Cmd::Client { addr, path, count, source, events, offset, channels } => {
+            client::run(addr, path, count, source, events, (offset, channels)).await;
             return;
         }
         Cmd::Compare { broker, nchan } => compare(&broker, &nchan),
@@ -248,8 +264,9 @@ async fn command(command: Cmd) {
         Cmd::Rate { target, subs, pace } => {
             run(&target, rate(&target, &subs, pace.rate, pace.seconds)).await
         }
-        Cmd::Channels { target, subs, pace, publishers, broadcasts } => {
-            run(&target, channels(&target, &subs, (pace, publishers), broadcasts)).await
+        Cmd::Channels { target, subs, pace, publishers, broadcasts, signals, churn } => {
+            let load = Load { pace, publishers, broadcasts, signals, churn };
+            run(&target, channels(&target, &subs, load)).await
         }
         Cmd::Insert { target, concurrency, seconds } => {
             run(&target, insert(&target, concurrency, seconds)).await
@@ -461,6 +478,7 @@ impl Clients {
                 .args(["client", "--addr", &addrs[i % addrs.len()].to_string(), "--path", path])
                 .args(["--count", &count.to_string(), "--source", &source.to_string()])
                 .args(["--events", &events.to_string(), "--offset", &offset.to_string()])
+                .args(["--channels", &subs.channels.to_string()])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .kill_on_drop(true)
@@ -780,15 +798,23 @@ async fn send_to(
     publisher: &Publisher,
     conn: &mut Conn,
     prefix: &str,
-    channel: usize,
-    n: usize,
+    (channel, n): (usize, usize),
+    signal: bool,
 ) -> Result<(), Error> {
     let response = match publisher.kind {
         Kind::Broker => {
             let collection = format!("{prefix}-0000-4000-8000-{channel:012x}");
-            let body = json!({"event": "bench", "collection_id": collection, "timestamp": 0, "data": {"n": n}});
-            let body = body.to_string();
-            conn.request("POST", "/insert", publisher.jwt.as_deref(), body.as_bytes()).await?
+            let data = json!({"n": n});
+            let (path, body) = if signal {
+                ("/signal", json!({"event": "bench", "collection_id": collection, "data": data}))
+            } else {
+                (
+                    "/insert",
+                    json!({"event": "bench", "collection_id": collection, "timestamp": 0, "data": data}),
+                )
+            };
+            conn.request("POST", path, publisher.jwt.as_deref(), body.to_string().as_bytes())
+                .await?
         }
         Kind::Nchan => {
             let path = format!("/pub/c{channel:012x}");
@@ -801,13 +827,20 @@ async fn send_to(
     Ok(())
 }
 
-async fn channels(
-    target: &Target,
-    subs: &Fleet,
-    (pace, publishers): (Pace, usize),
+/// What `channels` sends.
+struct Load {
+    pace: Pace,
+    publishers: usize,
     broadcasts: usize,
-) -> Result<Report, Error> {
-    let Pace { rate, seconds } = pace;
+    signals: bool,
+    churn: usize,
+}
+
+async fn channels(target: &Target, subs: &Fleet, load: Load) -> Result<Report, Error> {
+    let Load { pace: Pace { rate, seconds }, publishers, broadcasts, signals, churn } = load;
+    if (signals || churn > 0) && target.target != Kind::Broker {
+        return Err("signals and churn are Broker's".into());
+    }
     let mut report = Report::new("channels");
     let publisher = Arc::new(Publisher::new(target).await?);
     let prefix = uuid_v4()[..8].to_owned();
@@ -819,10 +852,16 @@ async fn channels(
         (Kind::Nchan, false) => "/sub/c{c}".to_owned(),
         (Kind::Nchan, true) => "/subm/c{c}".to_owned(),
     };
+    let sub_path = if signals { sub_path + "&signals=true&presence=true" } else { sub_path };
     let total = rate * seconds as usize;
     let mut clients = Clients::start(&target.addr, subs, &sub_path, total + broadcasts).await?;
     check_connections(&mut report, &clients, subs.subscribers);
+    // Events go to the channels in turn; each has the streams i ≡ c.
     let streams = subs.subscribers.max(1);
+    let channels = if subs.channels > 0 { subs.channels } else { streams };
+    let on = |c: usize| {
+        (subs.subscribers / channels + usize::from(c < subs.subscribers % channels)) as u64
+    };
     let (cpu_before, rss_before) = (cpu_of(&target.pid), rss_of(&target.pid));
     // Lanes on every address, each sending on its own schedule.
     let lanes = publishers.max(1);
@@ -838,17 +877,27 @@ async fn channels(
                 let at = start + Duration::from_secs_f64(n as f64 / rate as f64);
                 tokio::time::sleep_until(at.into()).await;
                 sent.lock().unwrap_or_else(|e| e.into_inner())[n] = now_ns();
-                send_to(&publisher, &mut conn, &prefix, n % streams, n).await?;
+                send_to(&publisher, &mut conn, &prefix, (n % channels, n), signals).await?;
             }
             Ok::<_, Error>(())
         }));
     }
+    let churning = (churn > 0).then(|| {
+        let (jwt, prefix) = (publisher.jwt.clone().unwrap_or_default(), prefix.clone());
+        tokio::spawn(churn_streams(
+            target.addr.clone(),
+            jwt,
+            prefix,
+            (churn, seconds, channels),
+            start,
+        ))
+    });
     // Broadcasts to every stream, one at a time, while the load runs.
     let mut conn = Conn::connect(target.addr[0]).await?;
     tokio::time::sleep_until((start + Duration::from_secs(1)).into()).await;
     for n in total..total + broadcasts {
         sent.lock().unwrap_or_else(|e| e.into_inner())[n] = now_ns();
-        send_to(&publisher, &mut conn, &prefix, SHARED, n).await?;
+        send_to(&publisher, &mut conn, &prefix, (SHARED, n), false).await?;
         if !clients.wait_done(&[n], Duration::from_secs(30)).await {
             report.fail(format!("broadcast {n} did not reach every stream within 30 s"));
             break;
@@ -860,10 +909,18 @@ async fn channels(
     let elapsed = start.elapsed().as_secs_f64();
     report.add("publish time", elapsed, "s");
     report.add("events per second", total as f64 / elapsed, "/s");
-    // Every event has one receiver: wait until each was received once.
-    // With no stream open (to measure the insert alone), nothing arrives.
-    let expected =
-        if clients.ok == 0 { 0 } else { total as u64 + (broadcasts * clients.ok) as u64 };
+    if let Some(churning) = churning {
+        let (opened, failed) = churning.await?;
+        report.add("churn streams opened", opened as f64, "");
+        if failed > 0 {
+            report.fail(format!("{failed} churn streams failed"));
+        }
+    }
+    // Every event reaches the streams of its channel: wait until each was
+    // received that often. With no stream open (to measure the insert
+    // alone), nothing arrives.
+    let singles: u64 = (0..total).map(|n| on(n % channels)).sum();
+    let expected = if clients.ok == 0 { 0 } else { singles + (broadcasts * clients.ok) as u64 };
     let deadline = Instant::now() + Duration::from_secs(30);
     let (events, ended) = loop {
         let (events, ended) = clients.report(total + broadcasts).await?;
@@ -887,7 +944,8 @@ async fn channels(
             .map(|n| events[n].1.saturating_sub(sent[n]) as f64 / 1e6)
             .collect()
     };
-    add_distribution(&mut report, "insert to its receiver", latency(0..total), "ms");
+    let what = if signals { "signal to its last receiver" } else { "insert to its last receiver" };
+    add_distribution(&mut report, what, latency(0..total), "ms");
     if broadcasts > 0 {
         let all = latency(total..total + broadcasts);
         add_distribution(&mut report, "broadcast to last stream", all, "ms");
@@ -901,6 +959,48 @@ async fn channels(
     }
     clients.stop().await;
     Ok(report)
+}
+
+/// Opens `per_second` streams a second for `seconds` from `start`, with
+/// `jwt`, each on the next of `channels` and closed a second later, so
+/// that its user joins and leaves; returns how many opened and failed.
+async fn churn_streams(
+    addrs: Vec<SocketAddr>,
+    jwt: String,
+    prefix: String,
+    (per_second, seconds, channels): (usize, u64, usize),
+    start: Instant,
+) -> (usize, usize) {
+    let mut streams = Vec::new();
+    for k in 0..per_second * seconds as usize {
+        let at = start + Duration::from_secs_f64(k as f64 / per_second as f64);
+        tokio::time::sleep_until(at.into()).await;
+        let (addr, jwt) = (addrs[k % addrs.len()], jwt.clone());
+        let path = format!("/events?collection_id={prefix}-0000-4000-8000-{:012x}", k % channels);
+        streams.push(tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await?;
+            let head = format!(
+                "GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {jwt}\r\n\r\n"
+            );
+            tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes()).await?;
+            let mut first = [0u8; 12];
+            tokio::io::AsyncReadExt::read_exact(&mut stream, &mut first).await?;
+            if &first != b"HTTP/1.1 200" {
+                return Err(
+                    format!("a churn stream got {}", String::from_utf8_lossy(&first)).into()
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<_, Error>(())
+        }));
+    }
+    let mut failed = 0;
+    for stream in &mut streams {
+        if !matches!(stream.await, Ok(Ok(()))) {
+            failed += 1;
+        }
+    }
+    (streams.len(), failed)
 }
 
 async fn insert(target: &Target, concurrency: usize, seconds: u64) -> Result<Report, Error> {
