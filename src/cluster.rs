@@ -42,7 +42,8 @@ const NOTICES_QUEUED: usize = 4096;
 const PRESENCE_FLUSH: Duration = Duration::from_millis(200);
 
 /// Hands signals to the feed and reads again the presence other nodes
-/// changed (all of it after the listening connection was re-established).
+/// changed where this node's streams watch it (all it watches after the
+/// listening connection was re-established).
 async fn follow_notices(
     mut notices: mpsc::Receiver<Notice>,
     store: Arc<dyn Store>,
@@ -51,7 +52,7 @@ async fn follow_notices(
 ) {
     let node = feed.node();
     while let Some(notice) = notices.recv().await {
-        let collections = match notice {
+        let asked = match notice {
             Notice::Signal(message) => {
                 feed.signal_from(&message);
                 continue;
@@ -61,24 +62,23 @@ async fn follow_notices(
                 if from == node.to_string() {
                     continue;
                 }
-                (list != "*").then(|| list.split(',').filter_map(|c| c.parse().ok()).collect())
+                Some(list.split(',').filter_map(|c| c.parse().ok()).collect())
             }
             Notice::Listening => None,
         };
-        let mut rooms = match store.others_presence(node, collections.clone()).await {
+        // Only what this node's streams watch; everything after a reconnection.
+        let watched = presence.watched(asked);
+        if watched.is_empty() {
+            continue;
+        }
+        let mut rooms = match store.others_presence(node, Some(watched.clone())).await {
             Ok(rooms) => rooms,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the other nodes' presence");
                 continue;
             }
         };
-        // Everything asked about, and, after a full read, what was known.
-        let known = collections.unwrap_or_else(|| {
-            let mut all = presence.remote_collections();
-            all.extend(rooms.keys());
-            all
-        });
-        for collection in known {
+        for collection in watched {
             presence.remote(collection, rooms.remove(&collection).unwrap_or_default());
         }
     }

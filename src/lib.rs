@@ -114,7 +114,7 @@ impl Broker {
             hub.clone(),
             clock.clone(),
             Duration::from_millis(config.presence_grace_ms),
-            follower.is_some(),
+            follower.is_some().then(|| (store.clone(), feed.node())),
         );
         if let Some(follower) = follower {
             let (store, hub, feed) = (store.clone(), hub.clone(), feed.clone());

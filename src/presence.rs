@@ -10,13 +10,18 @@
 //! present makes a frame (`event:presence`, no `id:`), handed by the hub to
 //! the streams of that collection that asked for presence and may read it.
 //!
-//! On a shared store each node also keeps what the others said: a node
-//! writes the users present through its own streams to the store (a few
-//! times a second at most, only for the collections that changed), rings
-//! the others, and reads theirs back, so that the presence of a collection
-//! is the union of every node's, announced on every node (see
-//! [`crate::cluster`]). A node that stops saying it is alive loses its
-//! users everywhere.
+//! On a shared store the presence of a collection is the union of every
+//! node's: a node writes the users present through its own streams to the
+//! store (a few times a second at most, only for the collections that
+//! changed) and rings the others with the collections' ids (see
+//! [`crate::cluster`]). A node keeps the others' presence only for the
+//! collections some stream of its own *watches* (`?presence=true`): it
+//! reads it when the first one arrives and again whenever the others ring
+//! about it, and ignores the rest, so that a hundred thousand streams on
+//! as many collections cost the database their writes, not a read of
+//! everything by every node. `GET /collections/{id}/presence` of a
+//! collection nobody watches here reads the others' presence from the
+//! store. A node that stops saying it is alive loses its users everywhere.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -29,6 +34,7 @@ use uuid::Uuid;
 use crate::clock::Clock;
 use crate::domain::{NodeRoom, Present};
 use crate::hub::Hub;
+use crate::store::{Store, StoreError};
 
 /// Who is present in a collection: `GET /collections/{id}/presence`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -48,8 +54,12 @@ struct Room {
     /// (0: none) may remove a user whose connections went to 0.
     local: HashMap<Uuid, (Present, u64)>,
     anonymous: u32,
-    /// The other nodes', as last read from the store.
+    /// Streams of this node that asked for its presence.
+    watchers: u32,
+    /// The other nodes', as last read from the store (while watched).
     remote: NodeRoom,
+    /// Whether `remote` has been read since the collection is watched.
+    loaded: bool,
 }
 
 impl Room {
@@ -75,13 +85,23 @@ impl Room {
         NodeRoom { users, anonymous: self.anonymous }
     }
 
+    /// Who is present, by username.
+    fn presents(&self, collection: Uuid) -> Presents {
+        let mut users: Vec<Present> = self.users().into_values().collect();
+        users.sort_by(|a, b| a.username.cmp(&b.username).then(a.user_id.cmp(&b.user_id)));
+        Presents {
+            collection_id: collection,
+            users,
+            anonymous: self.anonymous + self.remote.anonymous,
+        }
+    }
+
     fn is_empty(&self) -> bool {
-        self.local.is_empty() && self.anonymous == 0 && self.remote == NodeRoom::default()
+        self.local.is_empty() && self.anonymous == 0 && self.watchers == 0
     }
 }
 
 /// Presence on this node; shared behind an `Arc`.
-#[derive(Debug)]
 pub struct Presence {
     hub: Arc<Hub>,
     clock: Clock,
@@ -91,8 +111,9 @@ pub struct Presence {
     changed: Mutex<HashSet<Uuid>>,
     /// Rung when `changed` gains a collection.
     ring: tokio::sync::Notify,
-    /// Whether other nodes share the store: only then is `changed` kept.
-    shared: bool,
+    /// The shared store and this node's name in it, if other nodes share
+    /// it: only then is `changed` kept and others' presence read.
+    cluster: Option<(Arc<dyn Store>, Uuid)>,
     pending: std::sync::atomic::AtomicU64,
 }
 
@@ -116,8 +137,15 @@ fn change_frame(collection: Uuid, kind: &str, present: &Present) -> Bytes {
 impl Presence {
     /// Presence for `hub`'s streams; a user whose last stream closed
     /// leaves after `grace` (by `clock`).
-    /// On a `shared` store, changes are kept for [`Presence::take_changed`].
-    pub fn new(hub: Arc<Hub>, clock: Clock, grace: Duration, shared: bool) -> Arc<Self> {
+    /// With a `cluster` (a store other nodes share, and this node's name
+    /// in it), changes are kept for [`Presence::take_changed`] and the
+    /// others' presence is read from it.
+    pub fn new(
+        hub: Arc<Hub>,
+        clock: Clock,
+        grace: Duration,
+        cluster: Option<(Arc<dyn Store>, Uuid)>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             hub,
             clock,
@@ -125,43 +153,86 @@ impl Presence {
             rooms: Mutex::default(),
             changed: Mutex::default(),
             ring: tokio::sync::Notify::new(),
-            shared,
+            cluster,
             pending: 0.into(),
         })
     }
 
     /// A seat for a stream of `user` (`None`: anonymous, named `username`)
-    /// in `collections` (those it may read).
-    pub fn sit(self: &Arc<Self>, user: Option<(Uuid, String)>, collections: &[Uuid]) -> Seat {
-        let mut seat = Seat { presence: self.clone(), user, collections: Vec::new(), now: false };
+    /// in `collections` (those it may read); `watching`: the stream asked
+    /// for their presence (then, on a shared store, call
+    /// [`Presence::load`] before [`Presence::list_frame`]).
+    pub fn sit(
+        self: &Arc<Self>,
+        user: Option<(Uuid, String)>,
+        collections: &[Uuid],
+        watching: bool,
+    ) -> Seat {
+        let mut seat =
+            Seat { presence: self.clone(), user, watching, collections: Vec::new(), now: false };
         seat.set(collections);
         seat
     }
 
-    /// Who is present in `collection` now.
-    pub fn of(&self, collection: Uuid) -> Presents {
-        let rooms = lock(&self.rooms);
-        let (users, anonymous) = rooms
-            .get(&collection)
-            .map(|room| (room.users(), room.anonymous + room.remote.anonymous))
-            .unwrap_or_default();
-        let mut users: Vec<Present> = users.into_values().collect();
-        users.sort_by(|a, b| a.username.cmp(&b.username).then(a.user_id.cmp(&b.user_id)));
-        Presents { collection_id: collection, users, anonymous }
+    /// Reads the other nodes' presence in the watched `collections` not
+    /// read yet (nothing without a shared store).
+    pub async fn load(&self, collections: &[Uuid]) -> Result<(), StoreError> {
+        let Some((store, node)) = &self.cluster else { return Ok(()) };
+        let unread: Vec<Uuid> = {
+            let rooms = lock(&self.rooms);
+            let unread = |c: &&Uuid| rooms.get(c).is_some_and(|r| r.watchers > 0 && !r.loaded);
+            collections.iter().filter(unread).copied().collect()
+        };
+        if unread.is_empty() {
+            return Ok(());
+        }
+        let mut theirs = store.others_presence(*node, Some(unread.clone())).await?;
+        for collection in unread {
+            self.remote(collection, theirs.remove(&collection).unwrap_or_default());
+        }
+        Ok(())
     }
 
-    /// The `event:presence` frame listing who is present in `collection`:
-    /// [`Presents`] with `"type": "list"`.
+    /// Who is present in `collection` now, over every node (the others'
+    /// read from the store unless this node watches it).
+    pub async fn of(&self, collection: Uuid) -> Result<Presents, StoreError> {
+        let known = lock(&self.rooms).get(&collection).is_some_and(|r| r.loaded);
+        let theirs = match &self.cluster {
+            Some((store, node)) if !known => {
+                let mut rooms = store.others_presence(*node, Some(vec![collection])).await?;
+                rooms.remove(&collection)
+            }
+            _ => None,
+        };
+        let rooms = lock(&self.rooms);
+        let mut room = Room::default();
+        if let Some(here) = rooms.get(&collection) {
+            room.local.clone_from(&here.local);
+            room.anonymous = here.anonymous;
+            room.remote = theirs.unwrap_or_else(|| here.remote.clone());
+        } else {
+            room.remote = theirs.unwrap_or_default();
+        }
+        drop(rooms);
+        Ok(room.presents(collection))
+    }
+
+    /// The `event:presence` frame listing who is present in `collection`
+    /// as this node knows it: [`Presents`] with `"type": "list"`.
     pub fn list_frame(&self, collection: Uuid) -> Bytes {
-        let mut data = serde_json::to_value(self.of(collection)).unwrap_or_default();
+        let presents = lock(&self.rooms).get(&collection).map(|r| r.presents(collection));
+        let presents =
+            presents.unwrap_or(Presents { collection_id: collection, users: vec![], anonymous: 0 });
+        let mut data = serde_json::to_value(presents).unwrap_or_default();
         data["type"] = "list".into();
         Bytes::from(format!("event:presence\ndata:{data}\n\n"))
     }
 
     /// One more stream of `user` (or an anonymous one) in `collection`.
-    fn enter(&self, collection: Uuid, user: Option<&(Uuid, String)>) {
+    fn enter(&self, collection: Uuid, user: Option<&(Uuid, String)>, watching: bool) {
         let mut rooms = lock(&self.rooms);
         let room = rooms.entry(collection).or_default();
+        room.watchers += u32::from(watching);
         let Some((id, name)) = user else {
             room.anonymous += 1;
             return self.changed(collection);
@@ -184,10 +255,16 @@ impl Presence {
 
     /// One stream fewer of `user` in `collection`; the user leaves after
     /// the grace period if it was their last, or at once with `now`.
-    fn exit(self: &Arc<Self>, collection: Uuid, user: Option<&(Uuid, String)>, now: bool) {
+    fn exit(self: &Arc<Self>, collection: Uuid, seat: &Seat, now: bool) {
         let mut rooms = lock(&self.rooms);
         let Some(room) = rooms.get_mut(&collection) else { return };
-        let Some((id, _)) = user else {
+        if seat.watching {
+            room.watchers -= 1;
+            if room.watchers == 0 {
+                (room.remote, room.loaded) = (NodeRoom::default(), false);
+            }
+        }
+        let Some((id, _)) = &seat.user else {
             room.anonymous = room.anonymous.saturating_sub(1);
             if room.is_empty() {
                 rooms.remove(&collection);
@@ -199,15 +276,16 @@ impl Presence {
         if present.connections > 0 {
             return self.changed(collection);
         }
+        let id = *id;
         if now || self.grace.is_zero() {
             drop(rooms);
-            return self.leave(collection, *id, 0);
+            return self.leave(collection, id, 0);
         }
         let ticket = self.pending.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         *leaving = ticket;
         drop(rooms);
         self.changed(collection);
-        let (presence, user) = (self.clone(), *id);
+        let (presence, user) = (self.clone(), id);
         let at = self.clock.now_millis() + self.grace.as_millis() as i64;
         tokio::spawn(async move {
             presence.clock.sleep_until(at).await;
@@ -241,7 +319,7 @@ impl Presence {
     }
 
     fn changed(&self, collection: Uuid) {
-        if self.shared && lock(&self.changed).insert(collection) {
+        if self.cluster.is_some() && lock(&self.changed).insert(collection) {
             self.ring.notify_one();
         }
     }
@@ -270,17 +348,14 @@ impl Presence {
         self.ring.notify_one();
     }
 
-    /// Installs what the other nodes say of `collection` and announces who
-    /// joined and left through them.
+    /// Installs what the other nodes say of `collection`, if this node
+    /// watches it, and announces who joined and left through them.
     pub fn remote(&self, collection: Uuid, theirs: NodeRoom) {
         let mut rooms = lock(&self.rooms);
-        let room = rooms.entry(collection).or_default();
+        let Some(room) = rooms.get_mut(&collection).filter(|r| r.watchers > 0) else { return };
         let before = room.users();
-        room.remote = theirs;
+        (room.remote, room.loaded) = (theirs, true);
         let after = room.users();
-        if room.is_empty() {
-            rooms.remove(&collection);
-        }
         drop(rooms);
         for (id, present) in &after {
             if !before.contains_key(id) {
@@ -294,19 +369,24 @@ impl Presence {
         }
     }
 
-    /// The collections some other node has users or streams in.
-    pub fn remote_collections(&self) -> Vec<Uuid> {
+    /// Which of `collections` (`None`: any) this node watches.
+    pub fn watched(&self, collections: Option<Vec<Uuid>>) -> Vec<Uuid> {
         let rooms = lock(&self.rooms);
-        rooms.iter().filter(|(_, r)| r.remote != NodeRoom::default()).map(|(c, _)| *c).collect()
+        let watched = |c: &Uuid| rooms.get(c).is_some_and(|r| r.watchers > 0);
+        match collections {
+            Some(ids) => ids.into_iter().filter(watched).collect(),
+            None => rooms.iter().filter(|(c, _)| watched(c)).map(|(c, _)| *c).collect(),
+        }
     }
 }
 
 /// One stream's place in the presence of its collections; it leaves them
 /// when dropped.
-#[derive(Debug)]
 pub struct Seat {
     presence: Arc<Presence>,
     user: Option<(Uuid, String)>,
+    /// Whether the stream asked for the presence of its collections.
+    watching: bool,
     collections: Vec<Uuid>,
     /// Leave without the grace period (the session was revoked).
     now: bool,
@@ -318,10 +398,10 @@ impl Seat {
     pub fn set(&mut self, collections: &[Uuid]) {
         let old = std::mem::take(&mut self.collections);
         for c in old.iter().filter(|c| !collections.contains(c)) {
-            self.presence.exit(*c, self.user.as_ref(), true);
+            self.presence.exit(*c, self, true);
         }
         for c in collections.iter().filter(|c| !old.contains(c)) {
-            self.presence.enter(*c, self.user.as_ref());
+            self.presence.enter(*c, self.user.as_ref(), self.watching);
         }
         self.collections = collections.to_vec();
     }
@@ -335,7 +415,7 @@ impl Seat {
 impl Drop for Seat {
     fn drop(&mut self) {
         for c in std::mem::take(&mut self.collections) {
-            self.presence.exit(c, self.user.as_ref(), self.now);
+            self.presence.exit(c, self, self.now);
         }
     }
 }

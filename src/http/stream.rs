@@ -238,9 +238,10 @@ pub(crate) async fn open(
         .or(query.last_event_id);
 
     let forbidden = unreadable(&app.feed.rules(), &filter, user);
+    let watching = query.extras.presence;
     let seat = match (filter.collections(), &session) {
         ([], _) => None,
-        (_, None) => Some(app.presence.sit(None, &readable(&filter, &forbidden))),
+        (_, None) => Some(app.presence.sit(None, &readable(&filter, &forbidden), watching)),
         (_, Some(claims)) => {
             let name = match &claims.name {
                 Some(name) => name.clone(),
@@ -249,7 +250,8 @@ pub(crate) async fn open(
                     app.store.user_by_id(claims.sub).await?.map(|u| u.username).unwrap_or_default()
                 }
             };
-            Some(app.presence.sit(Some((claims.sub, name)), &readable(&filter, &forbidden)))
+            let user = Some((claims.sub, name));
+            Some(app.presence.sit(user, &readable(&filter, &forbidden), watching))
         }
     };
     let (ring, delivered) = app.feed.subscribe(&filter, user, query.extras).await?;
@@ -278,8 +280,10 @@ pub(crate) async fn open(
             sync(&app.feed, &filter, delivered, &mut first, reset, reader).await?
         }
     };
-    if query.extras.presence {
-        for collection in readable(&filter, &forbidden) {
+    if watching {
+        let collections = readable(&filter, &forbidden);
+        app.presence.load(&collections).await?;
+        for collection in collections {
             first.push(app.presence.list_frame(collection));
         }
     }

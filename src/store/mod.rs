@@ -41,8 +41,8 @@ pub const PRESENCE_DEAD_MS: i64 = 6_000;
 pub enum Notice {
     /// A message sent with [`Store::signal`].
     Signal(String),
-    /// `<node> <collection ids, comma-separated, or *>`: that node's
-    /// presence changed in those collections (or some node's in any).
+    /// `<node> <collection ids, comma-separated>`: that node's presence
+    /// changed in those collections (the nil node: some dead node's).
     Presence(String),
     /// The listening connection was (re)established: anything may have
     /// been missed.

@@ -478,7 +478,8 @@ mod sql {
         (collection_id, node, user_id, username, connections, since)
         SELECT c, $2, u, n, k, s FROM unnest($1::uuid[], $3::uuid[], $4::text[], $5::int[], $6::bigint[])
         AS t(c, u, n, k, s)";
-    pub const PRESENCE_NOTIFY: &str = "SELECT pg_notify('broker_presence', $1)";
+    pub const PRESENCE_NOTIFY: &str =
+        "SELECT pg_notify('broker_presence', m) FROM unnest($1::text[]) AS m";
     pub const PRESENCE_OF_OTHERS: &str = concat!(
         "SELECT p.collection_id, p.user_id, p.username, p.connections, p.since
         FROM presence p JOIN presence_nodes n ON n.node = p.node
@@ -989,7 +990,7 @@ impl Store for PostgresStore {
                 since.push(at);
             }
         }
-        let message = format!("{node} {}", notice_list(&ids));
+        let messages = presence_notices(node, &ids);
         self.write(async |mut client| {
             let tx = client.transaction().await?;
             tx.query_one(sql::ALIVE, &[&node]).await?;
@@ -999,7 +1000,7 @@ impl Store for PostgresStore {
                 &[&collections, &node, &users, &names, &connections, &since],
             )
             .await?;
-            tx.execute(sql::PRESENCE_NOTIFY, &[&message]).await?;
+            tx.execute(sql::PRESENCE_NOTIFY, &[&messages]).await?;
             Ok(tx.commit().await?)
         })
         .await
@@ -1055,8 +1056,7 @@ impl Store for PostgresStore {
                 let gone =
                     rows(&tx.query(sql::PRESENCE_OF_DEAD, &[&dead]).await?, |r| Ok(r.try_get(0)?))?;
                 // From nobody: every node (this one too) reads them again.
-                let message = format!("{} {}", Uuid::nil(), notice_list(&gone));
-                tx.execute(sql::PRESENCE_NOTIFY, &[&message]).await?;
+                tx.execute(sql::PRESENCE_NOTIFY, &[&presence_notices(Uuid::nil(), &gone)]).await?;
             }
             tx.commit().await?;
             Ok(fresh)
@@ -1073,13 +1073,11 @@ impl Store for PostgresStore {
     }
 }
 
-/// `ids` comma-separated for a notification, or `*` (all) if that would
-/// not fit in one.
-fn notice_list(ids: &[Uuid]) -> String {
-    if ids.len() > 150 {
-        return "*".into();
-    }
-    ids.iter().map(Uuid::to_string).collect::<Vec<_>>().join(",")
+/// The presence notifications from `node` about `ids`: `<node> <ids,
+/// comma-separated>`, at most 150 ids (5,600 bytes) each.
+fn presence_notices(node: Uuid, ids: &[Uuid]) -> Vec<String> {
+    let list = |ids: &[Uuid]| ids.iter().map(Uuid::to_string).collect::<Vec<_>>().join(",");
+    ids.chunks(150).map(|chunk| format!("{node} {}", list(chunk))).collect()
 }
 
 /// Holds a connection that LISTENs for publications, ringing `published`
