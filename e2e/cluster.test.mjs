@@ -105,3 +105,52 @@ test('an EventSource through nginx survives kill -9 of its node with every event
   assert.equal(counts.reduce((a, b) => a + b, 0), 1, 'a surviving node serves the page now');
   assert.deepEqual(errors, []);
 });
+
+test('presence and signals through nginx: a join and a signal reach the page, and kill -9 of a node makes its users leave', async () => {
+  const board = crypto.randomUUID();
+  const login = async (name) => {
+    await post(lb, '/users', { username: name, password: 'secret-pw', collection_id: crypto.randomUUID() });
+    return (await post(lb, '/login', { username: name, password: 'secret-pw' })).jwt;
+  };
+  const [bob, carol] = [await login('bob'), await login('carol')];
+  const alive = [];
+  for (const node of nodes) if (await fetch(`${node.url}/readyz`).then((r) => r.ok, () => false)) alive.push(node);
+  const before = await Promise.all(alive.map(subscribers));
+
+  // bob's page watches the board through nginx.
+  const page = await context.newPage();
+  await page.goto(`${lb}/healthz`);
+  await page.evaluate(([board, token]) => {
+    window.presence = [];
+    window.signals = [];
+    const source = new EventSource(`/events?collection_id=${board}&presence=true&signals=true&token=${token}`);
+    source.addEventListener('presence', (e) => window.presence.push(JSON.parse(e.data)));
+    source.addEventListener('signal', (e) => window.signals.push(JSON.parse(e.data)));
+  }, [board, bob]);
+  await until('the list', () => page.evaluate(() => window.presence.length === 1));
+  const serving = await until('the node serving the page', async () => {
+    const now = await Promise.all(alive.map(subscribers));
+    return alive.find((_, i) => now[i] > before[i]) ?? null;
+  });
+  // carol opens the board on another node, straight to it.
+  const other = alive.find((n) => n !== serving);
+  const carols = new AbortController();
+  const response = await fetch(`${other.url}/events?collection_id=${board}`, {
+    headers: { authorization: `Bearer ${carol}` }, signal: carols.signal,
+  });
+  assert.equal(response.status, 200);
+  const joined = await until('carol’s join on bob’s page', () =>
+    page.evaluate(() => window.presence.find((p) => p.type === 'join' && p.username === 'carol')));
+  assert.equal(joined.collection_id, board);
+  // carol signals through nginx: bob's page gets it.
+  await post(lb, '/signal', { collection_id: board, event: 'moving', data: { card: 7 } }, carol);
+  await until('the signal', () => page.evaluate(() => window.signals.some((s) => s.data.card === 7)));
+  // carol's node dies: she leaves bob's page within 10 s.
+  const killed = Date.now();
+  process.kill(other.pid, 'SIGKILL');
+  await until('carol’s leave', () =>
+    page.evaluate(() => window.presence.some((p) => p.type === 'leave' && p.username === 'carol')), 12_000);
+  assert.ok(Date.now() - killed < 10_000, `left within 10 s (${Date.now() - killed} ms)`);
+  carols.abort();
+  await page.close();
+});
