@@ -323,6 +323,19 @@ pub struct NodeRoom {
     pub anonymous: u32,
 }
 
+impl NodeRoom {
+    /// Counts `present` in: their connections add up, since the earliest.
+    pub fn add(&mut self, present: Present) {
+        self.users
+            .entry(present.user_id)
+            .and_modify(|p| {
+                p.connections += present.connections;
+                p.since = p.since.min(present.since);
+            })
+            .or_insert(present);
+    }
+}
+
 /// A registered user as the store keeps it (and `broker export` writes it).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct User {

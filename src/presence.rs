@@ -23,7 +23,7 @@
 //! collection nobody watches here reads the others' presence from the
 //! store. A node that stops saying it is alive loses its users everywhere.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -64,19 +64,12 @@ struct Room {
 
 impl Room {
     /// Everyone present, over every node.
-    fn users(&self) -> BTreeMap<Uuid, Present> {
-        let mut users: BTreeMap<Uuid, Present> = BTreeMap::new();
-        let local = self.local.values().map(|(present, _)| present);
-        for present in local.chain(self.remote.users.values()) {
-            users
-                .entry(present.user_id)
-                .and_modify(|p| {
-                    p.connections += present.connections;
-                    p.since = p.since.min(present.since);
-                })
-                .or_insert_with(|| present.clone());
+    fn users(&self) -> HashMap<Uuid, Present> {
+        let mut all = self.remote.clone();
+        for (present, _) in self.local.values() {
+            all.add(present.clone());
         }
-        users
+        all.users
     }
 
     /// What this node says of the collection.

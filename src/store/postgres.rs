@@ -1033,13 +1033,7 @@ impl Store for PostgresStore {
                 connections,
                 since: row.try_get(4)?,
             };
-            room.users
-                .entry(user)
-                .and_modify(|p| {
-                    p.connections += present.connections;
-                    p.since = p.since.min(present.since);
-                })
-                .or_insert(present);
+            room.add(present);
         }
         Ok(rooms)
     }
