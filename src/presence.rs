@@ -252,7 +252,7 @@ impl Presence {
         let mut rooms = lock(&self.rooms);
         let Some(room) = rooms.get_mut(&collection) else { return };
         if seat.watching {
-            room.watchers -= 1;
+            room.watchers = room.watchers.saturating_sub(1);
             if room.watchers == 0 {
                 (room.remote, room.loaded) = (NodeRoom::default(), false);
             }
