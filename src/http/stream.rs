@@ -47,6 +47,11 @@ use crate::policy::AccessState;
 use crate::presence::Seat;
 use crate::store::Store;
 
+/// Told to a stream that asked for signals or presence without naming a
+/// collection (they are those of collections).
+const NO_COLLECTION: &[u8] =
+    b": signals and presence are those of the collections named with collection_id: none named, none will come\n\n";
+
 /// Largest chunk assembled from queued frames before it is written.
 const MAX_CHUNK: usize = 64 * 1024;
 /// Events read from the store per page while replaying.
@@ -110,11 +115,6 @@ fn parse_query(query: Option<&str>) -> Result<(Filter, Query), ApiError> {
                 )));
             }
         }
-    }
-    if q.extras != Extras::default() && q.collections.is_empty() {
-        return Err(bad(
-            "signals and presence are those of collections: name one with collection_id".into(),
-        ));
     }
     let filter = Filter::new(std::mem::take(&mut q.collections), std::mem::take(&mut q.events))?;
     Ok((filter, q))
@@ -181,8 +181,8 @@ pub(crate) const STREAM_HEADERS: [(header::HeaderName, &str); 3] = [
         ("last_event_id" = Option<String>, Query, description = "Resume after this event id (for clients that cannot set the header)."),
         ("token" = Option<String>, Query, description = "A token from `/login`, for clients that cannot set a header."),
         ("envelope" = Option<bool>, Query, description = "Send every event unnamed, its name inside the data, for `EventSource.onmessage`."),
-        ("presence" = Option<bool>, Query, description = "Also receive who is present in the named collections: after the sync an `event: presence` frame without id per readable collection, `{\"collection_id\", \"type\": \"list\", \"users\": [{\"user_id\", \"username\", \"connections\", \"since\"}], \"anonymous\"}`, then one per change, `{\"collection_id\", \"type\": \"join\" or \"leave\", \"user_id\", \"username\", \"since\"}`. Needs `collection_id`."),
-        ("signals" = Option<String>, Query, description = "`true`: also receive the signals sent to the named collections (`POST /signal`) as `event: signal` frames without id, whose data is `{\"collection_id\", \"event\", \"user_id\", \"data\"}`; `others`: only those other users sent; `false` (the default): none. Needs `collection_id`.", pattern = "^(true|false|1|0|others)$"),
+        ("presence" = Option<bool>, Query, description = "Also receive who is present in the named collections: after the sync an `event: presence` frame without id per readable collection, `{\"collection_id\", \"type\": \"list\", \"users\": [{\"user_id\", \"username\", \"connections\", \"since\"}], \"anonymous\"}`, then one per change, `{\"collection_id\", \"type\": \"join\" or \"leave\", \"user_id\", \"username\", \"since\"}`. Only with `collection_id` (without, a comment says that none will come)."),
+        ("signals" = Option<String>, Query, description = "`true`: also receive the signals sent to the named collections (`POST /signal`) as `event: signal` frames without id, whose data is `{\"collection_id\", \"event\", \"user_id\", \"data\"}`; `others`: only those other users sent; `false` (the default): none. Only with `collection_id` (without, a comment says that none will come).", pattern = "^(true|false|1|0|others)$"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id; wins over the query parameter."),
     ),
     security((), ("bearer" = []), ("cookie" = [])),
@@ -257,6 +257,10 @@ pub(crate) async fn open(
     let (ring, delivered) = app.feed.subscribe(&filter, user, query.extras).await?;
     let mut first = Chunk::default();
     first.push(Bytes::from(format!("retry:{}\n\n", app.retry_ms)));
+    if query.extras != Extras::default() && filter.collections().is_empty() {
+        // Valid, but nothing will come of it: said where a developer looks.
+        first.push(Bytes::from_static(NO_COLLECTION));
+    }
     if !forbidden.is_empty() {
         first.push(forbidden_notice(&forbidden, user, query.envelope));
     }
