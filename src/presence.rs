@@ -187,13 +187,19 @@ impl Presence {
     }
 
     /// Who is present in `collection` now, over every node (the others'
-    /// read from the store unless this node watches it).
-    pub async fn of(&self, collection: Uuid) -> Result<Presents, StoreError> {
+    /// read from the store unless this node watches it; while the store
+    /// cannot be reached, what this node knows).
+    pub async fn of(&self, collection: Uuid) -> Presents {
         let known = lock(&self.rooms).get(&collection).is_some_and(|r| r.loaded);
         let theirs = match &self.cluster {
             Some((store, node)) if !known => {
-                let mut rooms = store.others_presence(*node, Some(vec![collection])).await?;
-                rooms.remove(&collection)
+                match store.others_presence(*node, Some(vec![collection])).await {
+                    Ok(mut rooms) => Some(rooms.remove(&collection).unwrap_or_default()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "presence from this node only: the store is unreachable");
+                        None
+                    }
+                }
             }
             _ => None,
         };
@@ -207,7 +213,7 @@ impl Presence {
             room.remote = theirs.unwrap_or_default();
         }
         drop(rooms);
-        Ok(room.presents(collection))
+        room.presents(collection)
     }
 
     /// The `event:presence` frame listing who is present in `collection`

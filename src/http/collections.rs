@@ -119,7 +119,7 @@ pub async fn presence(
     if !app.rules().await?.may_read(&id, Some(user)) {
         return Err(ApiError::forbidden("only the owner and members see a private collection"));
     }
-    Ok(axum::Json(app.presence.of(id).await?))
+    Ok(axum::Json(app.presence.of(id).await))
 }
 
 /// Makes the caller's collection private or public.

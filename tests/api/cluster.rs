@@ -596,3 +596,57 @@ async fn presence_is_the_same_on_every_node() {
     dead.shut_down().await;
     assert_eq!(change(watcher.next_raw().await.2), ("leave".into(), "bob".into()));
 }
+
+/// A node that loses the database keeps its presence, and says it all
+/// again when the database is back and has forgotten it (as it does a node
+/// silent for too long).
+#[tokio::test]
+async fn presence_outlives_a_database_outage() {
+    let server = OwnServer::init().await;
+    server.start().await;
+    let url = server.url();
+    let node = || {
+        let unused = std::path::Path::new("no-sqlite-here");
+        TestApp::start_with_config(crate::support::config(unused, None, &["--database-url", &url]))
+    };
+    let nodes = [node().await, node().await];
+    let (alice, bob) = (nodes[0].user("alice").await, nodes[0].user("bob").await);
+    let board = Uuid::new_v4();
+    let (query, path) =
+        (format!("/events?collection_id={board}"), format!("/collections/{board}/presence"));
+    let bearer = |user: &TestUser| format!("Bearer {}", user.jwt);
+    let mut watcher = nodes[0]
+        .subscribe_to(&format!("{query}&presence=true"), &[("authorization", &bearer(&bob))])
+        .await;
+    assert_eq!(watcher.next_raw().await.2["users"][0]["username"], "bob");
+    let _alices = nodes[1].subscribe_to(&query, &[("authorization", &bearer(&alice))]).await;
+    assert_eq!(watcher.next_raw().await.2["username"], "alice");
+    let names = |body: Value| -> Vec<String> {
+        body["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["username"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    server.stop().await;
+    // Each node still knows who is there through it (and the watching
+    // node, through the other).
+    assert_eq!(names(ok_json(nodes[0].get_as(&bob.jwt, &path).await).await), ["alice", "bob"]);
+    assert_eq!(names(ok_json(nodes[1].get_as(&bob.jwt, &path).await).await), ["alice"]);
+
+    server.start().await;
+    let forget = "DELETE FROM presence; DELETE FROM presence_nodes";
+    eventually("the database back", || async {
+        tokio_postgres::connect(&url, tokio_postgres::NoTls).await.is_ok()
+    })
+    .await;
+    admin_sql(&url, forget).await;
+    // A node that starts now learns it all from the database.
+    let third = node().await;
+    eventually("both nodes to have told their presence again", || async {
+        names(ok_json(third.get_as(&bob.jwt, &path).await).await) == ["alice", "bob"]
+    })
+    .await;
+}
