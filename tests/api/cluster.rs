@@ -12,6 +12,12 @@ use crate::support::{
     pg_admin_url,
 };
 
+/// A node on the database at `url` (a server of the test's own).
+async fn node_on(url: &str) -> TestApp {
+    let unused = std::path::Path::new("no-sqlite-here");
+    TestApp::start_with_config(crate::support::config(unused, None, &["--database-url", url])).await
+}
+
 /// `n` nodes on one new database, sharing a manual clock.
 async fn cluster(n: usize) -> Vec<TestApp> {
     let first = TestApp::spawn_on(Some(Arc::new(TestDb::create().await)), &[]).await;
@@ -248,10 +254,7 @@ async fn lost_connections_are_replaced_and_nothing_is_missed() {
 #[tokio::test]
 async fn a_node_starts_while_its_database_is_down() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let url = format!("postgres://postgres@127.0.0.1:{port}/broker");
-    let unused = std::path::Path::new("no-sqlite-here");
-    let args = ["--database-url", url.as_str()];
-    let app = TestApp::start_with_config(crate::support::config(unused, None, &args)).await;
+    let app = node_on(&format!("postgres://postgres@127.0.0.1:{port}/broker")).await;
     ok_json(app.http.get(app.url("/healthz")).send().await.unwrap()).await;
     let started = std::time::Instant::now();
     let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
@@ -452,10 +455,7 @@ fn as_root() -> bool {
 async fn nodes_ride_out_a_database_restart() {
     let server = OwnServer::init().await;
     let url = server.url();
-    let node = || {
-        let unused = std::path::Path::new("no-sqlite-here");
-        TestApp::start_with_config(crate::support::config(unused, None, &["--database-url", &url]))
-    };
+    let node = || node_on(&url);
     let nodes = [node().await, node().await];
     for node in &nodes {
         let ready = node.http.get(node.url("/readyz")).send().await.unwrap();
@@ -605,10 +605,7 @@ async fn presence_outlives_a_database_outage() {
     let server = OwnServer::init().await;
     server.start().await;
     let url = server.url();
-    let node = || {
-        let unused = std::path::Path::new("no-sqlite-here");
-        TestApp::start_with_config(crate::support::config(unused, None, &["--database-url", &url]))
-    };
+    let node = || node_on(&url);
     let nodes = [node().await, node().await];
     let (alice, bob) = (nodes[0].user("alice").await, nodes[0].user("bob").await);
     let board = Uuid::new_v4();
