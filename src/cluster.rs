@@ -59,7 +59,7 @@ async fn follow_notices(
             }
             Notice::Presence(message) => {
                 let Some((from, list)) = message.split_once(' ') else { continue };
-                if from == node.to_string() {
+                if from.parse() == Ok(node) {
                     continue;
                 }
                 Some(list.split(',').filter_map(|c| c.parse().ok()).collect())
@@ -71,7 +71,7 @@ async fn follow_notices(
         if watched.is_empty() {
             continue;
         }
-        let mut rooms = match store.others_presence(node, Some(watched.clone())).await {
+        let mut rooms = match store.others_presence(node, watched.clone()).await {
             Ok(rooms) => rooms,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the other nodes' presence");

@@ -206,7 +206,7 @@ impl Feed {
     /// ignored.
     pub fn signal_from(&self, message: &str) {
         let Some((node, json)) = message.split_once(' ') else { return };
-        if node == self.node.to_string() {
+        if node.parse() == Ok(self.node) {
             return;
         }
         match serde_json::from_str::<Signal>(json) {

@@ -89,16 +89,9 @@ pub enum Frame {
     },
     /// The access rules changed: streams re-check their session.
     Access(Arc<AccessState>),
-    /// A signal, for the streams of its collection that asked for them.
-    Signal {
-        /// Its sender, for the streams that want only others' signals.
-        from: Uuid,
-        /// The complete SSE frame (`event:signal`, no `id:`).
-        bytes: Bytes,
-    },
-    /// A presence change of its collection (join or leave), for the
-    /// streams of that collection that asked for presence.
-    Presence(Bytes),
+    /// A complete SSE frame without `id:` that is never stored (a signal,
+    /// a presence change), for the streams of its collection that asked.
+    Fleeting(Bytes),
     /// Keep-alive comment.
     Heartbeat,
     /// The server is shutting down: end the stream.
@@ -348,22 +341,14 @@ impl Hub {
     /// and never ends a stream).
     pub fn signal(&self, signal: &crate::domain::Signal) {
         Metrics::add(&self.metrics.signals, 1);
-        let private = self.access.current().private_rule(&signal.collection_id);
-        let frame = Arc::new(Frame::Signal { from: signal.user_id, bytes: signal_frame(signal) });
-        let index = lock(&self.index);
-        let mut queued = 0;
-        for inbox in index.by_collection.get(&signal.collection_id).into_iter().flatten() {
-            let wanted = match inbox.extras.signals {
-                Signals::None => false,
-                Signals::All => true,
-                Signals::Others => inbox.user != Some(signal.user_id),
-            };
-            let readable = private.as_ref().is_none_or(|rule| rule.may_read(inbox.user));
-            if wanted && readable && inbox.push_signal(&frame, self.max_lag / 2) {
-                queued += 1;
-            }
-        }
-        drop(index);
+        let queued = self.fleeting(signal.collection_id, signal_frame(signal), |inbox| match inbox
+            .extras
+            .signals
+        {
+            Signals::None => false,
+            Signals::All => true,
+            Signals::Others => inbox.user != Some(signal.user_id),
+        });
         Metrics::add(&self.metrics.signal_deliveries, queued);
     }
 
@@ -371,15 +356,23 @@ impl Hub {
     /// collection that asked for presence and may read it; as signals, it
     /// never ends a stream.
     pub fn presence(&self, collection: Uuid, bytes: Bytes) {
+        self.fleeting(collection, bytes, |inbox| inbox.extras.presence);
+    }
+
+    /// Queues `bytes` for the streams of `collection` that `want` it and may
+    /// read it, unless they are half `max_lag` behind; returns how many.
+    fn fleeting(&self, collection: Uuid, bytes: Bytes, want: impl Fn(&Inbox) -> bool) -> u64 {
         let private = self.access.current().private_rule(&collection);
-        let frame = Arc::new(Frame::Presence(bytes));
+        let frame = Arc::new(Frame::Fleeting(bytes));
         let index = lock(&self.index);
+        let mut queued = 0;
         for inbox in index.by_collection.get(&collection).into_iter().flatten() {
             let readable = private.as_ref().is_none_or(|rule| rule.may_read(inbox.user));
-            if inbox.extras.presence && readable {
-                inbox.push_signal(&frame, self.max_lag / 2);
+            if want(inbox) && readable && inbox.push_fleeting(&frame, self.max_lag / 2) {
+                queued += 1;
             }
         }
+        queued
     }
 
     /// Tells every stream that the access rules are now `state`.
@@ -588,9 +581,9 @@ impl Inbox {
         crowded
     }
 
-    /// Queues a signal and wakes the stream, unless `limit` frames already
-    /// wait; returns whether it was queued.
-    fn push_signal(&self, frame: &Arc<Frame>, limit: usize) -> bool {
+    /// Queues a fleeting frame and wakes the stream, unless `limit` frames
+    /// already wait; returns whether it was queued.
+    fn push_fleeting(&self, frame: &Arc<Frame>, limit: usize) -> bool {
         let mut queue = lock(&self.queue);
         if queue.missed > 0 || queue.frames.len() >= limit {
             return false;
@@ -889,7 +882,7 @@ mod tests {
         hub.signal(&signal);
         let mut signals = |listener: &mut Listener| {
             std::iter::from_fn(|| listener.try_recv().ok())
-                .filter(|frame| matches!(**frame, Frame::Signal { .. }))
+                .filter(|frame| matches!(**frame, Frame::Fleeting(_)))
                 .count()
         };
         let counts: Vec<usize> =

@@ -151,8 +151,8 @@ impl Presence {
         })
     }
 
-    /// A seat for a stream of `user` (`None`: anonymous, named `username`)
-    /// in `collections` (those it may read); `watching`: the stream asked
+    /// A seat for a stream of `user` (its id and username; `None`:
+    /// anonymous) in `collections` (those it may read); `watching`: the stream asked
     /// for their presence (then, on a shared store, call
     /// [`Presence::load`] before [`Presence::list_frame`]).
     pub fn sit(
@@ -179,7 +179,7 @@ impl Presence {
         if unread.is_empty() {
             return Ok(());
         }
-        let mut theirs = store.others_presence(*node, Some(unread.clone())).await?;
+        let mut theirs = store.others_presence(*node, unread.clone()).await?;
         for collection in unread {
             self.remote(collection, theirs.remove(&collection).unwrap_or_default());
         }
@@ -193,7 +193,7 @@ impl Presence {
         let known = lock(&self.rooms).get(&collection).is_some_and(|r| r.loaded);
         let theirs = match &self.cluster {
             Some((store, node)) if !known => {
-                match store.others_presence(*node, Some(vec![collection])).await {
+                match store.others_presence(*node, vec![collection]).await {
                     Ok(mut rooms) => Some(rooms.remove(&collection).unwrap_or_default()),
                     Err(e) => {
                         tracing::warn!(error = %e, "presence from this node only: the store is unreachable");

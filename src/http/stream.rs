@@ -576,9 +576,9 @@ impl Subscriber {
                         skipped += 1;
                     }
                 }
-                // Only streams that asked for them get signals, checked by
-                // the hub.
-                Ok(Frame::Signal { bytes, .. } | Frame::Presence(bytes)) => {
+                // Signals and presence: the hub checked that this stream
+                // asked for them and may read them.
+                Ok(Frame::Fleeting(bytes)) => {
                     self.pending.push(bytes.clone());
                     self.busy = true;
                 }
@@ -591,7 +591,9 @@ impl Subscriber {
                         self.pending.push(Bytes::from(format!(": disconnected: {why}\n\n")));
                         self.closed = true;
                         // Logged out or disabled: gone at once, not after the grace.
-                        self.seat.as_mut().map(Seat::leave_now);
+                        if let Some(seat) = &mut self.seat {
+                            seat.leave_now();
+                        }
                     }
                     let forbidden = unreadable(rules, &self.filter, self.user());
                     if forbidden != self.forbidden {

@@ -417,11 +417,11 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// What the live nodes other than `node` say of the presence in
-    /// `collections` (`None`: every collection).
+    /// `collections`.
     async fn others_presence(
         &self,
         node: Uuid,
-        collections: Option<Vec<Uuid>>,
+        collections: Vec<Uuid>,
     ) -> Result<HashMap<Uuid, NodeRoom>, StoreError> {
         let _ = (node, collections);
         Ok(HashMap::new())

@@ -485,7 +485,7 @@ mod sql {
         FROM presence p JOIN presence_nodes n ON n.node = p.node
         WHERE p.node <> $1 AND n.seen >= ",
         now_ms!(),
-        " - $2 AND ($3::uuid[] IS NULL OR p.collection_id = ANY($3))"
+        " - $2 AND p.collection_id = ANY($3)"
     );
     pub const DEAD_NODES: &str =
         concat!("DELETE FROM presence_nodes WHERE seen < ", now_ms!(), " - $1 RETURNING node");
@@ -1009,7 +1009,7 @@ impl Store for PostgresStore {
     async fn others_presence(
         &self,
         node: Uuid,
-        collections: Option<Vec<Uuid>>,
+        collections: Vec<Uuid>,
     ) -> Result<HashMap<Uuid, NodeRoom>, StoreError> {
         let found = self
             .run(async |client| {
