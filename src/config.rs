@@ -200,6 +200,20 @@ pub struct Config {
     /// it causes no leave and join.
     #[arg(long, env = "BROKER_PRESENCE_GRACE_MS", default_value_t = 5000)]
     pub presence_grace_ms: u64,
+
+    /// How long an `Idempotency-Key` of `POST /insert` is remembered, in
+    /// seconds: a retry with the same key within it stores nothing and
+    /// answers the first insert's event again.
+    #[arg(long, env = "BROKER_IDEMPOTENCY_WINDOW", default_value_t = 86_400)]
+    pub idempotency_window: u32,
+
+    /// Which events collections nobody claimed keep: `all` (as Broker 1.x),
+    /// an age (`90s`, `30m`, `12h`, `7d`: events whose timestamp is older
+    /// are deleted), `latest=N` (the latest N events of each name), or
+    /// both (`7d,latest=10`). The latest event of each name and pending
+    /// events are always kept. Owners set their own collections' retention.
+    #[arg(long, env = "BROKER_RETENTION", default_value = "all", value_parser = crate::policy::Retention::parse)]
+    pub retention: crate::policy::Retention,
 }
 
 /// The subcommands: work on the store (given by `--database-url` or

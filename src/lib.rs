@@ -24,6 +24,7 @@ pub mod hub;
 pub mod metrics;
 pub mod policy;
 pub mod presence;
+pub mod retention;
 pub mod scheduler;
 pub mod serve;
 pub mod store;
@@ -129,6 +130,14 @@ impl Broker {
             schedule_poll,
             shutdown.clone(),
         );
+        retention::Sweeper::new(
+            store.clone(),
+            hub.clone(),
+            clock.clone(),
+            config.retention,
+            i64::from(config.idempotency_window),
+        )
+        .spawn(shutdown.clone());
         let app = Arc::new(App {
             store,
             presence,
@@ -154,6 +163,7 @@ impl Broker {
             },
             inserts: Rate::new(config.insert_rate),
             signals: Rate::new(config.signal_rate),
+            idempotency_window: i64::from(config.idempotency_window),
             hsts: Some(config.hsts_max_age)
                 .filter(|age| *age > 0)
                 .and_then(|age| axum::http::HeaderValue::from_str(&format!("max-age={age}")).ok()),

@@ -75,6 +75,8 @@ pub struct Metrics {
     pub signals: AtomicU64,
     /// Signal frames queued for this node's streams.
     pub signal_deliveries: AtomicU64,
+    /// Events this node deleted for retention.
+    pub expired: AtomicU64,
 }
 
 /// Gauges read at scrape time.
@@ -157,6 +159,11 @@ impl Metrics {
                 "broker_signal_deliveries_total",
                 "Signal frames queued for this node's streams.",
                 &self.signal_deliveries,
+            ),
+            (
+                "broker_events_expired_total",
+                "Events deleted for retention by this node.",
+                &self.expired,
             ),
         ];
         for (name, help, value) in counters {

@@ -54,6 +54,68 @@ pub struct Rule {
     pub private: bool,
     /// The other users with a role.
     pub members: HashMap<Uuid, Role>,
+    /// How long its events are kept (everything unless its owner said).
+    #[serde(default, skip_serializing_if = "Retention::keeps_all")]
+    pub retention: Retention,
+}
+
+/// Which events of a collection are kept; without either limit, all of
+/// them (Broker 1.x). Whatever the limits, the latest published event of
+/// each name and every pending event are kept, so the state a stream syncs
+/// never changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Drop published (and cancelled) events whose timestamp is more than
+    /// this many seconds old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub max_age: Option<i64>,
+    /// Drop published events that have at least this many later published
+    /// events of the same name in the collection (1: only the latest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub keep_latest: Option<i64>,
+}
+
+impl Retention {
+    /// Whether nothing is ever dropped.
+    pub fn keeps_all(&self) -> bool {
+        self.max_age.is_none() && self.keep_latest.is_none()
+    }
+
+    /// The retention if its limits are valid (each at least 1).
+    pub fn checked(self) -> Result<Self, &'static str> {
+        match (self.max_age, self.keep_latest) {
+            (Some(..=0), _) => Err("retention max_age must be at least 1 second"),
+            (_, Some(..=0)) => Err("retention keep_latest must be at least 1"),
+            _ => Ok(self),
+        }
+    }
+
+    /// Parses the `--retention` syntax: comma-separated `<age>` (a number
+    /// of seconds with an optional `s`, `m`, `h` or `d`) and `latest=<n>`;
+    /// `all` keeps everything.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut retention = Self::default();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty() && *p != "all") {
+            if let Some(n) = part.strip_prefix("latest=") {
+                retention.keep_latest = Some(n.parse().map_err(|_| format!("bad count {n:?}"))?);
+                continue;
+            }
+            let (digits, unit) = part.split_at(part.trim_end_matches(char::is_alphabetic).len());
+            let scale = match unit {
+                "" | "s" => 1,
+                "m" => 60,
+                "h" => 3_600,
+                "d" => 86_400,
+                _ => return Err(format!("bad unit in {part:?}: use s, m, h or d")),
+            };
+            let n: i64 = digits.parse().map_err(|_| format!("bad age {part:?}"))?;
+            retention.max_age = Some(n.saturating_mul(scale));
+        }
+        retention.checked().map_err(str::to_owned)
+    }
 }
 
 impl Rule {
@@ -158,7 +220,7 @@ mod tests {
         let (owner, reader, writer, other) =
             (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let members = HashMap::from([(reader, Role::Reader), (writer, Role::Writer)]);
-        let rule = Rule { owner, private: true, members };
+        let rule = Rule { owner, private: true, members, retention: Retention::default() };
         assert!(rule.may_read(Some(owner)) && rule.may_read(Some(reader)));
         assert!(!rule.may_read(Some(other)) && !rule.may_read(None));
         assert!(rule.may_write(owner) && rule.may_write(writer) && !rule.may_write(reader));
@@ -188,5 +250,16 @@ mod tests {
         assert_eq!(state.refuses(&claims(reader, Some(Uuid::new_v4()), 0)), None);
         assert_eq!(state.refuses(&claims(reader, None, 1)), Some("token revoked"));
         assert_eq!(state.refuses(&claims(other, None, 0)), Some("account disabled"));
+    }
+
+    #[test]
+    fn retention_syntax() {
+        let r = |max_age, keep_latest| Retention { max_age, keep_latest };
+        assert_eq!(Retention::parse("all"), Ok(r(None, None)));
+        assert_eq!(Retention::parse("7d"), Ok(r(Some(604_800), None)));
+        assert_eq!(Retention::parse("90, latest=3"), Ok(r(Some(90), Some(3))));
+        assert_eq!(Retention::parse("latest=1"), Ok(r(None, Some(1))));
+        assert!(Retention::parse("latest=0").is_err() && Retention::parse("2w").is_err());
+        assert!(Retention::parse("0s").is_err() && Retention::parse("x").is_err());
     }
 }

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::extract::{AuthUser, Json, Path};
 use super::{ApiError, App, AppState, ErrorBody};
-use crate::policy::Role;
+use crate::policy::{Retention, Role};
 use crate::presence::Presents;
 use crate::store::{Change, Changed, Collection};
 
@@ -33,11 +33,15 @@ fn yes() -> bool {
     true
 }
 
-/// The body of `PATCH /collections/{id}`.
+/// The body of `PATCH /collections/{id}`: what changes (at least one).
 #[derive(Deserialize, ToSchema)]
-pub struct Privacy {
+#[serde(deny_unknown_fields)]
+pub struct Update {
     /// Private from now on, or public.
-    private: bool,
+    private: Option<bool>,
+    /// Which events it keeps from now on: `{}` all of them (the default),
+    /// `max_age` (seconds), `keep_latest` (per name), or both.
+    retention: Option<Retention>,
 }
 
 /// The body of `PUT /collections/{id}/members/{username}`.
@@ -122,13 +126,14 @@ pub async fn presence(
     Ok(axum::Json(app.presence.of(id).await))
 }
 
-/// Makes the caller's collection private or public.
-#[utoipa::path(patch, path = "/collections/{id}", tag = "collections", request_body = Privacy,
+/// Makes the caller's collection private or public, or sets its retention.
+#[utoipa::path(patch, path = "/collections/{id}", tag = "collections", request_body = Update,
+    description = "Retention deletes, within a minute and in the background, the published and cancelled events older than `max_age` (by their timestamp) and the published events that have `keep_latest` later ones of the same name; the latest published event of each name and pending events always stay.",
     params(("id" = Uuid, Path, description = "The collection.")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The collection, changed; open streams follow within a second.", body = Collection),
-        (status = 400, description = "The id is not a UUID.", body = ErrorBody),
+        (status = 400, description = "The id is not a UUID, the body changes nothing, or a limit is below 1.", body = ErrorBody),
         (status = 403, description = "The caller does not own it.", body = ErrorBody),
         (status = 404, description = "Nobody claimed this collection.", body = ErrorBody),
     ))]
@@ -136,11 +141,25 @@ pub async fn update(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<Uuid>,
-    Json(body): Json<Privacy>,
+    Json(body): Json<Update>,
 ) -> Result<axum::Json<Collection>, ApiError> {
+    let retention = body
+        .retention
+        .map(Retention::checked)
+        .transpose()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    if body.private.is_none() && retention.is_none() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "give `private` or `retention`"));
+    }
     owned(&app, id, user).await?;
-    app.change(Change::Privacy { collection: id, private: body.private }).await?;
-    tracing::info!(%user, collection = %id, private = body.private, "collection privacy changed");
+    if let Some(private) = body.private {
+        app.change(Change::Privacy { collection: id, private }).await?;
+        tracing::info!(%user, collection = %id, private, "collection privacy changed");
+    }
+    if let Some(retention) = retention {
+        app.change(Change::Retention { collection: id, retention }).await?;
+        tracing::info!(%user, collection = %id, ?retention, "collection retention changed");
+    }
     show_to(&app, id).await
 }
 

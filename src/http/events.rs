@@ -1,8 +1,8 @@
 //! `POST /insert`, the event listings and `GET|POST /events/{id}/cancel`.
 
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
-use axum::response::Response;
+use axum::http::{HeaderMap, HeaderName, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
@@ -13,7 +13,7 @@ use super::listing::{self, Paging};
 use super::{ApiError, AppState, ErrorBody};
 use crate::domain::{Event, EventName, check_timestamp, compact_json};
 use crate::metrics::Metrics;
-use crate::store::{Cancel, ListOf};
+use crate::store::{Cancel, Inserted, Key, ListOf};
 
 /// The body of `POST /insert`.
 #[derive(Deserialize, ToSchema)]
@@ -63,18 +63,26 @@ pub struct OfUser {
 
 /// Stores an event, due at its timestamp, and answers `{"event": record}`.
 #[utoipa::path(post, path = "/insert", tag = "events", request_body = Insert,
+    description = "With an `Idempotency-Key`, the insert happens once: a retry with the same key (from the same user, within `--idempotency-window`) stores nothing and answers the first insert's event again, with `Idempotent-Replayed: true`; the same key with another body is 409.",
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
+        description = "A key the client chose for this insert (a UUID, say), reused for its retries.")),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The event is stored durably.", body = One),
+        (status = 200, description = "The event is stored durably (or was, by the first insert with this key).", body = One,
+            headers(("idempotent-replayed" = String, description = "`true` when the key stored the event earlier."))),
+        (status = 400, description = "The body or the `Idempotency-Key` is invalid.", body = ErrorBody),
         (status = 403, description = "The collection is claimed and the caller is neither its owner nor a writer.", body = ErrorBody),
+        (status = 409, description = "The `Idempotency-Key` was used for another insert.", body = ErrorBody),
         (status = 429, description = "The caller inserts faster than `--insert-rate` allows.", body = ErrorBody,
             headers(("retry-after" = String))),
     ))]
 pub async fn insert(
     State(app): State<AppState>,
     AuthUser(user_id): AuthUser,
+    headers: HeaderMap,
     Json(body): Json<Insert>,
-) -> Result<axum::Json<One>, ApiError> {
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
     if !app.rules().await?.may_write(&body.collection_id, user_id) {
         return Err(ApiError::forbidden(
             "only the collection's owner and writers may insert into it",
@@ -93,10 +101,42 @@ pub async fn insert(
         cancelled: false,
         data: compact_json(&body.data, app.max_depth)?,
     };
-    app.store.insert_event(event.clone()).await?;
-    app.wake.poke();
-    Metrics::add(&app.hub.metrics.inserted, 1);
-    Ok(axum::Json(One { event }))
+    let now = app.clock.now_secs();
+    let key = key.map(|key| Key { key, now, since: now - app.idempotency_window });
+    match app.store.insert_event(event.clone(), key).await? {
+        Inserted::New => {
+            app.wake.poke();
+            Metrics::add(&app.hub.metrics.inserted, 1);
+            Ok(axum::Json(One { event }).into_response())
+        }
+        Inserted::Again(first) => {
+            let same = (&first.event, first.collection_id, first.timestamp, first.data.get())
+                == (&event.event, event.collection_id, event.timestamp, event.data.get());
+            if !same {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "this Idempotency-Key was used for another insert; use a new key",
+                ));
+            }
+            let replayed = [(HeaderName::from_static("idempotent-replayed"), "true")];
+            Ok((replayed, axum::Json(One { event: first })).into_response())
+        }
+    }
+}
+
+/// The `Idempotency-Key` header, if given: 1 to 255 printable ASCII
+/// characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if (1..=255).contains(&key.len()) => Ok(Some(key.to_owned())),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "Idempotency-Key must be 1 to 255 printable ASCII characters",
+        )),
+    }
 }
 
 /// The paging parameters of the listings, for the API description.

@@ -71,6 +71,8 @@ pub struct App {
     pub inserts: Rate,
     /// Signals per user.
     pub signals: Rate,
+    /// How long idempotency keys are remembered, in seconds.
+    pub idempotency_window: i64,
     /// The `Strict-Transport-Security` value sent over HTTPS, if any.
     pub hsts: Option<HeaderValue>,
 }

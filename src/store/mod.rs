@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{Event, Filter, NodeRoom, Published, User};
 use crate::metrics::Metrics;
-use crate::policy::{AccessState, Role, Rule};
+use crate::policy::{AccessState, Retention, Role, Rule};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -131,6 +131,13 @@ pub enum Change {
         /// Private from now on, or public.
         private: bool,
     },
+    /// Sets how long a claimed collection keeps its events.
+    Retention {
+        /// The collection.
+        collection: Uuid,
+        /// Its retention from now on.
+        retention: Retention,
+    },
     /// Gives `user` a role in a claimed collection, or takes it away.
     Member {
         /// The collection.
@@ -186,6 +193,57 @@ pub struct Collection {
     pub private: bool,
     /// The members, by username.
     pub members: Vec<Member>,
+    /// Which events it keeps (`{}`: all of them).
+    pub retention: Retention,
+}
+
+/// An insert's idempotency key: the same key from the same user stores
+/// one event, however often it is sent.
+#[derive(Debug, Clone)]
+pub struct Key {
+    /// The client's key.
+    pub key: String,
+    /// Now (UNIX seconds): when the key is stored.
+    pub now: i64,
+    /// Keys stored before this (UNIX seconds) are forgotten.
+    pub since: i64,
+}
+
+/// What [`Store::insert_event`] did.
+#[derive(Debug, Clone)]
+pub enum Inserted {
+    /// The event is stored.
+    New,
+    /// Nothing: the key stored this event already.
+    Again(Event),
+}
+
+/// A deletion the retention sweep asks for; each deletes at most `limit`
+/// rows, so that no write holds the database for long.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Trim {
+    /// Published events of a collection and name but the latest `keep`.
+    Latest {
+        /// The collection.
+        collection: Uuid,
+        /// The event name.
+        event: String,
+        /// How many of the latest stay (at least 1).
+        keep: i64,
+    },
+    /// Published and cancelled events of a collection with a timestamp
+    /// before `before`, but the latest of each name.
+    Older {
+        /// The collection.
+        collection: Uuid,
+        /// UNIX seconds.
+        before: i64,
+    },
+    /// Idempotency keys stored before `before` (UNIX seconds).
+    Keys {
+        /// UNIX seconds.
+        before: i64,
+    },
 }
 
 /// A user with a role in a collection.
@@ -279,8 +337,30 @@ pub trait Store: Send + Sync + 'static {
     /// Looks a user up by id.
     async fn user_by_id(&self, id: Uuid) -> Result<Option<User>, StoreError>;
 
-    /// Stores a new, unpublished event.
-    async fn insert_event(&self, event: Event) -> Result<(), StoreError>;
+    /// Stores a new, unpublished event; with a key, only if the user's
+    /// key did not store one since `key.since` (else answers that event).
+    async fn insert_event(&self, event: Event, key: Option<Key>) -> Result<Inserted, StoreError>;
+
+    /// Up to `limit` published events with a sequence number above
+    /// `after`, in sequence order: (seq, collection, name).
+    async fn published_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Uuid, String)>, StoreError>;
+
+    /// The ids of collections holding events, above `after`, ascending.
+    async fn collections_after(&self, after: Uuid, limit: usize) -> Result<Vec<Uuid>, StoreError>;
+
+    /// Deletes what each trim selects, at most `limit` rows each, in one
+    /// transaction; answers how many each deleted. Never the latest
+    /// published event of a name, a pending event, or the last event
+    /// inserted.
+    async fn trim(&self, trims: Vec<Trim>, limit: usize) -> Result<Vec<u64>, StoreError>;
+
+    /// Gives the space of deleted rows back to the file system (or marks it
+    /// for reuse).
+    async fn reclaim(&self) -> Result<(), StoreError>;
 
     /// Cancels `id` on behalf of `user_id` if it is theirs and still pending.
     async fn cancel_event(&self, id: Uuid, user_id: Uuid) -> Result<Cancel, StoreError>;

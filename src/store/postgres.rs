@@ -55,12 +55,12 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    Cancel, Change, Changed, Collection, ListOf, Listed, Member, Notice, PRESENCE_DEAD_MS,
-    Position, Record, Snapshot, Store, StoreError,
+    Cancel, Change, Changed, Collection, Inserted, Key, ListOf, Listed, Member, Notice,
+    PRESENCE_DEAD_MS, Position, Record, Snapshot, Store, StoreError, Trim,
 };
 use crate::domain::{Event, Filter, NodeRoom, Present, Published, User};
 use crate::metrics::Metrics;
-use crate::policy::{AccessState, Role, Rule, Standing};
+use crate::policy::{AccessState, Retention, Role, Rule, Standing};
 
 /// Schema migrations, applied in order; `broker_migrations` records those done.
 const MIGRATIONS: &[&str] = &[
@@ -68,6 +68,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0002_node.sql"),
     include_str!("migrations/postgres/0003_access.sql"),
     include_str!("migrations/postgres/0004_presence.sql"),
+    include_str!("migrations/postgres/0005_retention.sql"),
 ];
 /// The advisory lock that serialises migrations of nodes starting at once.
 const MIGRATION_LOCK: i64 = 0x6272_6f6b_6572; // "broker"
@@ -114,7 +115,8 @@ impl From<PoolError> for StoreError {
 /// An insert waiting for its group commit.
 struct Queued {
     event: Event,
-    reply: oneshot::Sender<Result<(), StoreError>>,
+    key: Option<Key>,
+    reply: oneshot::Sender<Result<Inserted, StoreError>>,
 }
 
 /// PostgreSQL storage, shared by any number of nodes.
@@ -244,25 +246,69 @@ async fn insert_loop(
         let started = std::time::Instant::now();
         let result = within(insert_batch(&pool, &batch, node)).await;
         metrics.commit(started.elapsed());
-        for queued in batch {
-            let _ = queued.reply.send(result.clone());
+        for (i, queued) in batch.into_iter().enumerate() {
+            let answer = result.as_ref().map_err(Clone::clone);
+            let _ = queued.reply.send(answer.map(|a| a.get(i).cloned().unwrap_or(Inserted::New)));
         }
     }
 }
 
-async fn insert_batch(pool: &Pool, batch: &[Queued], node: Uuid) -> Result<(), StoreError> {
-    let client = pool.get().await?;
-    let events = batch.iter().map(|q| &q.event);
+/// Commits a group of inserts in one transaction, answering each. Keyed
+/// inserts first claim their keys, in key order (so that two nodes' groups
+/// never wait on each other's keys in a cycle); a key stored already,
+/// committed or not, answers its event and stores nothing.
+async fn insert_batch(
+    pool: &Pool,
+    batch: &[Queued],
+    node: Uuid,
+) -> Result<Vec<Inserted>, StoreError> {
+    let mut client = pool.get().await?;
+    let mut answers = vec![Inserted::New; batch.len()];
+    if !batch.iter().any(|q| q.key.is_some()) {
+        insert_events(&client, batch.iter().map(|q| &q.event), node).await?;
+        return Ok(answers);
+    }
+    let tx = client.transaction().await?;
+    let mut keyed: Vec<(usize, &Key)> =
+        batch.iter().enumerate().filter_map(|(i, q)| Some((i, q.key.as_ref()?))).collect();
+    keyed.sort_by_key(|(i, key)| (batch[*i].event.user_id, &key.key));
+    let claim = tx.prepare_cached(sql::CLAIM_KEY).await?;
+    let stored = tx.prepare_cached(sql::KEY_EVENT).await?;
+    for (i, Key { key, now, since }) in keyed {
+        let event = &batch[i].event;
+        let json = serde_json::to_string(event).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let params: [&(dyn ToSql + Sync); 5] = [&event.user_id, key, now, &json, since];
+        if tx.query_opt(&claim, &params).await?.is_none() {
+            let row = tx.query_one(&stored, &[&event.user_id, key, since]).await?;
+            answers[i] = Inserted::Again(stored_event(row.try_get(0)?)?);
+        }
+    }
+    let new = batch.iter().zip(&answers).filter(|(_, a)| matches!(a, Inserted::New));
+    insert_events(&tx, new.map(|(q, _)| &q.event), node).await?;
+    tx.commit().await?;
+    Ok(answers)
+}
+
+/// An event as an idempotency key stored it.
+fn stored_event(json: &str) -> Result<Event, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Backend(format!("a stored key: {e}")))
+}
+
+/// Inserts events in one statement, in the order given.
+async fn insert_events(
+    client: &impl deadpool_postgres::GenericClient,
+    events: impl Iterator<Item = &Event> + Clone,
+    node: Uuid,
+) -> Result<(), StoreError> {
     let ids: Vec<Uuid> = events.clone().map(|e| e.id).collect();
     let users: Vec<Uuid> = events.clone().map(|e| e.user_id).collect();
     let collections: Vec<Uuid> = events.clone().map(|e| e.collection_id).collect();
     let names: Vec<&str> = events.clone().map(|e| e.event.as_str()).collect();
     let timestamps: Vec<i64> = events.clone().map(|e| e.timestamp).collect();
     let data: Vec<&str> = events.map(|e| e.data.get()).collect();
-    let statement = client.prepare_cached(sql::INSERT_EVENTS).await?;
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
         [&ids, &users, &collections, &names, &timestamps, &data, &node];
-    client.execute(&statement, &params).await?;
+    client.execute(&client.prepare_cached(sql::INSERT_EVENTS).await?, &params).await?;
     Ok(())
 }
 
@@ -326,7 +372,10 @@ async fn insert_user(
 
 /// Stores a claimed collection with its members, as it is.
 async fn insert_collection(tx: &Transaction<'_>, id: Uuid, rule: &Rule) -> Result<(), StoreError> {
-    tx.execute(sql::INSERT_COLLECTION, &[&id, &rule.owner, &rule.private]).await?;
+    let Retention { max_age, keep_latest } = rule.retention;
+    let params: [&(dyn ToSql + Sync); 5] =
+        [&id, &rule.owner, &rule.private, &max_age, &keep_latest];
+    tx.execute(sql::INSERT_COLLECTION, &params).await?;
     for (user, role) in &rule.members {
         tx.execute(sql::SET_MEMBER, &[&id, user, &role.as_str()]).await?;
     }
@@ -347,6 +396,12 @@ async fn apply(tx: &Transaction<'_>, change: Change) -> Result<Changed, StoreErr
         }
         Change::Privacy { collection, private } => {
             match tx.execute(sql::SET_PRIVATE, &[&collection, &private]).await? {
+                0 => Changed::NotFound,
+                _ => Changed::Done,
+            }
+        }
+        Change::Retention { collection, retention: Retention { max_age, keep_latest } } => {
+            match tx.execute(sql::SET_RETENTION, &[&collection, &max_age, &keep_latest]).await? {
                 0 => Changed::NotFound,
                 _ => Changed::Done,
             }
@@ -409,7 +464,8 @@ mod sql {
     );
     pub const RESTRICTED_USERS: &str =
         "SELECT id, generation, disabled FROM users WHERE generation > 0 OR disabled";
-    pub const COLLECTION: &str = "SELECT c.owner, COALESCE(u.username, ''), NULL::text, c.private
+    pub const COLLECTION: &str = "SELECT c.owner, COALESCE(u.username, ''), NULL::text, c.private,
+         c.max_age, c.keep_latest
          FROM collections c LEFT JOIN users u ON u.id = c.owner WHERE c.id = $1";
     /// A group of inserts in one statement, in the order given (which sets
     /// `pos`).
@@ -420,6 +476,12 @@ mod sql {
         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int8[], $6::text[])
              WITH ORDINALITY AS t(id, user_id, collection_id, event, timestamp, data, n)
         ORDER BY n";
+    /// Claims a user's key, or takes over a forgotten one; answers a row
+    /// only if it did. A key another transaction holds waits for it.
+    pub const CLAIM_KEY: &str = "INSERT INTO idempotency (user_id, key, created, event)
+        VALUES ($1, $2, $3, $4) ON CONFLICT (user_id, key) DO UPDATE
+        SET created = EXCLUDED.created, event = EXCLUDED.event WHERE idempotency.created < $5
+        RETURNING true";
     /// Cancels only a pending event of the user's: the row lock makes
     /// cancel and publication of one event exclude each other.
     pub const CANCEL: &str = concat!(
@@ -580,16 +642,80 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn insert_event(&self, event: Event) -> Result<(), StoreError> {
+    async fn insert_event(&self, event: Event, key: Option<Key>) -> Result<Inserted, StoreError> {
         within(self.schema.get_or_try_init(|| migrate(&self.pool))).await?;
         let (reply, answer) = oneshot::channel();
         self.inserts
-            .send(Queued { event, reply })
+            .send(Queued { event, key, reply })
             .await
             .map_err(|_| StoreError::Backend("the insert writer has stopped".into()))?;
         answer
             .await
             .map_err(|_| StoreError::Backend("the insert writer dropped an insert".into()))?
+    }
+
+    async fn published_after(
+        &self,
+        after: i64,
+        max: usize,
+    ) -> Result<Vec<(i64, Uuid, String)>, StoreError> {
+        self.run(async |client| {
+            let rows = client.query(sql::PUBLISHED_AFTER, &[&after, &limit(max)]).await?;
+            rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+        })
+        .await
+    }
+
+    async fn collections_after(&self, after: Uuid, max: usize) -> Result<Vec<Uuid>, StoreError> {
+        self.run(async |client| {
+            let next = client.prepare_cached(sql::COLLECTION_AFTER).await?;
+            let mut found: Vec<Uuid> = Vec::new();
+            while found.len() < max {
+                let from = found.last().copied().unwrap_or(after);
+                match client.query_opt(&next, &[&from]).await? {
+                    Some(row) => found.push(row.try_get(0)?),
+                    None => break,
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn trim(&self, trims: Vec<Trim>, max: usize) -> Result<Vec<u64>, StoreError> {
+        let max = limit(max);
+        self.write(async |mut client| {
+            let tx = client.transaction().await?;
+            let mut deleted = Vec::with_capacity(trims.len());
+            for trim in trims {
+                deleted.push(match trim {
+                    Trim::Latest { collection, event, keep } => {
+                        let params: [&(dyn ToSql + Sync); 4] =
+                            [&collection, &event, &(keep - 1), &max];
+                        tx.execute(&tx.prepare_cached(sql::TRIM_LATEST).await?, &params).await?
+                    }
+                    Trim::Older { collection, before } => {
+                        tx.execute(
+                            &tx.prepare_cached(sql::TRIM_OLDER).await?,
+                            &[&collection, &before, &max],
+                        )
+                        .await?
+                    }
+                    Trim::Keys { before } => {
+                        tx.execute(&tx.prepare_cached(sql::TRIM_KEYS).await?, &[&before, &max])
+                            .await?
+                    }
+                });
+            }
+            tx.commit().await?;
+            Ok(deleted)
+        })
+        .await
+    }
+
+    async fn reclaim(&self) -> Result<(), StoreError> {
+        // Plain VACUUM marks the space for reuse without locking writers out.
+        self.run(async |client| Ok(client.batch_execute("VACUUM events, idempotency").await?)).await
     }
 
     async fn cancel_event(&self, id: Uuid, user_id: Uuid) -> Result<Cancel, StoreError> {
@@ -904,6 +1030,7 @@ impl Store for PostgresStore {
                     owner: row.try_get(1)?,
                     private: row.try_get(2)?,
                     members: HashMap::new(),
+                    retention: Retention { max_age: row.try_get(3)?, keep_latest: row.try_get(4)? },
                 };
                 rules.insert(row.try_get(0)?, rule);
             }
@@ -938,9 +1065,10 @@ impl Store for PostgresStore {
                 return Ok(None);
             };
             let (owner, private) = (member_from_row(&row)?, row.try_get(3)?);
+            let retention = Retention { max_age: row.try_get(4)?, keep_latest: row.try_get(5)? };
             let members = rows(&tx.query(sql::COLLECTION_MEMBERS, &[&id]).await?, member_from_row)?;
             tx.commit().await?;
-            Ok(Some(Collection { id, owner, private, members }))
+            Ok(Some(Collection { id, owner, private, members, retention }))
         })
         .await
     }

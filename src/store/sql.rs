@@ -72,13 +72,14 @@ shared! {
          WHERE NOT EXISTS (SELECT 1 FROM events WHERE collection_id = $1 AND user_id <> $2)
          ON CONFLICT DO NOTHING";
     /// A claimed collection as it is (imports).
-    INSERT_COLLECTION =
-        "INSERT INTO collections (id, owner, private) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+    INSERT_COLLECTION = "INSERT INTO collections (id, owner, private, max_age, keep_latest)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
     SET_PRIVATE = "UPDATE collections SET private = $2 WHERE id = $1";
+    SET_RETENTION = "UPDATE collections SET max_age = $2, keep_latest = $3 WHERE id = $1";
     SET_MEMBER = "INSERT INTO members (collection_id, user_id, role) VALUES ($1, $2, $3)
          ON CONFLICT (collection_id, user_id) DO UPDATE SET role = excluded.role";
     REMOVE_MEMBER = "DELETE FROM members WHERE collection_id = $1 AND user_id = $2";
-    COLLECTIONS = "SELECT id, owner, private FROM collections";
+    COLLECTIONS = "SELECT id, owner, private, max_age, keep_latest FROM collections";
     MEMBERS = "SELECT collection_id, user_id, role FROM members";
     COLLECTION_MEMBERS = "SELECT m.user_id, COALESCE(u.username, ''), m.role
          FROM members m LEFT JOIN users u ON u.id = m.user_id
@@ -94,6 +95,30 @@ shared! {
         event_columns!(),
         ", seq, pos FROM events WHERE pos > $1 ORDER BY pos LIMIT $2"
     );
+    /// The stored event of a user's idempotency key, unless forgotten.
+    KEY_EVENT = "SELECT event FROM idempotency WHERE user_id = $1 AND key = $2 AND created >= $3";
+    PUBLISHED_AFTER =
+        "SELECT seq, collection_id, event FROM events WHERE seq > $1 ORDER BY seq LIMIT $2";
+    /// The next collection id after $1 (one index seek each).
+    COLLECTION_AFTER = "SELECT collection_id FROM events WHERE collection_id > $1
+         ORDER BY collection_id LIMIT 1";
+    /// All but the latest $3 + 1 published events of a collection and name
+    /// ($3 is keep − 1), $4 at most. No statement deletes the row with the
+    /// highest `pos`, so SQLite never hands its rowid out again.
+    TRIM_LATEST = "DELETE FROM events WHERE pos IN (SELECT pos FROM events
+         WHERE collection_id = $1 AND event = $2 AND seq < (SELECT seq FROM events
+             WHERE collection_id = $1 AND event = $2 AND seq IS NOT NULL
+             ORDER BY seq DESC LIMIT 1 OFFSET $3)
+         LIMIT $4) AND pos < (SELECT MAX(pos) FROM events)";
+    /// Published or cancelled events of a collection older than $2, but the
+    /// latest of each name, $3 at most.
+    TRIM_OLDER = "DELETE FROM events WHERE pos IN (SELECT pos FROM events e
+         WHERE collection_id = $1 AND timestamp < $2 AND (published OR cancelled)
+         AND (seq IS NULL OR seq < (SELECT l.seq FROM latest l
+             WHERE l.collection_id = e.collection_id AND l.event = e.event))
+         LIMIT $3) AND pos < (SELECT MAX(pos) FROM events)";
+    TRIM_KEYS = "DELETE FROM idempotency WHERE (user_id, key) IN
+         (SELECT user_id, key FROM idempotency WHERE created < $1 LIMIT $2)";
     /// Reads at most one row of each table.
     IS_EMPTY = "SELECT NOT EXISTS (SELECT 1 FROM users) AND NOT EXISTS (SELECT 1 FROM events)";
 }

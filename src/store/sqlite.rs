@@ -17,17 +17,18 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    Cancel, Change, Changed, Collection, ListOf, Listed, Member, Position, Record, Snapshot, Store,
-    StoreError,
+    Cancel, Change, Changed, Collection, Inserted, Key, ListOf, Listed, Member, Position, Record,
+    Snapshot, Store, StoreError, Trim,
 };
 use crate::domain::{Event, Filter, Published, User};
 use crate::metrics::Metrics;
-use crate::policy::{AccessState, Role, Rule, Standing};
+use crate::policy::{AccessState, Retention, Role, Rule, Standing};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those done.
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0001_init.sql"),
     include_str!("migrations/sqlite/0002_access.sql"),
+    include_str!("migrations/sqlite/0003_retention.sql"),
 ];
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -62,6 +63,10 @@ impl SqliteStore {
         let path = dir.join("broker.sqlite3");
         let mut conn = Connection::open(&path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Set before the first table exists, so that retention can give the
+        // space of deleted events back (`PRAGMA incremental_vacuum`); a
+        // database made by an older Broker reuses the freed pages instead.
+        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
         migrate(&mut conn)?;
         let (writes, jobs) = mpsc::channel(QUEUE);
@@ -264,6 +269,11 @@ fn published_from_row(row: &Row<'_>) -> rusqlite::Result<Published> {
     Ok(Published { event: event_from_row(row)?, seq: row.get(8)? })
 }
 
+/// An event as an idempotency key stored it.
+fn stored_event(json: &str) -> Result<Event, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Backend(format!("a stored key: {e}")))
+}
+
 fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
         id: row.get(0)?,
@@ -301,7 +311,14 @@ fn role_from(text: &str) -> rusqlite::Result<Role> {
 
 /// Stores a claimed collection with its members, as it is.
 fn insert_collection(conn: &Connection, id: Uuid, rule: &Rule) -> rusqlite::Result<()> {
-    conn.prepare_cached(sql::INSERT_COLLECTION)?.execute(params![id, rule.owner, rule.private])?;
+    let Retention { max_age, keep_latest } = rule.retention;
+    conn.prepare_cached(sql::INSERT_COLLECTION)?.execute(params![
+        id,
+        rule.owner,
+        rule.private,
+        max_age,
+        keep_latest
+    ])?;
     let mut member = conn.prepare_cached(sql::SET_MEMBER)?;
     for (user, role) in &rule.members {
         member.execute(params![id, user, role.as_str()])?;
@@ -323,6 +340,15 @@ fn apply(conn: &Connection, change: Change) -> Result<Changed, StoreError> {
         }
         Change::Privacy { collection, private } => {
             let n = conn.prepare_cached(sql::SET_PRIVATE)?.execute(params![collection, private])?;
+            if n == 0 { Changed::NotFound } else { Changed::Done }
+        }
+        Change::Retention { collection, retention } => {
+            let Retention { max_age, keep_latest } = retention;
+            let n = conn.prepare_cached(sql::SET_RETENTION)?.execute(params![
+                collection,
+                max_age,
+                keep_latest
+            ])?;
             if n == 0 { Changed::NotFound } else { Changed::Done }
         }
         Change::Member { collection, user, role } => {
@@ -402,7 +428,8 @@ mod sql {
     );
     pub const RESTRICTED_USERS: &str =
         "SELECT id, generation, disabled FROM users WHERE generation > 0 OR disabled = 1";
-    pub const COLLECTION: &str = "SELECT c.owner, COALESCE(u.username, ''), c.private
+    pub const COLLECTION: &str = "SELECT c.owner, COALESCE(u.username, ''), c.private,
+         c.max_age, c.keep_latest
          FROM collections c LEFT JOIN users u ON u.id = c.owner WHERE c.id = ?1";
     /// An event as it is: new ones have no `seq`; imported ones may.
     pub const INSERT_EVENT: &str = concat!(
@@ -411,6 +438,9 @@ mod sql {
         ", seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
     );
     pub const CANCEL: &str = "UPDATE events SET cancelled = 1 WHERE id = ?1";
+    /// Stores a key, replacing a forgotten one.
+    pub const PUT_KEY: &str =
+        "INSERT OR REPLACE INTO idempotency (user_id, key, created, event) VALUES (?1, ?2, ?3, ?4)";
     /// A page of a listing after a (timestamp, pos) position: the rest of
     /// that timestamp, then later ones, each an index seek (SQLite does not
     /// seek on the row value `(timestamp, pos) > (?, ?)`, and a page would
@@ -497,8 +527,16 @@ mod sql {
     }
 
     #[cfg(test)]
-    pub const ALL: [&str; 35] = [
+    pub const ALL: [&str; 43] = [
         FIND_USERS,
+        SET_RETENTION,
+        KEY_EVENT,
+        PUT_KEY,
+        PUBLISHED_AFTER,
+        COLLECTION_AFTER,
+        TRIM_LATEST,
+        TRIM_OLDER,
+        TRIM_KEYS,
         CLAIMED_BY,
         CLAIM,
         INSERT_COLLECTION,
@@ -564,8 +602,83 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn insert_event(&self, e: Event) -> Result<(), StoreError> {
-        self.write(move |conn| Ok(insert_event(conn, &e, None).map(|_| ())?)).await
+    async fn insert_event(&self, e: Event, key: Option<Key>) -> Result<Inserted, StoreError> {
+        self.write(move |conn| {
+            if let Some(Key { key, now, since }) = key {
+                let stored: Option<String> = conn
+                    .prepare_cached(sql::KEY_EVENT)?
+                    .query_row(params![e.user_id, key, since], |r| r.get(0))
+                    .optional()?;
+                if let Some(json) = stored {
+                    return Ok(Inserted::Again(stored_event(&json)?));
+                }
+                conn.prepare_cached(sql::PUT_KEY)?.execute(params![
+                    e.user_id,
+                    key,
+                    now,
+                    serde_json::to_string(&e).map_err(|e| StoreError::Backend(e.to_string()))?
+                ])?;
+            }
+            insert_event(conn, &e, None)?;
+            Ok(Inserted::New)
+        })
+        .await
+    }
+
+    async fn published_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Uuid, String)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            conn.prepare_cached(sql::PUBLISHED_AFTER)?
+                .query_map(params![after, limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+        .await
+    }
+
+    async fn collections_after(&self, after: Uuid, limit: usize) -> Result<Vec<Uuid>, StoreError> {
+        self.read(move |conn| {
+            let mut next = conn.prepare_cached(sql::COLLECTION_AFTER)?;
+            let mut found: Vec<Uuid> = Vec::new();
+            while found.len() < limit {
+                let from = found.last().copied().unwrap_or(after);
+                match next.query_row([from], |r| r.get(0)).optional()? {
+                    Some(id) => found.push(id),
+                    None => break,
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn trim(&self, trims: Vec<Trim>, limit: usize) -> Result<Vec<u64>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.write(move |conn| {
+            let one = |trim| -> Result<u64, StoreError> {
+                Ok(match trim {
+                    Trim::Latest { collection, event, keep } => conn
+                        .prepare_cached(sql::TRIM_LATEST)?
+                        .execute(params![collection, event, keep - 1, limit])?,
+                    Trim::Older { collection, before } => conn
+                        .prepare_cached(sql::TRIM_OLDER)?
+                        .execute(params![collection, before, limit])?,
+                    Trim::Keys { before } => {
+                        conn.prepare_cached(sql::TRIM_KEYS)?.execute(params![before, limit])?
+                    }
+                } as u64)
+            };
+            trims.into_iter().map(one).collect()
+        })
+        .await
+    }
+
+    async fn reclaim(&self) -> Result<(), StoreError> {
+        // A few hundred pages a time: the writer is not held for long.
+        self.write(|conn| Ok(conn.execute_batch("PRAGMA incremental_vacuum(256)")?)).await
     }
 
     async fn cancel_event(&self, id: Uuid, user_id: Uuid) -> Result<Cancel, StoreError> {
@@ -774,8 +887,13 @@ impl Store for SqliteStore {
             let mut rules: std::collections::HashMap<Uuid, Rule> = tx
                 .prepare_cached(sql::COLLECTIONS)?
                 .query_map([], |r| {
-                    let rule =
-                        Rule { owner: r.get(1)?, private: r.get(2)?, members: Default::default() };
+                    let retention = Retention { max_age: r.get(3)?, keep_latest: r.get(4)? };
+                    let rule = Rule {
+                        owner: r.get(1)?,
+                        private: r.get(2)?,
+                        members: Default::default(),
+                        retention,
+                    };
                     Ok((r.get(0)?, rule))
                 })?
                 .collect::<rusqlite::Result<_>>()?;
@@ -807,11 +925,12 @@ impl Store for SqliteStore {
     async fn collection(&self, id: Uuid) -> Result<Option<Collection>, StoreError> {
         self.read(move |conn| {
             let tx = conn.unchecked_transaction()?;
-            let Some((owner, private)) = tx
+            let Some((owner, private, retention)) = tx
                 .prepare_cached(sql::COLLECTION)?
                 .query_row([id], |r| {
                     let owner = Member { user_id: r.get(0)?, username: r.get(1)?, role: None };
-                    Ok((owner, r.get(2)?))
+                    let retention = Retention { max_age: r.get(3)?, keep_latest: r.get(4)? };
+                    Ok((owner, r.get(2)?, retention))
                 })
                 .optional()?
             else {
@@ -824,7 +943,7 @@ impl Store for SqliteStore {
                     Ok(Member { user_id: r.get(0)?, username: r.get(1)?, role: Some(role) })
                 })?
                 .collect::<rusqlite::Result<_>>()?;
-            Ok(Some(Collection { id, owner, private, members }))
+            Ok(Some(Collection { id, owner, private, members, retention }))
         })
         .await
     }

@@ -15,6 +15,7 @@ mod ops;
 mod presence;
 mod process;
 mod resume;
+mod retention;
 mod sessions;
 mod signals;
 mod store;

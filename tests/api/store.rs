@@ -39,7 +39,7 @@ async fn publication_numbers_due_events_in_timestamp_then_insertion_order() {
     let c = Uuid::new_v4();
     let now = broker::Clock::System.now_secs();
     for (name, ago) in [("a", 5), ("b", 9), ("c", 5), ("d", 7), ("later", -1000)] {
-        store.insert_event(event(name, c, now - ago)).await.unwrap();
+        store.insert_event(event(name, c, now - ago), None).await.unwrap();
     }
     assert_eq!(store.head().await.unwrap(), 0);
     assert!(store.next_due().await.unwrap().is_some_and(|t| t <= now + 1), "due already");
@@ -65,7 +65,7 @@ async fn the_snapshot_is_the_latest_event_of_each_name() {
     let (store, _dir, _db) = fresh().await;
     let (c, other) = (Uuid::new_v4(), Uuid::new_v4());
     for (name, collection) in [("x", c), ("y", c), ("x", c), ("x", other)] {
-        store.insert_event(event(name, collection, 0)).await.unwrap();
+        store.insert_event(event(name, collection, 0), None).await.unwrap();
         store.publish_due(0, 10).await.unwrap();
     }
     let all = store.snapshot(&Filter::default(), true).await.unwrap();
@@ -85,8 +85,8 @@ async fn cancellation_is_final_and_excludes_publication() {
     let c = Uuid::new_v4();
     let future = event("f", c, 100);
     let now = event("n", c, 0);
-    store.insert_event(future.clone()).await.unwrap();
-    store.insert_event(now.clone()).await.unwrap();
+    store.insert_event(future.clone(), None).await.unwrap();
+    store.insert_event(now.clone(), None).await.unwrap();
     assert!(matches!(store.cancel_event(future.id, Uuid::new_v4()).await, Ok(Cancel::NotOwner)));
     assert!(
         matches!(store.cancel_event(future.id, c).await, Ok(Cancel::Cancelled(e)) if e.cancelled)
@@ -137,7 +137,7 @@ async fn listings_go_by_timestamp_then_insertion_a_page_at_a_time() {
     for (name, collection, timestamp) in
         [("a", c, 30), ("b", c, 10), ("c", other, 20), ("d", c, 10)]
     {
-        store.insert_event(event(name, collection, timestamp)).await.unwrap();
+        store.insert_event(event(name, collection, timestamp), None).await.unwrap();
     }
     let names = |page: &[broker::store::Listed]| {
         page.iter().map(|l| l.event.event.clone()).collect::<Vec<_>>()
@@ -214,7 +214,7 @@ async fn an_export_imports_into_an_empty_store_as_it_was() {
     let c = Uuid::new_v4();
     store.change(Change::Claim { collection: c, owner: alice.id, private: true }).await.unwrap();
     for (name, timestamp) in [("a", 0), ("b", 0), ("later", i64::from(i32::MAX))] {
-        store.insert_event(event(name, c, timestamp)).await.unwrap();
+        store.insert_event(event(name, c, timestamp), None).await.unwrap();
     }
     store.publish_due(1, 10).await.unwrap();
 
