@@ -271,3 +271,148 @@ async fn broker_admin_grant_works_while_a_server_runs() {
     assert_eq!(page["users"][0]["username"], "root");
     assert_eq!(page["users"][0]["admin"], true);
 }
+
+/// A proxy of the test's own in front of `upstreams` that cuts connections
+/// at random points: before the whole request went through, or after it
+/// did and before the answer comes back (the insert committed, the client
+/// never knows). A connection to an upstream that is down is cut too.
+async fn cutting_proxy(upstreams: Arc<Mutex<Vec<String>>>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        for n in 1u64.. {
+            let Ok((mut client, _)) = listener.accept().await else { break };
+            let upstream = {
+                let all = upstreams.lock().unwrap();
+                all[n as usize % all.len()].clone()
+            };
+            // xorshift: which cut, and where, for this connection.
+            let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let (cut, at) = (x % 4, (x >> 8) as usize % 200 + 1);
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let mut request = vec![0; 64 * 1024];
+                let mut answer = vec![0; 64 * 1024];
+                let mut sent = 0;
+                loop {
+                    tokio::select! {
+                        read = client.read(&mut request) => {
+                            let Ok(n @ 1..) = read else { return };
+                            let n = if cut == 0 { n.min(at.saturating_sub(sent)) } else { n };
+                            if server.write_all(&request[..n]).await.is_err() || (cut == 0 && sent + n >= at) {
+                                return;
+                            }
+                            sent += n;
+                        }
+                        read = server.read(&mut answer) => {
+                            let Ok(n @ 1..) = read else { return };
+                            if cut == 1 || client.write_all(&answer[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+/// Writers that retry every insert, with its key, through connections cut
+/// at random points while a node is killed: every key is stored exactly
+/// once, as the event its acknowledgement named, and nothing else is.
+#[tokio::test]
+async fn retried_inserts_with_keys_are_stored_exactly_once_through_cuts_and_a_kill() {
+    const WRITERS: usize = 64;
+    const EACH: usize = 8;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let db = if crate::support::on_postgres() { Some(TestDb::create().await) } else { None };
+    let start = |i: usize| {
+        let mut c = command(dirs[i].path());
+        c.args(["--port", "0", "--secret", "s", "--host", "127.0.0.1"]);
+        if let Some(db) = &db {
+            c.args(["--database-url", &db.url]);
+        }
+        Binary::start(c)
+    };
+    let mut nodes = vec![start(0).await];
+    if db.is_some() {
+        nodes.extend([start(1).await, start(2).await]);
+    }
+    let address = |node: &Binary| node.base.trim_start_matches("http://").to_owned();
+    let upstreams = Arc::new(Mutex::new(nodes.iter().map(address).collect::<Vec<_>>()));
+    let proxy = cutting_proxy(upstreams.clone()).await;
+    let (jwt, collection) = nodes[0].user("writer").await;
+    let acknowledged = Arc::new(Mutex::new(std::collections::HashMap::<String, String>::new()));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let (http, url, jwt) = (http.clone(), format!("{proxy}/insert"), jwt.clone());
+        let acknowledged = acknowledged.clone();
+        writers.push(tokio::spawn(async move {
+            for n in 0..EACH {
+                let key = format!("w{w}-{n}");
+                let body =
+                    json!({"event": "e", "collection_id": collection, "timestamp": 0, "data": key});
+                loop {
+                    let sent = http.post(&url).bearer_auth(&jwt).header("idempotency-key", &key);
+                    let Ok(response) = sent.json(&body).send().await else { continue };
+                    let status = response.status().as_u16();
+                    let Ok(record) = response.json::<Value>().await else { continue };
+                    match status {
+                        200 => {
+                            let id = record["event"]["id"].as_str().unwrap().to_owned();
+                            acknowledged.lock().unwrap().insert(key, id);
+                            break;
+                        }
+                        // A node going down, or the database unreachable.
+                        500.. => continue,
+                        _ => panic!("{status}: {record}"),
+                    }
+                }
+            }
+        }));
+    }
+    crate::support::eventually("a third of the inserts", || async {
+        acknowledged.lock().unwrap().len() >= WRITERS * EACH / 3
+    })
+    .await;
+    // kill -9 one node; on SQLite, start it again on the same data.
+    nodes[0].child.start_kill().unwrap();
+    nodes[0].child.wait().await.unwrap();
+    if db.is_none() {
+        nodes[0] = start(0).await;
+    } else {
+        nodes.remove(0);
+    }
+    *upstreams.lock().unwrap() = nodes.iter().map(address).collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let listing = nodes[0]
+        .http
+        .get(nodes[0].url(&format!("/events/collections/{collection}")))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap();
+    let mut stored = std::collections::HashMap::new();
+    for event in ok_json(listing).await["events"].as_array().unwrap() {
+        let key = event["data"].as_str().unwrap().to_owned();
+        let again = stored.insert(key.clone(), event["id"].as_str().unwrap().to_owned());
+        assert!(again.is_none(), "{key} stored twice");
+    }
+    assert_eq!(acknowledged.len(), WRITERS * EACH);
+    assert_eq!(stored, acknowledged, "each key stored once, as acknowledged");
+}

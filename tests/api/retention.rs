@@ -113,11 +113,9 @@ async fn only_the_owner_sets_a_valid_retention() {
     let (alice, bob) = (app.user("alice").await, app.user("bob").await);
     claim(&app, &alice, false).await;
     let path = format!("/collections/{}", alice.collection);
-    for bad in [
-        json!({}),
-        json!({"retention": {"keep_latest": 0}}),
-        json!({"retention": {"max_age": -5}}),
-    ] {
+    for bad in
+        [json!({}), json!({"retention": {"keep_latest": 0}}), json!({"retention": {"max_age": -5}})]
+    {
         error_json(app.send(Method::PATCH, &alice.jwt, &path, Some(&bad)).await, 400).await;
     }
     let unknown = json!({"retention": {"forever": true}});
