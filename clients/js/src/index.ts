@@ -1,6 +1,8 @@
 import { SseParser } from "./sse.js";
 
 export { SseParser, type SseMessage } from "./sse.js";
+export { fileOutbox, indexedDbOutbox, memoryOutbox, type OutboxEntry, type OutboxStore } from "./outbox.js";
+import { indexedDbOutbox, memoryOutbox, type OutboxEntry, type OutboxStore } from "./outbox.js";
 
 /**
  * An event: what `insert` and `cancel` answer, what listings and the
@@ -202,6 +204,40 @@ export interface BrokerOptions {
   fetch?: typeof fetch;
   /** Refresh the token this many seconds before it expires (default 60, at most a third of its lifetime). */
   refreshBefore?: number;
+  /**
+   * Queue inserts, in order, until Broker takes them: `true` keeps the
+   * queue in IndexedDB in a browser (a reload keeps it) and in memory
+   * elsewhere; or any {@link OutboxStore} (`fileOutbox(path)` in Node).
+   * Without it, an insert is retried a few times and then fails.
+   */
+  outbox?: boolean | OutboxStore;
+}
+
+/** Options of {@link Broker.insert}. */
+export interface InsertOptions {
+  /** Its `Idempotency-Key` (default: a new UUID); with the outbox, also its id until sent. */
+  key?: string;
+  /** Without the outbox: how often to retry on a network failure, 429 or 5xx (default 5). */
+  retries?: number;
+}
+
+/**
+ * What became of an insert in the outbox: queued; retrying (Broker could
+ * not be reached, or answered 429 or 5xx; it is sent again later); sent;
+ * failed (Broker refused it for good, such as 403: it is dropped);
+ * cancelled while queued; discarded (its user logged out first).
+ */
+export type OutboxReport =
+  | { type: "queued" | "cancelled" | "discarded"; entry: OutboxEntry }
+  | { type: "retrying" | "failed"; entry: OutboxEntry; error: BrokerError }
+  | { type: "sent"; entry: OutboxEntry; event: BrokerEvent };
+
+/** The outbox at a glance: a new object on every change. */
+export interface OutboxStatus {
+  /** Inserts not sent yet. */
+  pending: number;
+  /** Why the last attempt failed, until one succeeds. */
+  lastError: BrokerError | null;
 }
 
 /**
@@ -338,6 +374,19 @@ export class Broker {
   private readonly refreshBefore: number;
   private refreshTimer: ReturnType<typeof setTimeout> | undefined;
   private readonly listeners = new Set<TokenListener>();
+  private readonly outbox?: OutboxStore;
+  /** The outbox's entries, in order, once loaded. */
+  private readonly queue: OutboxEntry[] = [];
+  private loaded?: Promise<void>;
+  private flushing = false;
+  private closed = false;
+  /** The key being sent now. */
+  private sending?: string;
+  private attempt = 0;
+  private retryTimer: ReturnType<typeof setTimeout> | undefined;
+  private status: OutboxStatus = { pending: 0, lastError: null };
+  private readonly settle = new Map<string, { resolve(e: BrokerEvent): void; reject(e: BrokerError): void; sent: Promise<BrokerEvent> }>();
+  private readonly outboxListeners = new Set<(report: OutboxReport) => void>();
 
   constructor(options: BrokerOptions) {
     this.base = options.url.replace(/\/+$/, "");
@@ -346,6 +395,12 @@ export class Broker {
     this.fetcher = options.fetch ?? ((input, init) => fetch(input, init));
     this.refreshBefore = options.refreshBefore ?? 60;
     this.schedule(this.storage.get());
+    if (options.outbox) {
+      const browser = typeof indexedDB !== "undefined";
+      this.outbox = options.outbox === true ? (browser ? indexedDbOutbox() : memoryOutbox()) : options.outbox;
+      globalThis.addEventListener?.("online", () => void this.flush());
+      void this.flush();
+    }
   }
 
   /** The current token, if logged in. */
@@ -367,6 +422,7 @@ export class Broker {
     this.storage.set(token);
     this.schedule(token);
     for (const listener of this.listeners) listener(token, reason);
+    void this.flush();
   }
 
   /** Forgets a token the server refused for good: subscriptions end their private view. */
@@ -389,9 +445,11 @@ export class Broker {
     (this.refreshTimer as { unref?: () => void }).unref?.();
   }
 
-  /** Stops the token refresh timer (subscriptions close by themselves). */
+  /** Stops the token refresh timer and the outbox (subscriptions close by themselves). */
   close(): void {
     clearTimeout(this.refreshTimer);
+    clearTimeout(this.retryTimer);
+    this.closed = true;
   }
 
   /**
@@ -399,8 +457,14 @@ export class Broker {
    * server refuses is refreshed once; if that fails too, the session ends
    * (subscriptions are told) and the call fails with "session ended: …".
    */
-  async request<T>(method: string, path: string, body?: unknown, retried = false): Promise<T> {
-    const headers: Record<string, string> = {};
+  async request<T>(
+    method: string,
+    path: string,
+    body?: unknown,
+    retried = false,
+    extra: Record<string, string> = {},
+  ): Promise<T> {
+    const headers: Record<string, string> = { ...extra };
     const token = this.storage.get();
     if (token) headers.authorization = `Bearer ${token}`;
     if (body !== undefined) headers["content-type"] = "application/json";
@@ -425,7 +489,7 @@ export class Broker {
         () => true,
         (e) => !refused(e),
       );
-      if (renewed) return this.request(method, path, body, true);
+      if (renewed) return this.request(method, path, body, true, extra);
     }
     this.endSession(error);
     throw new BrokerError(401, `session ended: ${error.message}`);
@@ -454,6 +518,7 @@ export class Broker {
    */
   async logOut(): Promise<void> {
     const had = this.token !== null || this.cookies;
+    await this.discard(tokenUser(this.token));
     const revoke = had ? this.request("POST", "/logout") : Promise.resolve();
     this.setToken(null, "logged out");
     await revoke.catch((e) => {
@@ -494,11 +559,160 @@ export class Broker {
    * Inserts an event, published now or at `at`. The answer is the stored
    * event, `published: false`: the scheduler publishes it (at once if it is
    * due) right after, and the stream then carries it with its `seq`.
+   *
+   * Every insert carries an `Idempotency-Key`, so retrying it never stores
+   * it twice. Without the outbox it is retried (with backoff, honouring
+   * `Retry-After`) on a network failure, 429 or 5xx, `retries` times. With
+   * the outbox it is queued first and the promise settles once Broker took
+   * it (or refused it for good); it need not be awaited: {@link onOutbox}
+   * tells what became of it, also after a reload.
    */
-  async insert(event: string, collectionId: string, data: unknown, at: Date = new Date()): Promise<BrokerEvent> {
+  insert(
+    event: string,
+    collectionId: string,
+    data: unknown,
+    at: Date = new Date(),
+    options: InsertOptions = {},
+  ): Promise<BrokerEvent> {
+    const key = options.key ?? crypto.randomUUID();
     const timestamp = Math.floor(at.getTime() / 1000);
-    const body = { event, collection_id: collectionId, timestamp, data };
-    return eventOf((await this.request<{ event: Wire }>("POST", "/insert", body)).event);
+    const entry: OutboxEntry = { key, user: tokenUser(this.token), event, collectionId, data, timestamp };
+    if (!this.outbox) return this.sendRetrying(entry, options.retries ?? 5);
+    const queued = this.enqueue(entry);
+    queued.catch(() => {}); // an app need not await it: onOutbox tells
+    return queued;
+  }
+
+  private async sendRetrying(entry: OutboxEntry, retries: number): Promise<BrokerEvent> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.send(entry);
+      } catch (e) {
+        if (!retryable(e) || attempt >= retries) throw e;
+        await new Promise((resolve) => setTimeout(resolve, backoff(attempt, e as BrokerError)));
+      }
+    }
+  }
+
+  private async enqueue(entry: OutboxEntry): Promise<BrokerEvent> {
+    await this.ready();
+    const sent = this.defer(entry.key);
+    this.queue.push(entry);
+    await this.outbox!.add(entry);
+    this.report({ type: "queued", entry });
+    void this.flush();
+    return sent;
+  }
+
+  /** Sends one insert, once. */
+  private async send(entry: OutboxEntry): Promise<BrokerEvent> {
+    const { event, collectionId: collection_id, timestamp, data } = entry;
+    const headers = { "idempotency-key": entry.key };
+    const answer = await this.request<{ event: Wire }>("POST", "/insert", { event, collection_id, timestamp, data }, false, headers);
+    return eventOf(answer.event);
+  }
+
+  /** The outbox: how many inserts wait, and the last failure. */
+  get outboxStatus(): OutboxStatus {
+    return this.status;
+  }
+
+  /** The inserts the outbox holds, in order. */
+  get outboxEntries(): readonly OutboxEntry[] {
+    return [...this.queue];
+  }
+
+  /** Calls `listener` with what becomes of each insert in the outbox; returns the unsubscribe. */
+  onOutbox(listener: (report: OutboxReport) => void): () => void {
+    this.outboxListeners.add(listener);
+    return () => void this.outboxListeners.delete(listener);
+  }
+
+  private report(report: OutboxReport): void {
+    const lastError = report.type === "sent" ? null : "error" in report ? report.error : this.status.lastError;
+    this.status = { pending: this.queue.length, lastError };
+    for (const listener of this.outboxListeners) listener(report);
+  }
+
+  /** Loads the stored outbox, once. */
+  private ready(): Promise<void> {
+    return (this.loaded ??= (async () => {
+      for (const entry of await this.outbox!.load()) {
+        this.defer(entry.key);
+        this.queue.push(entry);
+      }
+      this.status = { ...this.status, pending: this.queue.length };
+    })());
+  }
+
+  /** The promise of an insert in the outbox; an app that does not await it is not told of its failure twice. */
+  private defer(key: string): Promise<BrokerEvent> {
+    let settle!: { resolve(e: BrokerEvent): void; reject(e: BrokerError): void };
+    const sent = new Promise<BrokerEvent>((resolve, reject) => (settle = { resolve, reject }));
+    sent.catch(() => {});
+    this.settle.set(key, { ...settle, sent });
+    return sent;
+  }
+
+  /** Takes `entry` out of the outbox for good. */
+  private async drop(entry: OutboxEntry, outcome: { event: BrokerEvent } | { error: BrokerError }, type: OutboxReport["type"]) {
+    const at = this.queue.indexOf(entry);
+    if (at >= 0) this.queue.splice(at, 1);
+    await this.outbox!.remove(entry.key);
+    const settle = this.settle.get(entry.key);
+    this.settle.delete(entry.key);
+    if ("event" in outcome) settle?.resolve(outcome.event);
+    else settle?.reject(outcome.error);
+    this.report({ type, entry, ...outcome } as OutboxReport);
+  }
+
+  /**
+   * Sends what the outbox holds, in order, until it is empty or Broker
+   * cannot be reached (then again later, at once when the browser is back
+   * online). An insert waits for its own user to be logged in.
+   */
+  async flush(): Promise<void> {
+    if (!this.outbox || this.flushing || this.closed) return;
+    this.flushing = true;
+    clearTimeout(this.retryTimer);
+    try {
+      await this.ready();
+      for (let entry = this.queue[0]; entry && !this.closed; entry = this.queue[0]) {
+        if (entry.user !== tokenUser(this.token) && !this.cookies) return;
+        this.sending = entry.key;
+        try {
+          const event = await this.send(entry);
+          this.attempt = 0;
+          await this.drop(entry, { event }, "sent");
+        } catch (e) {
+          const error = e instanceof BrokerError ? e : new BrokerError(0, String(e));
+          if (!retryable(error) && error.status !== 401) {
+            await this.drop(entry, { error }, "failed");
+            continue;
+          }
+          this.report({ type: "retrying", entry, error });
+          // 401: the session ended; a log in flushes again.
+          if (error.status !== 401 && !this.closed) {
+            this.retryTimer = setTimeout(() => void this.flush(), backoff(this.attempt++, error));
+            (this.retryTimer as { unref?: () => void }).unref?.();
+          }
+          return;
+        }
+      }
+    } finally {
+      this.flushing = false;
+      this.sending = undefined;
+    }
+  }
+
+  /** Drops the queued inserts of `user` (who logs out): another user must not send them. */
+  private async discard(user: string | null): Promise<void> {
+    if (!this.outbox) return;
+    await this.ready();
+    const error = new BrokerError(0, "logged out before it was sent");
+    for (const entry of this.queue.filter((e) => e.user === user && e.key !== this.sending)) {
+      await this.drop(entry, { error }, "discarded");
+    }
   }
 
   /**
@@ -516,8 +730,20 @@ export class Broker {
     return presenceOf(await this.request<PresenceWire>("GET", `/collections/${collectionId}/presence`));
   }
 
-  /** Cancels a future event of one's own (`event.id` of any event this client handed over). */
+  /**
+   * Cancels a future event of one's own (`event.id` of any event this
+   * client handed over). An insert still in the outbox is cancelled by its
+   * key, locally: it is never sent (one being sent is cancelled once sent).
+   */
   async cancel(id: string): Promise<BrokerEvent> {
+    const queued = this.queue.find((e) => e.key === id);
+    if (queued && id !== this.sending) {
+      const error = new BrokerError(0, "cancelled before it was sent");
+      await this.drop(queued, { error }, "cancelled");
+      const { key, user, event, collectionId, data, timestamp } = queued;
+      return { id: key, userId: user ?? "", event, collectionId, data, timestamp, published: false, cancelled: true };
+    }
+    if (queued) id = (await this.settle.get(id)!.sent).id;
     return eventOf((await this.request<{ event: Wire }>("POST", `/events/${id}/cancel`)).event);
   }
 
@@ -852,6 +1078,17 @@ interface SignalWire {
 
 function signalOf(wire: SignalWire): Signal {
   return { collectionId: wire.collection_id, event: wire.event, userId: wire.user_id, data: wire.data };
+}
+
+/** Whether a failed insert may be sent again: Broker was not reached, was busy (429) or failed (5xx). */
+function retryable(e: unknown): boolean {
+  return e instanceof BrokerError && (e.status === 0 || e.status === 429 || e.status >= 500);
+}
+
+/** Milliseconds before attempt `attempt + 1`: doubling from 250 ms to 8 s, with jitter, at least `Retry-After`. */
+function backoff(attempt: number, e: BrokerError): number {
+  const base = Math.min(8000, 250 * 2 ** attempt);
+  return Math.max((e.retryAfter ?? 0) * 1000, base / 2 + (Math.random() * base) / 2);
 }
 
 /** The {@link BrokerError} of a failed response; `credentials`: whether a token or cookie went with it. */

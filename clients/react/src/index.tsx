@@ -13,6 +13,7 @@ import {
   type BrokerError,
   type BrokerEvent,
   type BrokerState,
+  type OutboxStatus,
   type Presence,
   type Signal,
   type StreamStatus,
@@ -245,6 +246,19 @@ function empty(collectionId: string): Presence {
 export function useSendSignal(collectionId: string): (event: string, data: unknown) => Promise<Signal> {
   const broker = useBroker();
   return useCallback((event: string, data: unknown) => broker.signal(event, collectionId, data), [broker, collectionId]);
+}
+
+/**
+ * The outbox (`new Broker({ outbox: true })`): how many inserts wait to be
+ * sent, and why the last attempt failed (`null` once one succeeds).
+ */
+export function useOutbox(): OutboxStatus {
+  const broker = useBroker();
+  return useSyncExternalStore(
+    useCallback((listener: () => void) => broker.onOutbox(listener), [broker]),
+    () => broker.outboxStatus,
+    () => broker.outboxStatus,
+  );
 }
 
 /** The session: whether one is logged in, and the calls that change it. */

@@ -10,6 +10,7 @@ import {
   useBrokerState,
   useBrokerStatus,
   useBrokerValue,
+  useOutbox,
   usePresence,
   useSendSignal,
   useSignals,
@@ -161,4 +162,30 @@ it("usePresence lists who has the collection open and follows joins and leaves",
   await until(() => view.textContent === "bob,carol");
   await act(async () => push(frame({ type: "leave", ...user("carol") })));
   await until(() => view.textContent === "bob");
+});
+
+it("useOutbox counts the inserts waiting while Broker cannot be reached, then none", async () => {
+  let online = false;
+  const fetch = vi.fn(async (input: RequestInfo | URL, init?: RequestInit) => {
+    if (!online) throw new TypeError("Failed to fetch");
+    const event = { ...JSON.parse(String(init?.body)), id: "e", user_id: "u", published: false, cancelled: false };
+    return new Response(JSON.stringify({ event }), { headers: { "content-type": "application/json" } });
+  });
+  const broker = new Broker({ url: "http://b", fetch: fetch as unknown as typeof globalThis.fetch, outbox: true });
+  function Pending() {
+    const { pending, lastError } = useOutbox();
+    return <p>{`${pending}:${lastError?.status ?? "-"}`}</p>;
+  }
+  const view = await render(broker, <Pending />);
+  expect(view.textContent).toBe("0:-");
+  await act(async () => void broker.insert("card", "board", 1));
+  await act(async () => void broker.insert("card", "board", 2));
+  await until(() => view.textContent === "2:0");
+  online = true;
+  await act(() => broker.flush());
+  await until(() => view.textContent === "0:-");
+  expect(fetch.mock.calls.map(([, init]) => (init?.headers as Record<string, string>)["idempotency-key"])).toSatisfy(
+    (keys: string[]) => keys.every((k) => k.length === 36),
+  );
+  broker.close();
 });

@@ -6,7 +6,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { afterEach, expect, it, onTestFinished, vi } from "vitest";
-import { Broker, type BrokerEvent } from "../../src/index.js";
+import { Broker, fileOutbox, type BrokerEvent, type OutboxReport } from "../../src/index.js";
 
 const BIN = process.env.BROKER_BIN ?? resolve(__dirname, "../../../../target/debug/broker");
 const running: { stop(): Promise<void> }[] = [];
@@ -299,3 +299,79 @@ it("presence: each page sees who else has the board open, and who left", async (
   alices.close();
   for (const b of [alice, bob]) b.close();
 }, 60_000);
+
+/** A fetch that Broker's answers to `/insert` never reach while `cut` says so (after the server took the request). */
+function cutting(cut: () => boolean): typeof fetch {
+  return async (input, init) => {
+    const response = await fetch(input, init);
+    if (String(input).endsWith("/insert") && cut()) throw new TypeError("connection reset");
+    return response;
+  };
+}
+
+it("retries an insert whose answer was lost, and stores it once", async () => {
+  const server = await start(dataDir(), await freePort());
+  let cuts = 2;
+  const alice = await user(server.url, "alice", { fetch: cutting(() => cuts-- > 0) });
+  const board = crypto.randomUUID();
+  const event = await alice.insert("card", board, { n: 1 });
+  expect(cuts).toBe(-1);
+  const stored = [];
+  for await (const e of alice.collectionEvents(board)) stored.push(e);
+  expect(stored.map((e) => e.id)).toEqual([event.id]);
+});
+
+it("queues inserts offline in a file, across a restart of the app, and sends them once, in order", async () => {
+  const server = await start(dataDir(), await freePort());
+  const file = join(dataDir(), "outbox.json");
+  let online = false;
+  const offline: typeof fetch = (input, init) =>
+    online || !String(input).endsWith("/insert") ? fetch(input, init) : Promise.reject(new TypeError("offline"));
+  const first = await user(server.url, "alice", { fetch: offline, outbox: fileOutbox(file) });
+  const board = crypto.randomUUID();
+  const reports: string[] = [];
+  first.onOutbox((r: OutboxReport) => reports.push(`${r.type} ${(r.entry.data as { n: number }).n}`));
+  for (const n of [1, 2, 3]) void first.insert("card", board, { n }, new Date(), { key: `k${n}` });
+  await vi.waitFor(() => expect(first.outboxStatus.pending).toBe(3));
+  expect((await first.cancel("k2")).cancelled).toBe(true);
+  expect(first.outboxStatus).toMatchObject({ pending: 2 });
+  expect(first.outboxStatus.lastError?.status).toBe(0);
+  first.close();
+
+  // The app starts again, still offline, then the network comes back.
+  const again = new Broker({ url: server.url, fetch: offline, outbox: fileOutbox(file) });
+  await again.logIn("alice", "correct horse battery");
+  void again.insert("card", board, { n: 4 });
+  const sent: number[] = [];
+  again.onOutbox((r) => r.type === "sent" && sent.push((r.event.data as { n: number }).n));
+  online = true;
+  await again.flush();
+  await vi.waitFor(() => expect(again.outboxStatus).toEqual({ pending: 0, lastError: null }));
+  expect(sent, reports.join(", ")).toEqual([1, 3, 4]);
+  const stored = [];
+  for await (const e of again.collectionEvents(board)) stored.push((e.data as { n: number }).n);
+  expect(stored).toEqual([1, 3, 4]);
+  expect(reports.filter((r) => !r.startsWith("retrying"))).toEqual(["queued 1", "queued 2", "queued 3", "cancelled 2"]);
+  again.close();
+});
+
+it("drops the queued inserts of a user who logs out: another user never sends them", async () => {
+  const server = await start(dataDir(), await freePort());
+  let online = false;
+  const offline: typeof fetch = (input, init) =>
+    online || !String(input).endsWith("/insert") ? fetch(input, init) : Promise.reject(new TypeError("offline"));
+  const broker = await user(server.url, "alice", { fetch: offline, outbox: true });
+  const board = crypto.randomUUID();
+  const queued = broker.insert("card", board, "alice's");
+  await vi.waitFor(() => expect(broker.outboxStatus.pending).toBe(1));
+  await broker.logOut();
+  await expect(queued).rejects.toThrow("logged out before it was sent");
+  await broker.signUp("bob", "correct horse battery");
+  await broker.logIn("bob", "correct horse battery");
+  online = true;
+  await broker.insert("card", board, "bob's");
+  const stored = [];
+  for await (const e of broker.collectionEvents(board)) stored.push(e.data);
+  expect(stored).toEqual(["bob's"]);
+  broker.close();
+});
