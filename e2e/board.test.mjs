@@ -194,3 +194,41 @@ test('each page shows who else is on the board, what they are moving right now, 
   await until('dave to leave', async () => !(await here(erin)).split(',').includes('dave'), 6_000 + 1_000);
   assert.ok(Date.now() - closed >= 4_000, 'not before the grace period');
 });
+
+test('offline: cards added and moved offline survive a reload and arrive once, in order, when the page is back online', async () => {
+  const [frank, grace] = [await user('frank', '', undefined, 'forbidden'), await user('grace', '', undefined, 'forbidden')];
+  // The service worker has the board's files: it opens without a network.
+  await frank.locator('html[data-offline="ready"]').waitFor();
+  const context = frank.context();
+  await context.setOffline(true);
+  for (const title of ['Offline 1', 'Offline 2', 'Offline 3']) {
+    await frank.getByLabel('title').fill(title);
+    await frank.getByRole('button', { name: 'Add', exact: true }).click();
+  }
+  await frank.locator('[data-pending="3"]').waitFor();
+  await frank.locator('[data-card="Offline 2"]').getByRole('button', { name: '→' }).click();
+  await frank.locator('[data-pending="4"]').waitFor();
+  await frank.reload();
+  await frank.locator('[data-pending="4"]').waitFor();
+  assert.equal(await frank.locator('[data-column="doing"] [data-card="Offline 2"][data-unsent]').count(), 1);
+  assert.ok(!(await titles(grace)).includes('Offline 1'), 'nothing left the page while offline');
+
+  await context.setOffline(false);
+  const offline = ['Offline 1', 'Offline 2', 'Offline 3'];
+  await until('grace to see the offline cards', async () => {
+    const seen = await titles(grace);
+    return offline.every((t) => seen.includes(t));
+  });
+  await until('the move to reach grace', () => grace.locator('[data-column="doing"] [data-card="Offline 2"]').count());
+  await frank.locator('[data-pending]').waitFor({ state: 'detached' });
+  // Exactly those four events, once each, in the order they were made.
+  const stored = await grace.evaluate(async () => {
+    const url = new URLSearchParams(location.search).get('broker');
+    const headers = { authorization: `Bearer ${localStorage.getItem('broker_token')}` };
+    const response = await fetch(`${url}/events/collections/3a7c9d52-6b1e-4f0a-9c8d-0b0a4d000001`, { headers });
+    return (await response.json()).events
+      .filter((e) => String(e.data?.title).startsWith('Offline'))
+      .map((e) => `${e.data.title} ${e.data.column}`);
+  });
+  assert.deepEqual(stored, ['Offline 1 todo', 'Offline 2 todo', 'Offline 3 todo', 'Offline 2 doing']);
+});

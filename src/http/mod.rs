@@ -140,6 +140,12 @@ pub fn cors(origins: &[HeaderValue]) -> CorsLayer {
             header::ACCEPT,
             header::CONTENT_TYPE,
             header::HeaderName::from_static("last-event-id"),
+            header::HeaderName::from_static("idempotency-key"),
+        ])
+        // A page reads how long to wait, and whether an insert was a retry.
+        .expose_headers([
+            header::RETRY_AFTER,
+            header::HeaderName::from_static("idempotent-replayed"),
         ])
         .allow_credentials(true)
 }

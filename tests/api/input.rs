@@ -89,7 +89,7 @@ async fn cors_allows_exactly_the_configured_origins() {
         let methods = headers["access-control-allow-methods"].to_str().unwrap().to_uppercase();
         assert!(methods.contains("GET") && methods.contains("POST"), "{methods}");
         let allowed = headers["access-control-allow-headers"].to_str().unwrap().to_lowercase();
-        for h in ["authorization", "accept", "content-type"] {
+        for h in ["authorization", "accept", "content-type", "idempotency-key"] {
             assert!(allowed.contains(h), "{allowed}");
         }
     }
@@ -113,6 +113,8 @@ async fn cors_allows_exactly_the_configured_origins() {
         .await
         .unwrap();
     assert_eq!(ok.headers()["access-control-allow-origin"], "http://b.test");
+    let exposed = ok.headers()["access-control-expose-headers"].to_str().unwrap().to_lowercase();
+    assert!(exposed.contains("retry-after") && exposed.contains("idempotent-replayed"), "{exposed}");
 }
 
 /// Data nested deeper than `--max-depth` (64) is refused at insert, with a

@@ -222,13 +222,14 @@ export interface InsertOptions {
 }
 
 /**
- * What became of an insert in the outbox: queued; retrying (Broker could
+ * What became of an insert in the outbox: queued; restored (found in the
+ * store at start, queued by an earlier run or page); retrying (Broker could
  * not be reached, or answered 429 or 5xx; it is sent again later); sent;
  * failed (Broker refused it for good, such as 403: it is dropped);
  * cancelled while queued; discarded (its user logged out first).
  */
 export type OutboxReport =
-  | { type: "queued" | "cancelled" | "discarded"; entry: OutboxEntry }
+  | { type: "queued" | "restored" | "cancelled" | "discarded"; entry: OutboxEntry }
   | { type: "retrying" | "failed"; entry: OutboxEntry; error: BrokerError }
   | { type: "sent"; entry: OutboxEntry; event: BrokerEvent };
 
@@ -640,8 +641,8 @@ export class Broker {
       for (const entry of await this.outbox!.load()) {
         this.defer(entry.key);
         this.queue.push(entry);
+        this.report({ type: "restored", entry });
       }
-      this.status = { ...this.status, pending: this.queue.length };
     })());
   }
 

@@ -4,6 +4,7 @@ import {
   useBroker,
   useBrokerState,
   useBrokerStatus,
+  useOutbox,
   usePresence,
   useSendSignal,
   useSignals,
@@ -57,8 +58,16 @@ function Board() {
   const state = useBrokerState(FILTER);
   const { status, error: streamError } = useBrokerStatus(FILTER);
   const [error, setError] = useState("");
-  // The state holds each board's cards apart, even where names meet.
-  const cards = [...state].filter((e) => e.event.startsWith("card:") && e.data);
+  const { pending } = useOutbox();
+  // The state holds each board's cards apart, even where names meet; what
+  // waits in the outbox is shown over it, marked as not sent yet.
+  const shown = new Map([...state].map((e) => [`${e.collectionId}/${e.event}`, e]));
+  for (const e of broker.outboxEntries) {
+    if (FILTER.collections.includes(e.collectionId) && e.timestamp * 1000 <= Date.now()) {
+      shown.set(`${e.collectionId}/${e.event}`, { ...e, pending: true });
+    }
+  }
+  const cards = [...shown.values()].filter((e) => e.event.startsWith("card:") && e.data);
   const run = (work) => work().then(() => setError(""), (err) => setError(err.message));
 
   const add = (e) => {
@@ -93,6 +102,7 @@ function Board() {
           <button type="submit">Add</button>
         </form>
         {error && <p className="error" role="alert">{error}</p>}
+        {pending > 0 && <p className="status" data-pending={pending}>{pending} change{pending > 1 ? "s" : ""} waiting to be sent</p>}
         <Here />
         <div className="columns">
           {COLUMNS.map((column) => (
@@ -139,7 +149,7 @@ function Here() {
 function Card({ card, move, remove, grab }) {
   const at = COLUMNS.indexOf(card.data.column);
   return (
-    <div className="card" data-card={card.data.title} onPointerDown={() => grab(card)}>
+    <div className="card" data-card={card.data.title} data-unsent={card.pending || undefined} onPointerDown={() => grab(card)}>
       {card.data.title}
       {card.collectionId === TEAM && <span className="badge">team</span>}
       <div className="actions">
