@@ -133,7 +133,8 @@ enum Cmd {
     },
     /// Publishes R events a second for T seconds on the first address while
     /// N subscribers listen on the others (all of them if there is one):
-    /// latency from the insert to the last subscriber (Broker only).
+    /// latency from the insert to the last subscriber, and of the insert
+    /// itself (Broker only).
     Rate {
         #[command(flatten)]
         target: Target,
@@ -141,6 +142,10 @@ enum Cmd {
         subs: Fleet,
         #[command(flatten)]
         pace: Pace,
+        /// Spread the events over this many event names (`bench-<n mod K>`;
+        /// 1: all named `bench`), as updates to K records.
+        #[arg(long, default_value_t = 1)]
+        names: usize,
     },
     /// N streams, each on a channel of its own (Broker: a collection), and
     /// R events a second for T seconds, each into one stream's channel:
@@ -261,8 +266,8 @@ async fn command(command: Cmd) {
         Cmd::Fanout { target, subs, singles, burst } => {
             run(&target, fanout(&target, &subs, singles, burst)).await
         }
-        Cmd::Rate { target, subs, pace } => {
-            run(&target, rate(&target, &subs, pace.rate, pace.seconds)).await
+        Cmd::Rate { target, subs, pace, names } => {
+            run(&target, rate(&target, &subs, pace, names.max(1))).await
         }
         Cmd::Channels { target, subs, pace, publishers, broadcasts, signals, churn } => {
             let load = Load { pace, publishers, broadcasts, signals, churn };
@@ -338,6 +343,8 @@ async fn run(
 /// Publishes bench events to the target.
 struct Publisher {
     kind: Kind,
+    /// How many event names Broker events are spread over.
+    names: usize,
     jwt: Option<String>,
     collection: String,
     /// A member's token, for the subscribers of a private collection.
@@ -349,7 +356,8 @@ impl Publisher {
     /// fresh collection, so subscribers see only this run.
     async fn new(target: &Target) -> Result<Self, Error> {
         let collection = uuid_v4();
-        let mut publisher = Self { kind: target.target, jwt: None, collection, reader: None };
+        let mut publisher =
+            Self { kind: target.target, names: 1, jwt: None, collection, reader: None };
         if target.target == Kind::Broker {
             let mut conn = Conn::connect(target.addr[0]).await?;
             let (name, jwt) = sign_up(&mut conn, &publisher.collection).await?;
@@ -383,7 +391,11 @@ impl Publisher {
     async fn publish(&self, conn: &mut Conn, n: usize, timestamp: i64) -> Result<(), Error> {
         let response = match self.kind {
             Kind::Broker => {
-                let body = json!({"event": "bench", "collection_id": self.collection, "timestamp": timestamp, "data": {"n": n}});
+                let event = match self.names {
+                    1 => "bench".to_owned(),
+                    k => format!("bench-{}", n % k),
+                };
+                let body = json!({"event": event, "collection_id": self.collection, "timestamp": timestamp, "data": {"n": n}});
                 conn.request("POST", "/insert", self.jwt.as_deref(), body.to_string().as_bytes())
                     .await?
             }
@@ -731,12 +743,15 @@ async fn fanout(
     Ok(report)
 }
 
-async fn rate(target: &Target, subs: &Fleet, rate: usize, seconds: u64) -> Result<Report, Error> {
+async fn rate(target: &Target, subs: &Fleet, pace: Pace, names: usize) -> Result<Report, Error> {
     if target.target != Kind::Broker {
         return Err("rate measures Broker only".into());
     }
+    let Pace { rate, seconds } = pace;
     let mut report = Report::new("rate");
-    let publisher = Arc::new(Publisher::new(target).await?);
+    let mut publisher = Publisher::new(target).await?;
+    publisher.names = names;
+    let publisher = Arc::new(publisher);
     let total = rate * seconds as usize;
     let listen = if target.addr.len() > 1 { &target.addr[1..] } else { &target.addr[..] };
     let mut clients = Clients::start(listen, subs, &publisher.subscribe_path(), total).await?;
@@ -750,18 +765,23 @@ async fn rate(target: &Target, subs: &Fleet, rate: usize, seconds: u64) -> Resul
         let (publisher, sent, addr) = (publisher.clone(), sent.clone(), target.addr[0]);
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::connect(addr).await?;
+            let mut answered = Vec::new();
             for n in (lane..total).step_by(LANES) {
                 let at = start + Duration::from_secs_f64(n as f64 / rate as f64);
                 tokio::time::sleep_until(at.into()).await;
-                sent.lock().unwrap_or_else(|e| e.into_inner())[n] = now_ns();
+                let began = now_ns();
+                sent.lock().unwrap_or_else(|e| e.into_inner())[n] = began;
                 publisher.publish(&mut conn, n, 0).await?;
+                answered.push(now_ns().saturating_sub(began) as f64 / 1e6);
             }
-            Ok::<_, Error>(())
+            Ok::<_, Error>(answered)
         }));
     }
+    let mut inserts = Vec::new();
     for task in tasks {
-        task.await??;
+        inserts.extend(task.await??);
     }
+    add_distribution(&mut report, "insert latency", inserts, "ms");
     report.add("publish time", start.elapsed().as_secs_f64(), "s");
     report.add("events per second", total as f64 / start.elapsed().as_secs_f64(), "/s");
     let all: Vec<usize> = (0..total).collect();

@@ -114,7 +114,10 @@ async fn cors_allows_exactly_the_configured_origins() {
         .unwrap();
     assert_eq!(ok.headers()["access-control-allow-origin"], "http://b.test");
     let exposed = ok.headers()["access-control-expose-headers"].to_str().unwrap().to_lowercase();
-    assert!(exposed.contains("retry-after") && exposed.contains("idempotent-replayed"), "{exposed}");
+    assert!(
+        exposed.contains("retry-after") && exposed.contains("idempotent-replayed"),
+        "{exposed}"
+    );
 }
 
 /// Data nested deeper than `--max-depth` (64) is refused at insert, with a

@@ -309,6 +309,14 @@ function cutting(cut: () => boolean): typeof fetch {
   };
 }
 
+/** A fetch whose inserts fail as offline until `goOnline()`. */
+function network() {
+  let online = false;
+  const offline: typeof fetch = (input, init) =>
+    online || !String(input).endsWith("/insert") ? fetch(input, init) : Promise.reject(new TypeError("offline"));
+  return { offline, goOnline: () => void (online = true) };
+}
+
 it("retries an insert whose answer was lost, and stores it once", async () => {
   const server = await start(dataDir(), await freePort());
   let cuts = 2;
@@ -324,9 +332,7 @@ it("retries an insert whose answer was lost, and stores it once", async () => {
 it("queues inserts offline in a file, across a restart of the app, and sends them once, in order", async () => {
   const server = await start(dataDir(), await freePort());
   const file = join(dataDir(), "outbox.json");
-  let online = false;
-  const offline: typeof fetch = (input, init) =>
-    online || !String(input).endsWith("/insert") ? fetch(input, init) : Promise.reject(new TypeError("offline"));
+  const { offline, goOnline } = network();
   const first = await user(server.url, "alice", { fetch: offline, outbox: fileOutbox(file) });
   const board = crypto.randomUUID();
   const reports: string[] = [];
@@ -344,7 +350,7 @@ it("queues inserts offline in a file, across a restart of the app, and sends the
   void again.insert("card", board, { n: 4 });
   const sent: number[] = [];
   again.onOutbox((r) => r.type === "sent" && sent.push((r.event.data as { n: number }).n));
-  online = true;
+  goOnline();
   await again.flush();
   await vi.waitFor(() => expect(again.outboxStatus).toEqual({ pending: 0, lastError: null }));
   expect(sent, reports.join(", ")).toEqual([1, 3, 4]);
@@ -357,9 +363,7 @@ it("queues inserts offline in a file, across a restart of the app, and sends the
 
 it("drops the queued inserts of a user who logs out: another user never sends them", async () => {
   const server = await start(dataDir(), await freePort());
-  let online = false;
-  const offline: typeof fetch = (input, init) =>
-    online || !String(input).endsWith("/insert") ? fetch(input, init) : Promise.reject(new TypeError("offline"));
+  const { offline, goOnline } = network();
   const broker = await user(server.url, "alice", { fetch: offline, outbox: true });
   const board = crypto.randomUUID();
   const queued = broker.insert("card", board, "alice's");
@@ -368,7 +372,7 @@ it("drops the queued inserts of a user who logs out: another user never sends th
   await expect(queued).rejects.toThrow("logged out before it was sent");
   await broker.signUp("bob", "correct horse battery");
   await broker.logIn("bob", "correct horse battery");
-  online = true;
+  goOnline();
   await broker.insert("card", board, "bob's");
   const stored = [];
   for await (const e of broker.collectionEvents(board)) stored.push(e.data);
