@@ -9,7 +9,7 @@
 # table with its indexes). Results in target/bench/retention-*.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${N:-100} R=${R:-1000} T=${T:-60} K=${K:-100}
+N=${N:-100} R=${R:-1000} T=${T:-60} K=${K:-100}  # BACKENDS="sqlite postgres"
 PGURL=${PGURL:-postgres://postgres@127.0.0.1:5432/postgres}
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
@@ -56,7 +56,7 @@ run() {
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
-for backend in sqlite postgres; do
+for backend in ${BACKENDS:-sqlite postgres}; do
   run "$backend" all
   run "$backend" latest=1
 done

@@ -132,6 +132,7 @@ impl Broker {
         );
         retention::Sweeper::new(
             store.clone(),
+            feed.node().to_string(),
             hub.clone(),
             clock.clone(),
             config.retention,

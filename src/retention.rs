@@ -4,18 +4,21 @@
 //! One task per node sweeps every [`ROUND`]. It follows the log by
 //! sequence number: each newly published event whose collection keeps only
 //! the latest N of each name trims that collection and name (so a busy name
-//! is trimmed as it goes, an idle one costs nothing). Ages are checked
-//! every [`AGE_EVERY`] seconds, collection by collection: claimed ones with
-//! a `max_age`, and, under a server-wide `--retention` age, every other
-//! collection holding events (listed once at start, then learnt from the
-//! log). Deletions run in small transactions ([`LIMIT`] rows per trim,
-//! [`CHUNK`] trims each), so inserts and streams never wait long behind
-//! them; the store never deletes a pending event or the latest published
+//! is trimmed as it goes, an idle one costs nothing). Every [`AGE_EVERY`]
+//! seconds, old idempotency keys are forgotten and ages checked, collection
+//! by collection: claimed ones with a `max_age`, and, under a server-wide
+//! `--retention` age, every other collection holding events (listed once
+//! at start, then learnt from the log). Deletions run in small
+//! transactions ([`LIMIT`] rows per trim, [`CHUNK`] trims each), so inserts
+//! and streams never wait long behind them; the store never deletes a pending event or the latest published
 //! event of a name, so the state a new stream syncs never changes, and a
 //! resumed stream misses nothing it needs (see the README). A change of
 //! retention rules sweeps the whole log again from the start.
 //!
-//! On a shared database every node sweeps; deletions are idempotent.
+//! On a shared database one node sweeps at a time: the one holding the
+//! store's `retention` lease, renewed every round and taken over by
+//! another node within [`LEASE`] seconds of its holder's end (which then
+//! follows the log again from its start).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -36,18 +39,22 @@ pub const ROUND: Duration = Duration::from_secs(1);
 pub const AGE_EVERY: i64 = 30;
 /// Most rows one trim deletes in one transaction.
 pub const LIMIT: usize = 500;
-/// Most trims in one transaction.
-const CHUNK: usize = 256;
+/// Most trims in one transaction (about a millisecond of the writer's).
+const CHUNK: usize = 16;
 /// Published events read per round.
 const SCAN: usize = 20_000;
 /// Collections listed per round while the first listing runs.
 const LISTING: usize = 2_000;
+/// How long the sweeping node's lease lasts, in seconds, unless renewed.
+pub const LEASE: i64 = 10;
 /// Least time between two space reclaims.
 const RECLAIM: Duration = Duration::from_secs(30);
 
 /// The sweeper's state between rounds.
 pub struct Sweeper {
     store: Arc<dyn Store>,
+    /// This node, as the lease's holder.
+    holder: String,
     hub: Arc<Hub>,
     clock: Clock,
     /// For collections nobody claimed.
@@ -74,6 +81,7 @@ impl Sweeper {
     /// A sweeper of `store` by the rules `hub` holds.
     pub fn new(
         store: Arc<dyn Store>,
+        holder: String,
         hub: Arc<Hub>,
         clock: Clock,
         default: Retention,
@@ -81,6 +89,7 @@ impl Sweeper {
     ) -> Self {
         Self {
             store,
+            holder,
             hub,
             clock,
             default,
@@ -124,6 +133,12 @@ impl Sweeper {
 
     /// One sweep; answers whether work is left for another at once.
     pub async fn round(&mut self) -> Result<bool, StoreError> {
+        let now = self.clock.now_secs();
+        if !self.store.lease("retention-lease", &self.holder, now, now + LEASE).await? {
+            // Another node sweeps; should this one take over, it starts afresh.
+            (self.cursor, self.aged) = (0, None);
+            return Ok(false);
+        }
         let access = self.hub.access.current();
         let rules: HashMap<Uuid, Retention> =
             access.collections.iter().map(|(id, rule)| (*id, rule.retention)).collect();
@@ -133,8 +148,6 @@ impl Sweeper {
         }
         let of = |c: &Uuid| self.rules.get(c).copied().unwrap_or(self.default);
         let mut trims: Vec<Trim> = std::mem::take(&mut self.unfinished);
-        let now = self.clock.now_secs();
-        trims.push(Trim::Keys { before: now - self.key_window });
 
         let by_count = self.default.keep_latest.is_some()
             || self.rules.values().any(|r| r.keep_latest.is_some());
@@ -166,6 +179,7 @@ impl Sweeper {
         }
         if self.aged.is_none_or(|aged| now - aged >= AGE_EVERY) {
             self.aged = Some(now);
+            trims.push(Trim::Keys { before: now - self.key_window });
             let claimed = self.rules.iter().filter_map(|(c, r)| Some((*c, r.max_age?)));
             let unclaimed =
                 self.default.max_age.map(|age| self.known.iter().map(move |c| (*c, age)));

@@ -442,10 +442,18 @@ pub trait Store: Send + Sync + 'static {
     /// Sets (or with `None` removes) a value of the ACME state.
     async fn acme_put(&self, name: &str, value: Option<&str>) -> Result<(), StoreError>;
 
-    /// Takes or extends the lease that lets one node order certificates:
-    /// true if `holder` now holds it until `until` (UNIX seconds), because it
-    /// was free, had expired at `now`, or was `holder`'s already.
-    async fn acme_lease(&self, holder: &str, now: i64, until: i64) -> Result<bool, StoreError>;
+    /// Takes or extends the lease `name` that lets one node do a job
+    /// (order certificates, sweep for retention): true if `holder` now
+    /// holds it until `until` (UNIX seconds), because it was free, had
+    /// expired at `now`, or was `holder`'s already. A store no other node
+    /// shares always grants it.
+    async fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, StoreError>;
 
     /// Applies a change to the access rules or an account.
     async fn change(&self, change: Change) -> Result<Changed, StoreError>;

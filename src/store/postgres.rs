@@ -601,8 +601,8 @@ mod sql {
     pub const ACME_GET: &str = "SELECT value FROM settings WHERE name = 'acme:' || $1";
     pub const ACME_PUT: &str = "INSERT INTO settings (name, value) VALUES ('acme:' || $1, $2) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value";
     pub const ACME_DELETE: &str = "DELETE FROM settings WHERE name = 'acme:' || $1";
-    /// The lease's value is "<holder> <until>".
-    pub const ACME_LEASE: &str = "INSERT INTO settings (name, value) VALUES ('acme-lease', $1::text || ' ' || $3::bigint::text) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value WHERE split_part(settings.value, ' ', 1) = $1 OR split_part(settings.value, ' ', 2)::bigint < $2::bigint";
+    /// Lease $4's value is "<holder> <until>".
+    pub const LEASE: &str = "INSERT INTO settings (name, value) VALUES ($4, $1::text || ' ' || $3::bigint::text) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value WHERE split_part(settings.value, ' ', 1) = $1 OR split_part(settings.value, ' ', 2)::bigint < $2::bigint";
 }
 
 fn limit(n: usize) -> i64 {
@@ -995,9 +995,15 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn acme_lease(&self, holder: &str, now: i64, until: i64) -> Result<bool, StoreError> {
+    async fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, StoreError> {
         self.run(async |client| {
-            Ok(client.execute(sql::ACME_LEASE, &[&holder, &now, &until]).await? == 1)
+            Ok(client.execute(sql::LEASE, &[&holder, &now, &until, &name]).await? == 1)
         })
         .await
     }

@@ -30,6 +30,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0002_access.sql"),
     include_str!("migrations/sqlite/0003_retention.sql"),
 ];
+/// Free pages (4 KiB each) kept for reuse when retention deleted rows.
+const FREE_PAGES: i64 = 1024;
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 1024;
 /// Writes that may wait for the writer before callers are slowed down.
@@ -677,8 +679,18 @@ impl Store for SqliteStore {
     }
 
     async fn reclaim(&self) -> Result<(), StoreError> {
-        // A few hundred pages a time: the writer is not held for long.
-        self.write(|conn| Ok(conn.execute_batch("PRAGMA incremental_vacuum(256)")?)).await
+        // Freed pages are reused by the next inserts: only a surplus beyond
+        // FREE_PAGES goes back, a few thousand pages at a time, so that the
+        // writer is never held for long.
+        self.write(|conn| {
+            let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+            if free > FREE_PAGES {
+                let pages = (free - FREE_PAGES).min(4 * FREE_PAGES);
+                conn.execute_batch(&format!("PRAGMA incremental_vacuum({pages})"))?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn cancel_event(&self, id: Uuid, user_id: Uuid) -> Result<Cancel, StoreError> {
@@ -995,7 +1007,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn acme_lease(&self, _: &str, _: i64, _: i64) -> Result<bool, StoreError> {
+    async fn lease(&self, _: &str, _: &str, _: i64, _: i64) -> Result<bool, StoreError> {
         Ok(true) // One node per SQLite database.
     }
 }

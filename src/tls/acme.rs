@@ -155,7 +155,7 @@ pub async fn run(
             }
             continue;
         }
-        let pause = match store.acme_lease(&holder, now, now + LEASE).await {
+        let pause = match store.lease("acme-lease", &holder, now, now + LEASE).await {
             Ok(true) => {
                 tracing::info!(domains = ?settings.domains, directory = %settings.directory, "ordering a certificate");
                 let ordered = tokio::select! {
@@ -169,7 +169,7 @@ pub async fn run(
                     Err(e) => Err(e),
                 };
                 // Released: the next node may order at once if this one fails.
-                let _ = store.acme_lease(&holder, now, 0).await;
+                let _ = store.lease("acme-lease", &holder, now, 0).await;
                 match saved {
                     Ok(()) => {
                         tracing::info!(domains = ?settings.domains, "certificate obtained");

@@ -647,3 +647,32 @@ async fn presence_outlives_a_database_outage() {
     })
     .await;
 }
+
+/// Retention on a cluster: one node sweeps (the lease's holder); when it
+/// stops, another takes over once the lease has run out.
+#[tokio::test]
+async fn one_node_sweeps_for_retention_and_another_takes_over() {
+    use crate::retention::{listed, retain};
+    let mut nodes = cluster(2).await;
+    let alice = nodes[0].user("alice").await;
+    crate::access::claim(&nodes[0], &alice, false).await;
+    retain(&nodes[0], &alice, json!({"keep_latest": 1})).await;
+    nodes[1].publish(&alice, &[("a", json!(1)), ("a", json!(2))]).await;
+    eventually("trimmed", || async { listed(&nodes[1], &alice).await == [json!(2)] }).await;
+    let expired = async |node: &TestApp| {
+        let text = crate::ops::metrics(node).await;
+        let line = text.lines().find(|l| l.starts_with("broker_events_expired_total "));
+        line.and_then(|l| l.split(' ').nth(1)?.parse::<u64>().ok()).unwrap_or(0)
+    };
+    let counts = [expired(&nodes[0]).await, expired(&nodes[1]).await];
+    assert_eq!(counts.iter().filter(|n| **n > 0).count(), 1, "one sweeper: {counts:?}");
+    let sweeper = counts.iter().position(|n| *n > 0).unwrap();
+    let mut gone = nodes.remove(sweeper);
+    gone.shut_down().await;
+    let other = &nodes[0];
+    other.publish(&alice, &[("a", json!(3))]).await;
+    other.set_time(NOW + broker::retention::LEASE + 1);
+    eventually("trimmed by the other node", || async { listed(other, &alice).await == [json!(3)] })
+        .await;
+    assert!(expired(other).await > 0);
+}

@@ -4,7 +4,7 @@ use serde_json::json;
 
 use crate::support::{NOW, TestApp, eventually, ok_json};
 
-async fn metrics(app: &TestApp) -> String {
+pub async fn metrics(app: &TestApp) -> String {
     let response = app.http.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));

@@ -22,12 +22,12 @@ fn body(user: &TestUser, name: &str, data: Value) -> Value {
 }
 
 /// The ids of a collection's events, as listed.
-async fn listed(app: &TestApp, user: &TestUser) -> Vec<Value> {
+pub async fn listed(app: &TestApp, user: &TestUser) -> Vec<Value> {
     app.collection(user, user.collection).await.into_iter().map(|e| e["data"].clone()).collect()
 }
 
 /// Sets the retention of `owner`'s collection.
-async fn retain(app: &TestApp, owner: &TestUser, retention: Value) -> Value {
+pub async fn retain(app: &TestApp, owner: &TestUser, retention: Value) -> Value {
     let path = format!("/collections/{}", owner.collection);
     let body = json!({ "retention": retention });
     ok_json(app.send(Method::PATCH, &owner.jwt, &path, Some(&body)).await).await

@@ -252,12 +252,16 @@ async fn acme_values_are_kept_and_the_lease_has_one_holder_at_a_time() {
     assert_eq!(store.acme_get("account").await.unwrap().as_deref(), Some("key"));
     store.acme_put("account", None).await.unwrap();
     assert_eq!(store.acme_get("account").await.unwrap(), None);
-    assert!(store.acme_lease("one", 100, 200).await.unwrap());
+    assert!(store.lease("acme-lease", "one", 100, 200).await.unwrap());
     // A SQLite database has one node: it always holds the lease.
     if on_postgres() {
-        assert!(!store.acme_lease("two", 150, 250).await.unwrap(), "held by one until 200");
-        assert!(store.acme_lease("one", 150, 300).await.unwrap(), "extended by its holder");
-        assert!(store.acme_lease("two", 301, 400).await.unwrap(), "expired: free again");
+        assert!(!store.lease("acme-lease", "two", 150, 250).await.unwrap(), "held until 200");
+        assert!(store.lease("other", "two", 150, 250).await.unwrap(), "leases are apart");
+        assert!(
+            store.lease("acme-lease", "one", 150, 300).await.unwrap(),
+            "extended by its holder"
+        );
+        assert!(store.lease("acme-lease", "two", 301, 400).await.unwrap(), "expired: free again");
     }
     store.ping().await.unwrap();
 }
