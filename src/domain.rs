@@ -162,6 +162,13 @@ pub fn integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> 
         .ok_or_else(|| D::Error::custom(format!("{n} is not an integer")))
 }
 
+/// Like [`integer`], for an optional field (`null` or left out: `None`).
+pub fn optional_integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Integer(#[serde(deserialize_with = "integer")] i64);
+    Ok(Option::<Integer>::deserialize(d)?.map(|Integer(n)| n))
+}
+
 /// Rewrites already-valid JSON without insignificant white space, so that it
 /// fits on one SSE `data:` line. Strings, numbers and key order are kept
 /// exactly as the client sent them. Refuses arrays and objects nested more

@@ -69,11 +69,13 @@ pub struct Retention {
     /// Drop published (and cancelled) events whose timestamp is more than
     /// this many seconds old.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "crate::domain::optional_integer")]
     #[schema(minimum = 1)]
     pub max_age: Option<i64>,
     /// Drop published events that have at least this many later published
     /// events of the same name in the collection (1: only the latest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "crate::domain::optional_integer")]
     #[schema(minimum = 1)]
     pub keep_latest: Option<i64>,
 }

@@ -33,7 +33,8 @@ fn yes() -> bool {
     true
 }
 
-/// The body of `PATCH /collections/{id}`: what changes (at least one).
+/// The body of `PATCH /collections/{id}`: what changes (what is left
+/// out, or null, does not).
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Update {
@@ -41,7 +42,18 @@ pub struct Update {
     private: Option<bool>,
     /// Which events it keeps from now on: `{}` all of them (the default),
     /// `max_age` (seconds), `keep_latest` (per name), or both.
+    #[serde(default, deserialize_with = "object")]
+    #[schema(value_type = Option<Retention>)]
     retention: Option<Retention>,
+}
+
+/// A retention given as a JSON object only (serde would also take an
+/// array of its fields).
+fn object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Retention>, D::Error> {
+    let Some(map) = Option::<serde_json::Map<String, serde_json::Value>>::deserialize(d)? else {
+        return Ok(None);
+    };
+    serde_json::from_value(map.into()).map(Some).map_err(serde::de::Error::custom)
 }
 
 /// The body of `PUT /collections/{id}/members/{username}`.
@@ -133,7 +145,7 @@ pub async fn presence(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The collection, changed; open streams follow within a second.", body = Collection),
-        (status = 400, description = "The id is not a UUID, the body changes nothing, or a limit is below 1.", body = ErrorBody),
+        (status = 400, description = "The id is not a UUID, or a limit is below 1.", body = ErrorBody),
         (status = 403, description = "The caller does not own it.", body = ErrorBody),
         (status = 404, description = "Nobody claimed this collection.", body = ErrorBody),
     ))]
@@ -148,9 +160,6 @@ pub async fn update(
         .map(Retention::checked)
         .transpose()
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
-    if body.private.is_none() && retention.is_none() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "give `private` or `retention`"));
-    }
     owned(&app, id, user).await?;
     if let Some(private) = body.private {
         app.change(Change::Privacy { collection: id, private }).await?;

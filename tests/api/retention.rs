@@ -113,13 +113,15 @@ async fn only_the_owner_sets_a_valid_retention() {
     let (alice, bob) = (app.user("alice").await, app.user("bob").await);
     claim(&app, &alice, false).await;
     let path = format!("/collections/{}", alice.collection);
-    for bad in
-        [json!({}), json!({"retention": {"keep_latest": 0}}), json!({"retention": {"max_age": -5}})]
-    {
+    for bad in [json!({"retention": {"keep_latest": 0}}), json!({"retention": {"max_age": -5}})] {
         error_json(app.send(Method::PATCH, &alice.jwt, &path, Some(&bad)).await, 400).await;
     }
-    let unknown = json!({"retention": {"forever": true}});
-    error_json(app.send(Method::PATCH, &alice.jwt, &path, Some(&unknown)).await, 422).await;
+    for unknown in [json!({"retention": {"forever": true}}), json!({"retention": [null, null]})] {
+        error_json(app.send(Method::PATCH, &alice.jwt, &path, Some(&unknown)).await, 422).await;
+    }
+    // Nothing given, nothing changes.
+    let same = ok_json(app.send(Method::PATCH, &alice.jwt, &path, Some(&json!({}))).await).await;
+    assert_eq!((&same["private"], &same["retention"]), (&json!(false), &json!({})));
     let set = json!({"retention": {"keep_latest": 2}});
     error_json(app.send(Method::PATCH, &bob.jwt, &path, Some(&set)).await, 403).await;
     let shown = retain(&app, &alice, json!({"keep_latest": 2, "max_age": 86400})).await;
