@@ -63,8 +63,9 @@ pub struct Sweeper {
     key_window: i64,
     /// The highest sequence number examined.
     cursor: i64,
-    /// The rules the cursor went by.
+    /// The rules the cursor went by, and their access version.
     rules: HashMap<Uuid, Retention>,
+    version: i64,
     /// Collections seen holding events (kept under a default age only).
     known: BTreeSet<Uuid>,
     /// Where the first listing of `known` stands (`None`: done).
@@ -96,6 +97,7 @@ impl Sweeper {
             key_window,
             cursor: 0,
             rules: HashMap::new(),
+            version: i64::MIN,
             known: BTreeSet::new(),
             listing: default.max_age.map(|_| Uuid::nil()),
             unfinished: Vec::new(),
@@ -140,11 +142,14 @@ impl Sweeper {
             return Ok(false);
         }
         let access = self.hub.access.current();
-        let rules: HashMap<Uuid, Retention> =
-            access.collections.iter().map(|(id, rule)| (*id, rule.retention)).collect();
-        if rules != self.rules {
-            // New limits apply to everything stored: start again.
-            (self.cursor, self.aged, self.rules) = (0, None, rules);
+        if access.version != self.version {
+            self.version = access.version;
+            let rules: HashMap<Uuid, Retention> =
+                access.collections.iter().map(|(id, rule)| (*id, rule.retention)).collect();
+            if rules != self.rules {
+                // New limits apply to everything stored: start again.
+                (self.cursor, self.aged, self.rules) = (0, None, rules);
+            }
         }
         let of = |c: &Uuid| self.rules.get(c).copied().unwrap_or(self.default);
         let mut trims: Vec<Trim> = std::mem::take(&mut self.unfinished);
