@@ -26,6 +26,7 @@ pub mod policy;
 pub mod presence;
 pub mod retention;
 pub mod scheduler;
+pub mod schemas;
 pub mod serve;
 pub mod store;
 pub mod throttle;

@@ -7,7 +7,7 @@
 //! read and insert. A claimed one takes inserts from its owner and writers
 //! only; a private one is read by its owner, writers and readers only.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Claims;
+use crate::schemas::Schemas;
 
 /// A member's role in a claimed collection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -46,7 +47,7 @@ impl Role {
 }
 
 /// The rules of one claimed collection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rule {
     /// The user who claimed it.
     pub owner: Uuid,
@@ -57,6 +58,10 @@ pub struct Rule {
     /// How long its events are kept (everything unless its owner said).
     #[serde(default, skip_serializing_if = "Retention::keeps_all")]
     pub retention: Retention,
+    /// The JSON Schemas inserts must match, by event name or pattern (see
+    /// [`crate::schemas`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub schemas: BTreeMap<String, serde_json::Value>,
 }
 
 /// Which events of a collection are kept; without either limit, all of
@@ -157,6 +162,9 @@ pub struct AccessState {
     /// For each user, the private collections they may read (derived from
     /// `collections` by [`AccessState::indexed`]).
     pub private_readable: HashMap<Uuid, Vec<Uuid>>,
+    /// The compiled schemas of the collections that have some (derived by
+    /// [`AccessState::indexed`]).
+    pub schemas: HashMap<Uuid, Arc<Schemas>>,
 }
 
 impl AccessState {
@@ -170,6 +178,10 @@ impl AccessState {
             }
         }
         self.private_readable = readable;
+        self.schemas = (self.collections.iter())
+            .filter(|(_, rule)| !rule.schemas.is_empty())
+            .map(|(id, rule)| (*id, Arc::new(Schemas::compile(&rule.schemas))))
+            .collect();
         self
     }
 
@@ -222,7 +234,7 @@ mod tests {
         let (owner, reader, writer, other) =
             (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let members = HashMap::from([(reader, Role::Reader), (writer, Role::Writer)]);
-        let rule = Rule { owner, private: true, members, retention: Retention::default() };
+        let rule = Rule { owner, private: true, members, ..Rule::default() };
         assert!(rule.may_read(Some(owner)) && rule.may_read(Some(reader)));
         assert!(!rule.may_read(Some(other)) && !rule.may_read(None));
         assert!(rule.may_write(owner) && rule.may_write(writer) && !rule.may_write(reader));

@@ -237,7 +237,7 @@ async fn set_member(
 }
 
 /// Fails unless `user` owns the claimed collection `id`.
-async fn owned(app: &App, id: Uuid, user: Uuid) -> Result<(), ApiError> {
+pub(super) async fn owned(app: &App, id: Uuid, user: Uuid) -> Result<(), ApiError> {
     let rules = app.rules().await?;
     let rule = rules.collections.get(&id).ok_or_else(unclaimed)?;
     if rule.owner != user {
@@ -246,7 +246,8 @@ async fn owned(app: &App, id: Uuid, user: Uuid) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn unclaimed() -> ApiError {
+/// 404: nobody claimed the collection.
+pub(super) fn unclaimed() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "nobody claimed this collection")
 }
 

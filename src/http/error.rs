@@ -24,6 +24,10 @@ pub struct ErrorBody {
     /// What went wrong, for a person to read.
     #[schema(value_type = String)]
     error: Cow<'static, str>,
+    /// With an insert refused by its collection's schema: where in its data
+    /// (a JSON Pointer; `""` for the whole).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
 }
 
 /// An error answered to the client.
@@ -32,6 +36,7 @@ pub struct ApiError {
     status: StatusCode,
     message: Cow<'static, str>,
     retry_after: u64,
+    path: Option<String>,
 }
 
 impl ApiError {
@@ -39,7 +44,12 @@ impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<Cow<'static, str>>) -> Self {
         let retry_after =
             if status == StatusCode::SERVICE_UNAVAILABLE { RETRY_AFTER_SECS } else { 0 };
-        Self { status, message: message.into(), retry_after }
+        Self { status, message: message.into(), retry_after, path: None }
+    }
+
+    /// 400: the data does not match its schema at `path`.
+    pub fn invalid_at(message: String, path: String) -> Self {
+        Self { path: Some(path), ..Self::new(StatusCode::BAD_REQUEST, message) }
     }
 
     /// 429: too many requests; the client may try again in `seconds`.
@@ -71,7 +81,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(ErrorBody { error: self.message });
+        let body = Json(ErrorBody { error: self.message, path: self.path });
         match self.status {
             StatusCode::UNAUTHORIZED => {
                 (self.status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()

@@ -70,7 +70,7 @@ pub struct OfUser {
     responses(
         (status = 200, description = "The event is stored durably (or was, by the first insert with this key).", body = One,
             headers(("idempotent-replayed" = String, description = "`true` when the key stored the event earlier."))),
-        (status = 400, description = "The body or the `Idempotency-Key` is invalid.", body = ErrorBody),
+        (status = 400, description = "The body or the `Idempotency-Key` is invalid, or the data does not match the collection's schema for this event name (then `path` says where).", body = ErrorBody),
         (status = 403, description = "The collection is claimed and the caller is neither its owner nor a writer.", body = ErrorBody),
         (status = 409, description = "The `Idempotency-Key` was used for another insert.", body = ErrorBody),
         (status = 429, description = "The caller inserts faster than `--insert-rate` allows.", body = ErrorBody,
@@ -83,7 +83,8 @@ pub async fn insert(
     Json(body): Json<Insert>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    if !app.rules().await?.may_write(&body.collection_id, user_id) {
+    let rules = app.rules().await?;
+    if !rules.may_write(&body.collection_id, user_id) {
         return Err(ApiError::forbidden(
             "only the collection's owner and writers may insert into it",
         ));
@@ -101,6 +102,13 @@ pub async fn insert(
         cancelled: false,
         data: compact_json(&body.data, app.max_depth)?,
     };
+    if let Some(schemas) = rules.schemas.get(&event.collection_id) {
+        let data: serde_json::Value =
+            serde_json::from_str(event.data.get()).map_err(ApiError::internal)?;
+        if let Err(refused) = schemas.check(&event.event, &data) {
+            return Err(ApiError::invalid_at(refused.reason, refused.path));
+        }
+    }
     let now = app.clock.now_secs();
     let key = key.map(|key| Key { key, now, since: now - app.idempotency_window });
     match app.store.insert_event(event.clone(), key).await? {

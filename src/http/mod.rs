@@ -9,6 +9,7 @@ mod extract;
 mod listing;
 mod openapi;
 pub(crate) mod ops;
+mod schemas;
 mod signals;
 pub(crate) mod stream;
 mod users;
@@ -164,6 +165,8 @@ pub fn router(app: AppState, max_body: usize) -> Router {
         .route("/collections", post(collections::claim))
         .route("/collections/{id}", get(collections::show).patch(collections::update))
         .route("/collections/{id}/presence", get(collections::presence))
+        .route("/collections/{id}/schemas", get(schemas::list))
+        .route("/collections/{id}/schemas/{event}", put(schemas::put).delete(schemas::delete))
         .route(
             "/collections/{id}/members/{username}",
             put(collections::add_member).delete(collections::remove_member),

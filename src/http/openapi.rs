@@ -13,7 +13,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{ErrorBody, admin, collections, console, events, ops, signals, stream, users};
+use super::{ErrorBody, admin, collections, console, events, ops, schemas, signals, stream, users};
 use crate::domain::Event;
 
 #[derive(OpenApi)]
@@ -33,6 +33,9 @@ use crate::domain::Event;
         collections::show,
         collections::update,
         collections::presence,
+        schemas::list,
+        schemas::put,
+        schemas::delete,
         collections::add_member,
         collections::remove_member,
         admin::users,

@@ -138,6 +138,16 @@ pub enum Change {
         /// Its retention from now on.
         retention: Retention,
     },
+    /// Sets (or with `None` removes) the JSON Schema of an event name or
+    /// pattern in a claimed collection.
+    Schema {
+        /// The collection.
+        collection: Uuid,
+        /// The event name or pattern.
+        event: String,
+        /// The schema, as JSON text.
+        schema: Option<String>,
+    },
     /// Gives `user` a role in a claimed collection, or takes it away.
     Member {
         /// The collection.

@@ -69,6 +69,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0003_access.sql"),
     include_str!("migrations/postgres/0004_presence.sql"),
     include_str!("migrations/postgres/0005_retention.sql"),
+    include_str!("migrations/postgres/0006_schemas.sql"),
 ];
 /// The advisory lock that serialises migrations of nodes starting at once.
 const MIGRATION_LOCK: i64 = 0x6272_6f6b_6572; // "broker"
@@ -379,6 +380,9 @@ async fn insert_collection(tx: &Transaction<'_>, id: Uuid, rule: &Rule) -> Resul
     for (user, role) in &rule.members {
         tx.execute(sql::SET_MEMBER, &[&id, user, &role.as_str()]).await?;
     }
+    for (event, schema) in &rule.schemas {
+        tx.execute(sql::SET_SCHEMA, &[&id, event, &schema.to_string()]).await?;
+    }
     Ok(())
 }
 
@@ -404,6 +408,19 @@ async fn apply(tx: &Transaction<'_>, change: Change) -> Result<Changed, StoreErr
             match tx.execute(sql::SET_RETENTION, &[&collection, &max_age, &keep_latest]).await? {
                 0 => Changed::NotFound,
                 _ => Changed::Done,
+            }
+        }
+        Change::Schema { collection, event, schema } => {
+            if claimed(collection).await?.is_none() {
+                Changed::NotFound
+            } else {
+                match schema {
+                    Some(schema) => {
+                        tx.execute(sql::SET_SCHEMA, &[&collection, &event, &schema]).await?
+                    }
+                    None => tx.execute(sql::REMOVE_SCHEMA, &[&collection, &event]).await?,
+                };
+                Changed::Done
             }
         }
         Change::Member { collection, user, role } => {
@@ -1035,8 +1052,8 @@ impl Store for PostgresStore {
                 let rule = Rule {
                     owner: row.try_get(1)?,
                     private: row.try_get(2)?,
-                    members: HashMap::new(),
                     retention: Retention { max_age: row.try_get(3)?, keep_latest: row.try_get(4)? },
+                    ..Rule::default()
                 };
                 rules.insert(row.try_get(0)?, rule);
             }
@@ -1044,6 +1061,13 @@ impl Store for PostgresStore {
                 let role = role_from(row.try_get(2)?)?;
                 if let Some(rule) = rules.get_mut(&row.try_get::<_, Uuid>(0)?) {
                     rule.members.insert(row.try_get(1)?, role);
+                }
+            }
+            for row in tx.query(sql::SCHEMAS, &[]).await? {
+                let schema = serde_json::from_str(row.try_get(2)?)
+                    .map_err(|e| StoreError::Backend(format!("a stored schema: {e}")))?;
+                if let Some(rule) = rules.get_mut(&row.try_get::<_, Uuid>(0)?) {
+                    rule.schemas.insert(row.try_get(1)?, schema);
                 }
             }
             let mut users = HashMap::new();

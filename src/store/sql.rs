@@ -81,6 +81,10 @@ shared! {
     REMOVE_MEMBER = "DELETE FROM members WHERE collection_id = $1 AND user_id = $2";
     COLLECTIONS = "SELECT id, owner, private, max_age, keep_latest FROM collections";
     MEMBERS = "SELECT collection_id, user_id, role FROM members";
+    SCHEMAS = "SELECT collection_id, event, schema FROM schemas";
+    SET_SCHEMA = "INSERT INTO schemas (collection_id, event, schema) VALUES ($1, $2, $3)
+         ON CONFLICT (collection_id, event) DO UPDATE SET schema = excluded.schema";
+    REMOVE_SCHEMA = "DELETE FROM schemas WHERE collection_id = $1 AND event = $2";
     COLLECTION_MEMBERS = "SELECT m.user_id, COALESCE(u.username, ''), m.role
          FROM members m LEFT JOIN users u ON u.id = m.user_id
          WHERE m.collection_id = $1 ORDER BY u.username";

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
+use rusqlite::types::Type;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, params};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
@@ -29,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0001_init.sql"),
     include_str!("migrations/sqlite/0002_access.sql"),
     include_str!("migrations/sqlite/0003_retention.sql"),
+    include_str!("migrations/sqlite/0004_schemas.sql"),
 ];
 /// Free pages (4 KiB each) kept for reuse when retention deleted rows.
 const FREE_PAGES: i64 = 1024;
@@ -325,6 +327,10 @@ fn insert_collection(conn: &Connection, id: Uuid, rule: &Rule) -> rusqlite::Resu
     for (user, role) in &rule.members {
         member.execute(params![id, user, role.as_str()])?;
     }
+    let mut schema = conn.prepare_cached(sql::SET_SCHEMA)?;
+    for (event, value) in &rule.schemas {
+        schema.execute(params![id, event, value.to_string()])?;
+    }
     Ok(())
 }
 
@@ -353,6 +359,20 @@ fn apply(conn: &Connection, change: Change) -> Result<Changed, StoreError> {
             ])?;
             if n == 0 { Changed::NotFound } else { Changed::Done }
         }
+        Change::Schema { collection, event, schema } => match claimed(collection)? {
+            None => Changed::NotFound,
+            Some(_) => {
+                match schema {
+                    Some(schema) => conn
+                        .prepare_cached(sql::SET_SCHEMA)?
+                        .execute(params![collection, event, schema])?,
+                    None => conn
+                        .prepare_cached(sql::REMOVE_SCHEMA)?
+                        .execute(params![collection, event])?,
+                };
+                Changed::Done
+            }
+        },
         Change::Member { collection, user, role } => {
             if claimed(collection)?.is_none() {
                 Changed::NotFound
@@ -529,8 +549,11 @@ mod sql {
     }
 
     #[cfg(test)]
-    pub const ALL: [&str; 43] = [
+    pub const ALL: [&str; 46] = [
         FIND_USERS,
+        SCHEMAS,
+        SET_SCHEMA,
+        REMOVE_SCHEMA,
         SET_RETENTION,
         KEY_EVENT,
         PUT_KEY,
@@ -900,12 +923,8 @@ impl Store for SqliteStore {
                 .prepare_cached(sql::COLLECTIONS)?
                 .query_map([], |r| {
                     let retention = Retention { max_age: r.get(3)?, keep_latest: r.get(4)? };
-                    let rule = Rule {
-                        owner: r.get(1)?,
-                        private: r.get(2)?,
-                        members: Default::default(),
-                        retention,
-                    };
+                    let rule =
+                        Rule { owner: r.get(1)?, private: r.get(2)?, retention, ..Rule::default() };
                     Ok((r.get(0)?, rule))
                 })?
                 .collect::<rusqlite::Result<_>>()?;
@@ -916,6 +935,17 @@ impl Store for SqliteStore {
                 let role = role_from(&r.get::<_, String>(2)?)?;
                 if let Some(rule) = rules.get_mut(&collection) {
                     rule.members.insert(r.get(1)?, role);
+                }
+            }
+            let mut schemas = tx.prepare_cached(sql::SCHEMAS)?;
+            let mut rows = schemas.query([])?;
+            while let Some(r) = rows.next()? {
+                let text: String = r.get(2)?;
+                let schema = serde_json::from_str(&text).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(2, Type::Text, Box::new(e))
+                })?;
+                if let Some(rule) = rules.get_mut(&r.get::<_, Uuid>(0)?) {
+                    rule.schemas.insert(r.get(1)?, schema);
                 }
             }
             state.collections = rules.into_iter().map(|(id, rule)| (id, Arc::new(rule))).collect();

@@ -676,3 +676,18 @@ async fn one_node_sweeps_for_retention_and_another_takes_over() {
         .await;
     assert!(expired(other).await > 0);
 }
+
+/// A schema set on one node checks inserts on every node within a second.
+#[tokio::test]
+async fn a_schema_reaches_every_node() {
+    use crate::schemas::{insert_data, set_schema};
+    let nodes = cluster(2).await;
+    let alice = nodes[0].user("alice").await;
+    crate::access::claim(&nodes[0], &alice, false).await;
+    ok_json(set_schema(&nodes[0], &alice, "card:*", Some(json!({"type": "object"}))).await).await;
+    eventually("the other node to refuse", || async {
+        insert_data(&nodes[1], &alice, alice.collection, "card:1", json!(1)).await.status() == 400
+    })
+    .await;
+    ok_json(insert_data(&nodes[1], &alice, alice.collection, "card:1", json!({})).await).await;
+}

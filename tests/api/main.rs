@@ -16,6 +16,7 @@ mod presence;
 mod process;
 mod resume;
 mod retention;
+mod schemas;
 mod sessions;
 mod signals;
 mod store;

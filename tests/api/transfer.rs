@@ -43,6 +43,14 @@ async fn sqlite_to_postgres_to_sqlite_keeps_everything() {
     let claim = json!({"collection_id": private, "private": true});
     let claimed = broker.http.post(broker.url("/collections")).bearer_auth(&bob).json(&claim);
     assert_eq!(claimed.send().await.unwrap().status(), 201);
+    // So must its schema and retention.
+    let path = broker.url(&format!("/collections/{private}/schemas/card:*"));
+    let schema = broker.http.put(path).bearer_auth(&bob).json(&json!({"type": "object"}));
+    assert_eq!(schema.send().await.unwrap().status(), 200);
+    let retention = json!({"retention": {"keep_latest": 5}});
+    let path = broker.url(&format!("/collections/{private}"));
+    let patched = broker.http.patch(path).bearer_auth(&bob).json(&retention);
+    assert_eq!(patched.send().await.unwrap().status(), 200);
     let mut sse = Sse::new(broker.http.get(broker.url("/events")).send().await.unwrap());
     let insert = |event: &str, timestamp: i64, data: Value| {
         let body = json!({"event": event, "collection_id": collection, "timestamp": timestamp, "data": data});
@@ -62,6 +70,8 @@ async fn sqlite_to_postgres_to_sqlite_keeps_everything() {
     assert!(ok);
     assert_eq!(exported.lines().count(), 2 + 1 + 7, "{exported}");
     assert!(exported.contains(r#""private":true"#), "{exported}");
+    assert!(exported.contains(r#""retention":{"keep_latest":5}"#), "{exported}");
+    assert!(exported.contains(r#""schemas":{"card:*":{"type":"object"}}"#), "{exported}");
     let (ok, _) =
         run(dir.path(), &["import", "--database-url", &db.url], exported.as_bytes()).await;
     assert!(ok, "import into PostgreSQL");
