@@ -305,6 +305,21 @@ test('a private collection: the member sees its events live, the other user neve
 
     await owner.click('#sharing-form button[value=private]');
     await until('the collection to be private', async () => (await owner.textContent('#sharing-message')).startsWith('Private, owned by carol'));
+    // A schema set in the console refuses what does not match, saying where.
+    await owner.fill('#schema-form [name=event]', 'checked:*');
+    await owner.fill('#schema-form [name=schema]', '{"type": "object", "properties": {"n": {"type": "integer"}}}');
+    await owner.click('#schema-form button[value=set]');
+    await until('the schema listed', async () => (await owner.textContent('#schemas')).startsWith('checked:*: {"properties"'));
+    await owner.fill('#insert-form [name=event]', 'checked:1');
+    await owner.fill('#insert-form [name=data]', '{"n": "one"}');
+    const [refused] = await Promise.all([
+      owner.waitForResponse((r) => r.url().endsWith('/insert')),
+      owner.click('#insert-form button[type=submit]'),
+    ]);
+    assert.equal(refused.status(), 400);
+    assert.equal((await refused.json()).path, '/n');
+    await until('the refusal shown', async () => (await owner.textContent('#insert-message')).includes('does not match'));
+    await insert(owner, { event: 'checked:1', data: { n: 1 } });
     await insert(owner, { event: 'secret-1', data: { n: 1 } });
     await insert(other, { event: 'dave-1', data: { n: 1 } });
     await until('dave-1 on both pages', async () => (await shown(other, 'dave-1')).length && (await shown(owner, 'dave-1')).length);

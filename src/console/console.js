@@ -404,14 +404,39 @@ function showCollection(collection) {
   say('#sharing-message', `${collection.private ? 'Private' : 'Public'}, owned by ${collection.owner.username}; ${collection.members.length} member${collection.members.length === 1 ? '' : 's'}.`);
 }
 
-/** Calls `/collections/{id}{path}` and shows the collection it answers. */
+/** Calls `/collections/{id}{path}` and shows the collection it answers, and its schemas. */
 async function share(method, path = '', body = undefined) {
   try {
     showCollection(await api(method, `/collections/${encodeURIComponent(sharedId())}${path}`, body));
+    showSchemas(await api('GET', `/collections/${encodeURIComponent(sharedId())}/schemas`));
   } catch (err) {
     say('#sharing-message', err.message, false);
   }
 }
+
+function showSchemas({ schemas }) {
+  const lines = Object.entries(schemas).map(([event, schema]) => `${event}: ${JSON.stringify(schema)}`);
+  $('#schemas').textContent = lines.join('\n') || 'No schemas: any data is taken.';
+}
+
+$('#schema-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const form = e.target.elements;
+  const path = `/collections/${encodeURIComponent(sharedId())}/schemas/${encodeURIComponent(form.event.value.trim())}`;
+  try {
+    if (e.submitter?.value === 'remove') return showSchemas(await api('DELETE', path));
+    let schema;
+    try {
+      schema = JSON.parse(form.schema.value);
+    } catch {
+      return say('#sharing-message', 'The schema is not JSON.', false);
+    }
+    showSchemas(await api('PUT', path, schema));
+    say('#sharing-message', `Inserts named ${form.event.value.trim()} are checked from now on.`);
+  } catch (err) {
+    say('#sharing-message', err.message, false);
+  }
+});
 
 $('#sharing-form').addEventListener('submit', async (e) => {
   e.preventDefault();

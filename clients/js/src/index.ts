@@ -142,6 +142,8 @@ export interface Collection {
   owner: { user_id: string; username: string; role: null };
   private: boolean;
   members: { user_id: string; username: string; role: Role }[];
+  /** Which events it keeps: `{}` all of them. */
+  retention: { max_age?: number; keep_latest?: number };
 }
 
 /** A user as administrators see it. */
@@ -163,6 +165,8 @@ export class BrokerError extends Error {
     readonly retryAfter?: number,
     /** The collections a stream named but may not read (status `forbidden`). */
     readonly collections?: string[],
+    /** An insert refused by its collection's schema: where in its data (a JSON Pointer). */
+    readonly path?: string,
   ) {
     super(message);
     this.name = "BrokerError";
@@ -790,6 +794,34 @@ export class Broker {
     return this.request("GET", `/collections/${collectionId}`);
   }
 
+  /** A claimed collection's JSON Schemas, by event name or pattern (owner and members). */
+  async schemas(collectionId: string): Promise<Record<string, object>> {
+    return (await this.request<{ schemas: Record<string, object> }>("GET", `/collections/${collectionId}/schemas`)).schemas;
+  }
+
+  /**
+   * Sets the JSON Schema (draft 2020-12, an object) that the data of events
+   * named `event` must match from now on; `event` may be a pattern such as
+   * `card:*`. An insert that does not match fails with 400 and
+   * `error.path`. Answers the collection's schemas.
+   */
+  async setSchema(collectionId: string, event: string, schema: object): Promise<Record<string, object>> {
+    const path = `/collections/${collectionId}/schemas/${encodeURIComponent(event)}`;
+    return (await this.request<{ schemas: Record<string, object> }>("PUT", path, schema)).schemas;
+  }
+
+  /** Removes the schema of an event name or pattern; answers the collection's schemas. */
+  async deleteSchema(collectionId: string, event: string): Promise<Record<string, object>> {
+    const path = `/collections/${collectionId}/schemas/${encodeURIComponent(event)}`;
+    return (await this.request<{ schemas: Record<string, object> }>("DELETE", path)).schemas;
+  }
+
+  /** Sets which events one's collection keeps: `{}` all, `maxAge` (seconds) and/or `keepLatest` per name. */
+  async setRetention(collectionId: string, retention: { maxAge?: number; keepLatest?: number }): Promise<Collection> {
+    const body = { retention: { max_age: retention.maxAge, keep_latest: retention.keepLatest } };
+    return this.request("PATCH", `/collections/${collectionId}`, body);
+  }
+
   /** Makes one's collection private or public. */
   setPrivate(collectionId: string, isPrivate: boolean): Promise<Collection> {
     return this.request("PATCH", `/collections/${collectionId}`, { private: isPrivate });
@@ -1095,13 +1127,15 @@ function backoff(attempt: number, e: BrokerError): number {
 /** The {@link BrokerError} of a failed response; `credentials`: whether a token or cookie went with it. */
 async function errorOf(response: Response, credentials: boolean): Promise<BrokerError> {
   let message = response.statusText || `HTTP ${response.status}`;
+  let path: string | undefined;
   try {
     const body = await response.json();
     if (typeof body?.error === "string") message = body.error;
+    if (typeof body?.path === "string") path = body.path;
   } catch {
     // not JSON: keep the status text
   }
   if (response.status === 401 && !credentials) message = `not logged in (${message})`;
   const retry = Number(response.headers.get("retry-after"));
-  return new BrokerError(response.status, message, Number.isFinite(retry) && retry > 0 ? retry : undefined);
+  return new BrokerError(response.status, message, Number.isFinite(retry) && retry > 0 ? retry : undefined, undefined, path);
 }

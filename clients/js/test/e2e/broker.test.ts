@@ -379,3 +379,18 @@ it("drops the queued inserts of a user who logs out: another user never sends th
   expect(stored).toEqual(["bob's"]);
   broker.close();
 });
+
+it("schemas: an insert that does not match fails with where, and retention is set the same way", async () => {
+  const server = await start(dataDir(), await freePort());
+  const alice = await user(server.url, "alice");
+  const board = crypto.randomUUID();
+  await alice.claim(board, false);
+  const card = { type: "object", required: ["title"], properties: { title: { type: "string" } } };
+  expect(await alice.setSchema(board, "card:*", card)).toEqual({ "card:*": card });
+  const refused = await alice.insert("card:1", board, { title: 7 }).catch((e) => e);
+  expect(refused).toMatchObject({ status: 400, path: "/title" });
+  await alice.insert("card:1", board, { title: "ok" });
+  expect(await alice.schemas(board)).toEqual({ "card:*": card });
+  expect(await alice.deleteSchema(board, "card:*")).toEqual({});
+  expect((await alice.setRetention(board, { keepLatest: 1 })).retention).toEqual({ keep_latest: 1 });
+});
