@@ -196,9 +196,13 @@ test('each page shows who else is on the board, what they are moving right now, 
 });
 
 test('offline: cards added and moved offline survive a reload and arrive once, in order, when the page is back online', async () => {
-  const [frank, grace] = [await user('frank', '', undefined, 'forbidden'), await user('grace', '', undefined, 'forbidden')];
+  const logs = [];
+  const frank = await user('frank', '', (page) => page.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`)), 'forbidden');
+  const grace = await user('grace', '', undefined, 'forbidden');
   // The service worker has the board's files: it opens without a network.
-  await frank.locator('html[data-offline="ready"]').waitFor();
+  await frank.locator('html[data-offline="ready"]').waitFor({ state: 'attached' }).catch((e) => {
+    throw new Error(`${e.message}\nthe page said: ${logs.join('\n')}`);
+  });
   const context = frank.context();
   await context.setOffline(true);
   for (const title of ['Offline 1', 'Offline 2', 'Offline 3']) {

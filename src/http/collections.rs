@@ -109,11 +109,7 @@ pub async fn show(
     AuthUser(user): AuthUser,
     Path(id): Path<Uuid>,
 ) -> Result<axum::Json<Collection>, ApiError> {
-    let rules = app.rules().await?;
-    let rule = rules.collections.get(&id).ok_or_else(unclaimed)?;
-    if rule.owner != user && !rule.members.contains_key(&user) {
-        return Err(ApiError::forbidden("only the owner and members see a collection"));
-    }
+    member_view(&app, id, user).await?;
     show_to(&app, id).await
 }
 
@@ -234,6 +230,21 @@ async fn set_member(
     let role = role.map(Role::as_str);
     tracing::info!(%owner, collection = %id, member = %username, ?role, "collection member changed");
     show_to(app, id).await
+}
+
+/// The rule of the claimed collection `id`, if `user` is its owner or a
+/// member (what they may see of it).
+pub(super) async fn member_view(
+    app: &App,
+    id: Uuid,
+    user: Uuid,
+) -> Result<std::sync::Arc<crate::policy::Rule>, ApiError> {
+    let rules = app.rules().await?;
+    let rule = rules.collections.get(&id).ok_or_else(unclaimed)?;
+    if rule.owner != user && !rule.members.contains_key(&user) {
+        return Err(ApiError::forbidden("only the owner and members see a collection"));
+    }
+    Ok(rule.clone())
 }
 
 /// Fails unless `user` owns the claimed collection `id`.

@@ -10,7 +10,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::collections::{owned, unclaimed};
+use super::collections::{member_view, owned, unclaimed};
 use super::extract::{AuthUser, Json, Path};
 use super::{ApiError, AppState, ErrorBody};
 use crate::schemas::{compile, valid_pattern};
@@ -39,11 +39,7 @@ pub async fn list(
     AuthUser(user): AuthUser,
     Path(id): Path<Uuid>,
 ) -> Result<axum::Json<SchemaList>, ApiError> {
-    let rules = app.rules().await?;
-    let rule = rules.collections.get(&id).ok_or_else(unclaimed)?;
-    if rule.owner != user && !rule.members.contains_key(&user) {
-        return Err(ApiError::forbidden("only the owner and members see a collection's schemas"));
-    }
+    let rule = member_view(&app, id, user).await?;
     Ok(axum::Json(SchemaList { schemas: rule.schemas.clone() }))
 }
 

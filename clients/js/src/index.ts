@@ -684,6 +684,10 @@ export class Broker {
       await this.ready();
       for (let entry = this.queue[0]; entry && !this.closed; entry = this.queue[0]) {
         if (entry.user !== tokenUser(this.token) && !this.cookies) return;
+        // The browser knows it is offline: wait for its "online" event.
+        if (globalThis.navigator?.onLine === false) {
+          return this.report({ type: "retrying", entry, error: new BrokerError(0, "the browser is offline") });
+        }
         this.sending = entry.key;
         try {
           const event = await this.send(entry);

@@ -8,11 +8,12 @@ self.addEventListener("activate", (event) => event.waitUntil(self.clients.claim(
 // The page names the files it loaded before this worker took over.
 self.addEventListener("message", (event) => {
   const urls = event.data.cache.filter((url) => new URL(url).origin === location.origin);
+  // One by one: a file that fails (gone since) does not stop the others.
   event.waitUntil(
     caches
       .open(CACHE)
-      .then((cache) => cache.addAll(urls))
-      .then(() => event.ports[0]?.postMessage("cached")),
+      .then((cache) => Promise.allSettled(urls.map((url) => cache.add(url))))
+      .then((results) => event.ports[0]?.postMessage(results.filter((r) => r.status === "rejected").length)),
   );
 });
 
