@@ -138,8 +138,15 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    match value.to_str() {
-        Ok(key) if (1..=255).contains(&key.len()) => Ok(Some(key.to_owned())),
+    let key = value.as_bytes();
+    // `HeaderValue::to_str` also takes tabs: check the bytes themselves.
+    match std::str::from_utf8(key) {
+        Ok(key)
+            if (1..=255).contains(&key.len())
+                && key.bytes().all(|b| (b' '..=b'~').contains(&b)) =>
+        {
+            Ok(Some(key.to_owned()))
+        }
         _ => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "Idempotency-Key must be 1 to 255 printable ASCII characters",

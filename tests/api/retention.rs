@@ -55,7 +55,7 @@ async fn a_retried_insert_with_its_key_is_stored_once() {
     app.insert(&alice, "a", NOW, json!(3)).await;
     app.insert(&alice, "a", NOW, json!(3)).await;
     assert_eq!(listed(&app, &alice).await, [json!(1), json!(3), json!(3)]);
-    for bad in ["", &"k".repeat(256)] {
+    for bad in ["", &"k".repeat(256), "a\tb"] {
         let response = insert_keyed(&app, &alice, bad, &body(&alice, "a", json!(4))).await;
         error_json(response, 400).await;
     }
