@@ -214,6 +214,25 @@ pub struct Config {
     /// events are always kept. Owners set their own collections' retention.
     #[arg(long, env = "BROKER_RETENTION", default_value = "all", value_parser = crate::policy::Retention::parse)]
     pub retention: crate::policy::Retention,
+
+    /// Lets webhooks use `http://` URLs (else only `https://`).
+    #[arg(long, env = "BROKER_WEBHOOK_ALLOW_HTTP")]
+    pub webhook_allow_http: bool,
+
+    /// Lets webhooks reach loopback, private, link-local and other
+    /// non-public addresses (checked after DNS, at every connection).
+    #[arg(long, env = "BROKER_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+
+    /// How long, in seconds, an event's delivery to a webhook is retried
+    /// (after 1 s, 2 s, 4 s, … at most 5 min apart) before the webhook is
+    /// paused as failing.
+    #[arg(long, env = "BROKER_WEBHOOK_RETRY_FOR", default_value_t = 86_400)]
+    pub webhook_retry_for: u64,
+
+    /// Most webhooks per collection.
+    #[arg(long, env = "BROKER_MAX_WEBHOOKS", default_value_t = 10)]
+    pub max_webhooks: usize,
 }
 
 /// The subcommands: work on the store (given by `--database-url` or

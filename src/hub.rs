@@ -53,6 +53,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -209,6 +210,9 @@ pub struct Hub {
     control: broadcast::Sender<(i64, Arc<Frame>)>,
     /// The last sequence number handed to the inboxes.
     last_seq: AtomicI64,
+    /// The last sequence number published, for whoever follows the log
+    /// (webhooks).
+    published: watch::Sender<i64>,
     /// The inboxes, by what their streams named.
     index: Mutex<Index>,
     /// Inboxes more than half full, watched by [`Hub::drained`].
@@ -253,6 +257,7 @@ impl Hub {
             ring: broadcast::Sender::new(max_lag.max(1)),
             control: broadcast::Sender::new(max_lag.max(1)),
             last_seq: AtomicI64::new(i64::MIN),
+            published: watch::Sender::new(0),
             index: Mutex::default(),
             crowded: Mutex::default(),
             beats: (0..GROUPS).map(|_| Mutex::default()).collect(),
@@ -297,6 +302,11 @@ impl Hub {
         }
     }
 
+    /// Changes whenever an event is published (to its sequence number).
+    pub fn published(&self) -> watch::Receiver<i64> {
+        self.published.subscribe()
+    }
+
     /// Fans a published event out to the streams that want it.
     pub fn publish(&self, p: &Published) {
         Metrics::add(&self.metrics.published, 1);
@@ -328,6 +338,9 @@ impl Hub {
             }
         }
         self.last_seq.store(p.seq, Ordering::Release);
+        if self.published.receiver_count() > 0 {
+            self.published.send_replace(p.seq);
+        }
         if !crowded.is_empty() {
             lock(&self.crowded).append(&mut crowded);
         }

@@ -32,6 +32,7 @@ pub mod store;
 pub mod throttle;
 pub mod tls;
 pub mod transfer;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -72,6 +73,7 @@ pub struct Broker {
     router: Router,
     shutdown: CancellationToken,
     scheduler: JoinHandle<()>,
+    deliveries: JoinHandle<()>,
     tls: Option<Arc<tls::Tls>>,
     /// Where plain HTTP is redirected to HTTPS from.
     redirect: Option<std::net::SocketAddr>,
@@ -140,6 +142,20 @@ impl Broker {
             i64::from(config.idempotency_window),
         )
         .spawn(shutdown.clone());
+        let webhooks = webhooks::Settings {
+            allow_http: config.webhook_allow_http,
+            allow_private: config.webhook_allow_private,
+            retry_for: Duration::from_secs(config.webhook_retry_for),
+        };
+        let holder = feed.node().to_string();
+        let deliveries = webhooks::Deliveries::new(
+            store.clone(),
+            hub.clone(),
+            clock.clone(),
+            holder,
+            webhooks.clone(),
+        )
+        .spawn(shutdown.clone());
         let app = Arc::new(App {
             store,
             presence,
@@ -166,6 +182,8 @@ impl Broker {
             inserts: Rate::new(config.insert_rate),
             signals: Rate::new(config.signal_rate),
             idempotency_window: i64::from(config.idempotency_window),
+            webhooks,
+            max_webhooks: config.max_webhooks,
             hsts: Some(config.hsts_max_age)
                 .filter(|age| *age > 0)
                 .and_then(|age| axum::http::HeaderValue::from_str(&format!("max-age={age}")).ok()),
@@ -180,7 +198,7 @@ impl Broker {
         let router = http::router(app.clone(), config.max_body);
         let redirect =
             config.http_redirect_port.map(|port| std::net::SocketAddr::new(config.host, port));
-        Ok(Self { app, router, shutdown, scheduler, tls, redirect })
+        Ok(Self { app, router, shutdown, scheduler, deliveries, tls, redirect })
     }
 
     /// The API as an axum `Router`, ready to serve or to mount.
@@ -256,6 +274,9 @@ impl Broker {
         token.cancel();
         if let Err(e) = self.scheduler.await {
             tracing::error!(error = %e, "the scheduler task failed");
+        }
+        if let Err(e) = self.deliveries.await {
+            tracing::error!(error = %e, "the webhook deliveries failed");
         }
         Ok(())
     }

@@ -72,6 +72,9 @@ pub struct Sweeper {
     listing: Option<Uuid>,
     /// Trims that hit [`LIMIT`]: more to delete next round.
     unfinished: Vec<Trim>,
+    /// Keep-latest trims of names whose events up to this sequence number
+    /// an active webhook has yet to deliver: done again once it has.
+    held: HashMap<(Uuid, String), (i64, i64)>,
     /// When ages were last checked (UNIX seconds by the app's clock).
     aged: Option<i64>,
     reclaimed: Instant,
@@ -101,6 +104,7 @@ impl Sweeper {
             known: BTreeSet::new(),
             listing: default.max_age.map(|_| Uuid::nil()),
             unfinished: Vec::new(),
+            held: HashMap::new(),
             aged: None,
             reclaimed: Instant::now(),
             since_reclaim: 0,
@@ -161,21 +165,33 @@ impl Sweeper {
         if by_count || by_age {
             let published = self.store.published_after(self.cursor, SCAN).await?;
             more |= published.len() == SCAN;
-            let mut names = BTreeSet::new();
+            let mut names = HashMap::new();
             for (seq, collection, event) in published {
                 self.cursor = seq;
                 if by_age && !self.rules.contains_key(&collection) {
                     self.known.insert(collection);
                 }
                 if let Some(keep) = of(&collection).keep_latest {
-                    names.insert((collection, event, keep));
+                    names.insert((collection, event), (keep, seq));
                 }
             }
-            trims.extend(names.into_iter().map(|(collection, event, keep)| Trim::Latest {
-                collection,
-                event,
-                keep,
-            }));
+            // Webhooks behind: what they have yet to receive stays (the
+            // store sees to it), and the trim is done again once they have.
+            let behind = self.webhooks_behind().await?;
+            let mut held = HashMap::new();
+            let old = std::mem::take(&mut self.held).into_iter().map(|(k, v)| (k, v, false));
+            for ((collection, event), (keep, seq), new) in
+                old.chain(names.into_iter().map(|(k, v)| (k, v, true)))
+            {
+                let waits = behind.get(&collection).is_some_and(|delivered| *delivered < seq);
+                if waits {
+                    held.insert((collection, event.clone()), (keep, seq));
+                }
+                if new || !waits {
+                    trims.push(Trim::Latest { collection, event, keep });
+                }
+            }
+            self.held = held;
         }
         if let Some(after) = self.listing {
             let listed = self.store.collections_after(after, LISTING).await?;
@@ -214,5 +230,16 @@ impl Sweeper {
             (self.reclaimed, self.since_reclaim) = (Instant::now(), 0);
         }
         Ok(more)
+    }
+
+    /// The lowest sequence number delivered by an active webhook of each
+    /// collection that has one.
+    async fn webhooks_behind(&self) -> Result<HashMap<Uuid, i64>, StoreError> {
+        let mut behind: HashMap<Uuid, i64> = HashMap::new();
+        for hook in self.store.webhooks(None).await?.into_iter().filter(|h| !h.paused) {
+            let delivered = behind.entry(hook.collection).or_insert(i64::MAX);
+            *delivered = (*delivered).min(hook.delivered);
+        }
+        Ok(behind)
     }
 }

@@ -13,6 +13,7 @@ mod schemas;
 mod signals;
 pub(crate) mod stream;
 mod users;
+mod webhooks;
 
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
@@ -74,6 +75,10 @@ pub struct App {
     pub signals: Rate,
     /// How long idempotency keys are remembered, in seconds.
     pub idempotency_window: i64,
+    /// What webhooks may reach.
+    pub webhooks: crate::webhooks::Settings,
+    /// Most webhooks per collection.
+    pub max_webhooks: usize,
     /// The `Strict-Transport-Security` value sent over HTTPS, if any.
     pub hsts: Option<HeaderValue>,
 }
@@ -167,6 +172,12 @@ pub fn router(app: AppState, max_body: usize) -> Router {
         .route("/collections/{id}/presence", get(collections::presence))
         .route("/collections/{id}/schemas", get(schemas::list))
         .route("/collections/{id}/schemas/{event}", put(schemas::put).delete(schemas::delete))
+        .route("/collections/{id}/webhooks", get(webhooks::list).post(webhooks::create))
+        .route(
+            "/collections/{id}/webhooks/{webhook_id}",
+            get(webhooks::show).patch(webhooks::update).delete(webhooks::delete),
+        )
+        .route("/collections/{id}/webhooks/{webhook_id}/secret", post(webhooks::rotate))
         .route(
             "/collections/{id}/members/{username}",
             put(collections::add_member).delete(collections::remove_member),

@@ -13,7 +13,9 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{ErrorBody, admin, collections, console, events, ops, schemas, signals, stream, users};
+use super::{
+    ErrorBody, admin, collections, console, events, ops, schemas, signals, stream, users, webhooks,
+};
 use crate::domain::Event;
 
 #[derive(OpenApi)]
@@ -36,6 +38,12 @@ use crate::domain::Event;
         schemas::list,
         schemas::put,
         schemas::delete,
+        webhooks::create,
+        webhooks::list,
+        webhooks::show,
+        webhooks::update,
+        webhooks::rotate,
+        webhooks::delete,
         collections::add_member,
         collections::remove_member,
         admin::users,

@@ -256,6 +256,34 @@ pub enum Trim {
     },
 }
 
+/// A webhook endpoint of a claimed collection, and where its delivery
+/// stands (see [`crate::webhooks`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    /// Its id.
+    pub id: Uuid,
+    /// The collection whose events it receives.
+    pub collection: Uuid,
+    /// Where events are POSTed.
+    pub url: String,
+    /// The event names or `prefix*` patterns it receives (none: every event).
+    pub events: Vec<String>,
+    /// Its owner's words for it.
+    pub description: String,
+    /// The signing secret, `whsec_` and base64.
+    pub secret: String,
+    /// Whether delivery is stopped.
+    pub paused: bool,
+    /// Why delivery gave up, if it did.
+    pub failing: Option<String>,
+    /// The highest sequence number delivered (or passed over).
+    pub delivered: i64,
+    /// The latest attempts, as JSON.
+    pub attempts: String,
+    /// When it was registered (UNIX seconds).
+    pub created: i64,
+}
+
 /// A user with a role in a collection.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Member {
@@ -265,6 +293,11 @@ pub struct Member {
     pub username: String,
     /// The role; `null` for the owner.
     pub role: Option<Role>,
+}
+
+/// Event names kept one a line (names hold no control characters).
+fn split_names(text: &str) -> Vec<String> {
+    text.lines().map(str::to_owned).collect()
 }
 
 /// Now, in UNIX seconds by the system clock (to forget revoked tokens
@@ -464,6 +497,28 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
         until: i64,
     ) -> Result<bool, StoreError>;
+
+    /// The webhooks of a collection (of every collection with `None`),
+    /// oldest first.
+    async fn webhooks(&self, collection: Option<Uuid>) -> Result<Vec<Webhook>, StoreError>;
+
+    /// Stores a new webhook, or (`new` false) what its owner changes of an
+    /// existing one (url, events, description, secret, paused, failing);
+    /// false if there is no such webhook.
+    async fn put_webhook(&self, hook: Webhook, new: bool) -> Result<bool, StoreError>;
+
+    /// Records how far delivery went and the latest attempts; with
+    /// `failing`, delivery gave up and the webhook is paused.
+    async fn webhook_progress(
+        &self,
+        id: Uuid,
+        delivered: i64,
+        attempts: String,
+        failing: Option<String>,
+    ) -> Result<(), StoreError>;
+
+    /// Removes a webhook; false if there was none.
+    async fn delete_webhook(&self, id: Uuid) -> Result<bool, StoreError>;
 
     /// Applies a change to the access rules or an account.
     async fn change(&self, change: Change) -> Result<Changed, StoreError>;

@@ -56,7 +56,7 @@ use uuid::Uuid;
 
 use super::{
     Cancel, Change, Changed, Collection, Inserted, Key, ListOf, Listed, Member, Notice,
-    PRESENCE_DEAD_MS, Position, Record, Snapshot, Store, StoreError, Trim,
+    PRESENCE_DEAD_MS, Position, Record, Snapshot, Store, StoreError, Trim, Webhook,
 };
 use crate::domain::{Event, Filter, NodeRoom, Present, Published, User};
 use crate::metrics::Metrics;
@@ -70,6 +70,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0004_presence.sql"),
     include_str!("migrations/postgres/0005_retention.sql"),
     include_str!("migrations/postgres/0006_schemas.sql"),
+    include_str!("migrations/postgres/0007_webhooks.sql"),
 ];
 /// The advisory lock that serialises migrations of nodes starting at once.
 const MIGRATION_LOCK: i64 = 0x6272_6f6b_6572; // "broker"
@@ -330,6 +331,22 @@ fn event_from_row(row: &Row) -> Result<Event, StoreError> {
 
 fn published_from_row(row: &Row) -> Result<Published, StoreError> {
     Ok(Published { event: event_from_row(row)?, seq: row.try_get(8)? })
+}
+
+fn webhook_from_row(row: &Row) -> Result<Webhook, StoreError> {
+    Ok(Webhook {
+        id: row.try_get(0)?,
+        collection: row.try_get(1)?,
+        url: row.try_get(2)?,
+        events: super::split_names(row.try_get(3)?),
+        description: row.try_get(4)?,
+        secret: row.try_get(5)?,
+        paused: row.try_get(6)?,
+        failing: row.try_get(7)?,
+        delivered: row.try_get(8)?,
+        attempts: row.try_get(9)?,
+        created: row.try_get(10)?,
+    })
 }
 
 fn user_from_row(row: &Row) -> Result<User, StoreError> {
@@ -1023,6 +1040,60 @@ impl Store for PostgresStore {
             Ok(client.execute(sql::LEASE, &[&holder, &now, &until, &name]).await? == 1)
         })
         .await
+    }
+
+    async fn webhooks(&self, collection: Option<Uuid>) -> Result<Vec<Webhook>, StoreError> {
+        self.run(async |client| match collection {
+            Some(id) => rows(&client.query(sql::WEBHOOKS_OF, &[&id]).await?, webhook_from_row),
+            None => rows(&client.query(sql::ALL_WEBHOOKS, &[]).await?, webhook_from_row),
+        })
+        .await
+    }
+
+    async fn put_webhook(&self, h: Webhook, new: bool) -> Result<bool, StoreError> {
+        let events = h.events.join("\n");
+        self.write(async |client| {
+            let changed = if new {
+                let params: [&(dyn ToSql + Sync); 11] = [
+                    &h.id,
+                    &h.collection,
+                    &h.url,
+                    &events,
+                    &h.description,
+                    &h.secret,
+                    &h.paused,
+                    &h.failing,
+                    &h.delivered,
+                    &h.attempts,
+                    &h.created,
+                ];
+                client.execute(sql::INSERT_WEBHOOK, &params).await?
+            } else {
+                let params: [&(dyn ToSql + Sync); 7] =
+                    [&h.id, &h.url, &events, &h.description, &h.secret, &h.paused, &h.failing];
+                client.execute(sql::EDIT_WEBHOOK, &params).await?
+            };
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn webhook_progress(
+        &self,
+        id: Uuid,
+        delivered: i64,
+        attempts: String,
+        failing: Option<String>,
+    ) -> Result<(), StoreError> {
+        self.write(async |client| {
+            client.execute(sql::WEBHOOK_PROGRESS, &[&id, &delivered, &attempts, &failing]).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_webhook(&self, id: Uuid) -> Result<bool, StoreError> {
+        self.write(async |client| Ok(client.execute(sql::DELETE_WEBHOOK, &[&id]).await? == 1)).await
     }
 
     async fn change(&self, change: Change) -> Result<Changed, StoreError> {

@@ -21,6 +21,13 @@ macro_rules! user_columns {
     };
 }
 
+/// The columns of a webhook row, in the order the backends read them.
+macro_rules! webhook_columns {
+    () => {
+        "id, collection_id, url, events, description, secret, paused, failing, delivered, attempts, created"
+    };
+}
+
 /// `sql` with every `$` replaced by `?`, as bytes (`N` is `sql.len()`).
 const fn respell<const N: usize>(sql: &str) -> [u8; N] {
     let bytes = sql.as_bytes();
@@ -107,22 +114,46 @@ shared! {
     COLLECTION_AFTER = "SELECT collection_id FROM events WHERE collection_id > $1
          ORDER BY collection_id LIMIT 1";
     /// All but the latest $3 + 1 published events of a collection and name
-    /// ($3 is keep − 1), $4 at most. No statement deletes the row with the
+    /// ($3 is keep − 1), $4 at most, none that an active webhook has yet to
+    /// deliver. No statement deletes the row with the
     /// highest `pos`, so SQLite never hands its rowid out again.
     TRIM_LATEST = "DELETE FROM events WHERE pos IN (SELECT pos FROM events
          WHERE collection_id = $1 AND event = $2 AND seq < (SELECT seq FROM events
              WHERE collection_id = $1 AND event = $2 AND seq IS NOT NULL
              ORDER BY seq DESC LIMIT 1 OFFSET $3)
+         AND seq <= COALESCE((SELECT MIN(delivered) FROM webhooks
+             WHERE collection_id = $1 AND NOT paused), seq)
          LIMIT $4) AND pos < (SELECT MAX(pos) FROM events)";
     /// Published or cancelled events of a collection older than $2, but the
-    /// latest of each name, $3 at most.
+    /// latest of each name and those an active webhook has yet to deliver,
+    /// $3 at most.
     TRIM_OLDER = "DELETE FROM events WHERE pos IN (SELECT pos FROM events e
          WHERE collection_id = $1 AND timestamp < $2 AND (published OR cancelled)
          AND (seq IS NULL OR seq < (SELECT l.seq FROM latest l
-             WHERE l.collection_id = e.collection_id AND l.event = e.event))
+             WHERE l.collection_id = e.collection_id AND l.event = e.event)
+             AND seq <= COALESCE((SELECT MIN(w.delivered) FROM webhooks w
+                 WHERE w.collection_id = $1 AND NOT w.paused), seq))
          LIMIT $3) AND pos < (SELECT MAX(pos) FROM events)";
     TRIM_KEYS = "DELETE FROM idempotency WHERE (user_id, key) IN
          (SELECT user_id, key FROM idempotency WHERE created < $1 LIMIT $2)";
+    ALL_WEBHOOKS = concat!("SELECT ", webhook_columns!(), " FROM webhooks ORDER BY created, id");
+    WEBHOOKS_OF = concat!(
+        "SELECT ",
+        webhook_columns!(),
+        " FROM webhooks WHERE collection_id = $1 ORDER BY created, id"
+    );
+    INSERT_WEBHOOK = concat!(
+        "INSERT INTO webhooks (",
+        webhook_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    );
+    /// What the owner changes of a webhook.
+    EDIT_WEBHOOK = "UPDATE webhooks SET url = $2, events = $3, description = $4, secret = $5,
+         paused = $6, failing = $7 WHERE id = $1";
+    /// Where delivery stands; a failure ($4) also pauses the webhook.
+    WEBHOOK_PROGRESS = "UPDATE webhooks SET delivered = $2, attempts = $3,
+         failing = COALESCE($4, failing), paused = (paused OR $4 IS NOT NULL) WHERE id = $1";
+    DELETE_WEBHOOK = "DELETE FROM webhooks WHERE id = $1";
     /// Reads at most one row of each table.
     IS_EMPTY = "SELECT NOT EXISTS (SELECT 1 FROM users) AND NOT EXISTS (SELECT 1 FROM events)";
 }

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::{
     Cancel, Change, Changed, Collection, Inserted, Key, ListOf, Listed, Member, Position, Record,
-    Snapshot, Store, StoreError, Trim,
+    Snapshot, Store, StoreError, Trim, Webhook,
 };
 use crate::domain::{Event, Filter, Published, User};
 use crate::metrics::Metrics;
@@ -31,6 +31,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0002_access.sql"),
     include_str!("migrations/sqlite/0003_retention.sql"),
     include_str!("migrations/sqlite/0004_schemas.sql"),
+    include_str!("migrations/sqlite/0005_webhooks.sql"),
 ];
 /// Free pages (4 KiB each) kept for reuse when retention deleted rows.
 const FREE_PAGES: i64 = 1024;
@@ -287,6 +288,22 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
         admin: row.get(4)?,
         disabled: row.get(5)?,
         generation: row.get(6)?,
+    })
+}
+
+fn webhook_from_row(row: &Row<'_>) -> rusqlite::Result<Webhook> {
+    Ok(Webhook {
+        id: row.get(0)?,
+        collection: row.get(1)?,
+        url: row.get(2)?,
+        events: super::split_names(&row.get::<_, String>(3)?),
+        description: row.get(4)?,
+        secret: row.get(5)?,
+        paused: row.get(6)?,
+        failing: row.get(7)?,
+        delivered: row.get(8)?,
+        attempts: row.get(9)?,
+        created: row.get(10)?,
     })
 }
 
@@ -549,7 +566,13 @@ mod sql {
     }
 
     #[cfg(test)]
-    pub const ALL: [&str; 46] = [
+    pub const ALL: [&str; 52] = [
+        ALL_WEBHOOKS,
+        WEBHOOKS_OF,
+        INSERT_WEBHOOK,
+        EDIT_WEBHOOK,
+        WEBHOOK_PROGRESS,
+        DELETE_WEBHOOK,
         FIND_USERS,
         SCHEMAS,
         SET_SCHEMA,
@@ -1039,6 +1062,71 @@ impl Store for SqliteStore {
 
     async fn lease(&self, _: &str, _: &str, _: i64, _: i64) -> Result<bool, StoreError> {
         Ok(true) // One node per SQLite database.
+    }
+
+    async fn webhooks(&self, collection: Option<Uuid>) -> Result<Vec<Webhook>, StoreError> {
+        self.read(move |conn| match collection {
+            Some(id) => {
+                conn.prepare_cached(sql::WEBHOOKS_OF)?.query_map([id], webhook_from_row)?.collect()
+            }
+            None => {
+                conn.prepare_cached(sql::ALL_WEBHOOKS)?.query_map([], webhook_from_row)?.collect()
+            }
+        })
+        .await
+    }
+
+    async fn put_webhook(&self, h: Webhook, new: bool) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            let events = h.events.join("\n");
+            let changed = if new {
+                conn.prepare_cached(sql::INSERT_WEBHOOK)?.execute(params![
+                    h.id,
+                    h.collection,
+                    h.url,
+                    events,
+                    h.description,
+                    h.secret,
+                    h.paused,
+                    h.failing,
+                    h.delivered,
+                    h.attempts,
+                    h.created
+                ])?
+            } else {
+                conn.prepare_cached(sql::EDIT_WEBHOOK)?.execute(params![
+                    h.id,
+                    h.url,
+                    events,
+                    h.description,
+                    h.secret,
+                    h.paused,
+                    h.failing
+                ])?
+            };
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn webhook_progress(
+        &self,
+        id: Uuid,
+        delivered: i64,
+        attempts: String,
+        failing: Option<String>,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.prepare_cached(sql::WEBHOOK_PROGRESS)?
+                .execute(params![id, delivered, attempts, failing])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_webhook(&self, id: Uuid) -> Result<bool, StoreError> {
+        self.write(move |conn| Ok(conn.prepare_cached(sql::DELETE_WEBHOOK)?.execute([id])? == 1))
+            .await
     }
 }
 

@@ -24,3 +24,4 @@ mod stream;
 mod support;
 mod tls;
 mod transfer;
+mod webhooks;

@@ -147,11 +147,12 @@ impl TestApp {
     }
 
     /// Stops this broker gracefully, sets the clock to `secs`, and starts a
-    /// new one on the same data.
+    /// new one on the same data with the same options.
     pub async fn restart_at(mut self, secs: i64) -> Self {
         self.shut_down().await;
         self.set_time(secs);
-        Self::start(self.dir.clone(), self.db.clone(), self.clock.clone(), &[]).await
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        Self::start(self.dir.clone(), self.db.clone(), self.clock.clone(), &extra).await
     }
 
     /// Another node on the same database and clock, with the same options

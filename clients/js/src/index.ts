@@ -146,6 +146,29 @@ export interface Collection {
   retention: { max_age?: number; keep_latest?: number };
 }
 
+/** A webhook of a claimed collection, as its owner sees it. */
+export interface Webhook {
+  id: string;
+  collection_id: string;
+  /** Where events are POSTed. */
+  url: string;
+  /** The event names or `prefix*` patterns it receives (empty: every event). */
+  events: string[];
+  description: string;
+  /** Stopped by its owner, or after a failure (see `failing`). */
+  paused: boolean;
+  /** Why delivery gave up, if it did. */
+  failing: string | null;
+  /** The sequence number of the last event delivered or passed over. */
+  delivered: number;
+  /** UNIX seconds. */
+  created: number;
+  /** The latest attempts, newest first. */
+  attempts: { at: number; seq: number; event_id: string; status: number | null; error: string | null; ms: number }[];
+  /** The signing secret (`whsec_…`): only from `addWebhook` and `rotateWebhookSecret`. */
+  secret?: string;
+}
+
 /** A user as administrators see it. */
 export interface AdminUser {
   id: string;
@@ -824,6 +847,44 @@ export class Broker {
   async setRetention(collectionId: string, retention: { maxAge?: number; keepLatest?: number }): Promise<Collection> {
     const body = { retention: { max_age: retention.maxAge, keep_latest: retention.keepLatest } };
     return this.request("PATCH", `/collections/${collectionId}`, body);
+  }
+
+  /**
+   * Has the published events of one's collection POSTed to `url`, signed as
+   * Standard Webhooks says (verify them with the `standardwebhooks`
+   * package and the `secret` answered here, and only here).
+   */
+  addWebhook(collectionId: string, url: string, options: { events?: string[]; description?: string } = {}): Promise<Webhook> {
+    return this.request("POST", `/collections/${collectionId}/webhooks`, { url, ...options });
+  }
+
+  /** One's collection's webhooks (without their secrets). */
+  async webhooks(collectionId: string): Promise<Webhook[]> {
+    return (await this.request<{ webhooks: Webhook[] }>("GET", `/collections/${collectionId}/webhooks`)).webhooks;
+  }
+
+  /** One webhook, with its latest attempts. */
+  webhook(collectionId: string, id: string): Promise<Webhook> {
+    return this.request("GET", `/collections/${collectionId}/webhooks/${id}`);
+  }
+
+  /** Changes a webhook; `paused: false` resumes it (after a failure too) at the first event not delivered. */
+  updateWebhook(
+    collectionId: string,
+    id: string,
+    change: { url?: string; events?: string[]; description?: string; paused?: boolean },
+  ): Promise<Webhook> {
+    return this.request("PATCH", `/collections/${collectionId}/webhooks/${id}`, change);
+  }
+
+  /** Gives a webhook a new secret (in the answer). */
+  rotateWebhookSecret(collectionId: string, id: string): Promise<Webhook> {
+    return this.request("POST", `/collections/${collectionId}/webhooks/${id}/secret`);
+  }
+
+  /** Removes a webhook. */
+  async deleteWebhook(collectionId: string, id: string): Promise<void> {
+    await this.request("DELETE", `/collections/${collectionId}/webhooks/${id}`);
   }
 
   /** Makes one's collection private or public. */
