@@ -10,6 +10,7 @@ cargo build --quiet --bin broker
 ci() { npm ci --prefix "$1" --no-audit --no-fund --loglevel=error; }
 ci e2e
 ci examples/broker-client
+ci examples/webhook-receiver
 ci clients/js
 npm run --prefix clients/js build
 npm test --prefix clients/js

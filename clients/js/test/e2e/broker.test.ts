@@ -6,6 +6,8 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { afterEach, expect, it, onTestFinished, vi } from "vitest";
+import { createServer as createHttpServer } from "node:http";
+import { Webhook } from "standardwebhooks";
 import { Broker, fileOutbox, type BrokerEvent, type OutboxReport } from "../../src/index.js";
 
 const BIN = process.env.BROKER_BIN ?? resolve(__dirname, "../../../../target/debug/broker");
@@ -35,8 +37,14 @@ async function start(dir: string, port: number, ...args: string[]) {
   await vi.waitFor(async () => expect((await fetch(`${url}/healthz`)).ok).toBe(true), { timeout: 20_000, interval: 50 });
   const handle = {
     url,
+    /** Ends the process at once, as a crash would. */
+    async kill() {
+      const exited = new Promise((done) => child.once("exit", done));
+      child.kill("SIGKILL");
+      await exited;
+    },
     async stop() {
-      if (child.exitCode !== null) return;
+      if (child.exitCode !== null || child.signalCode !== null) return;
       const exited = new Promise((done) => child.once("exit", done));
       child.kill("SIGTERM");
       await exited;
@@ -394,3 +402,90 @@ it("schemas: an insert that does not match fails with where, and retention is se
   expect(await alice.deleteSchema(board, "card:*")).toEqual({});
   expect((await alice.setRetention(board, { keepLatest: 1 })).retention).toEqual({ keep_latest: 1 });
 });
+
+const LOCAL_WEBHOOKS = ["--webhook-allow-http", "--webhook-allow-private"];
+
+it("webhooks: the example receiver verifies every event of the board, in order, and refuses a forged one", async () => {
+  const server = await start(dataDir(), await freePort(), ...LOCAL_WEBHOOKS);
+  const alice = await user(server.url, "alice");
+  const board = crypto.randomUUID();
+  await alice.claim(board);
+  const port = await freePort();
+  const hook = await alice.addWebhook(board, `http://127.0.0.1:${port}/`, { events: ["card:*"] });
+  expect(hook.secret).toMatch(/^whsec_/);
+  expect((await alice.webhooks(board)).map((h) => [h.id, h.secret])).toEqual([[hook.id, undefined]]);
+  const receiver = spawn("node", [resolve(__dirname, "../../../../examples/webhook-receiver/receiver.mjs")], {
+    env: { ...process.env, WEBHOOK_SECRET: hook.secret, PORT: String(port) },
+    stdio: ["ignore", "pipe", "ignore"],
+  });
+  onTestFinished(() => void receiver.kill());
+  const lines: { id: string; event: string; data: { n: number } }[] = [];
+  let buffered = "";
+  receiver.stdout!.on("data", (chunk: Buffer) => {
+    buffered += chunk.toString();
+    const complete = buffered.split("\n");
+    buffered = complete.pop()!;
+    lines.push(...complete.map((line) => JSON.parse(line)));
+  });
+  const ids: string[] = [];
+  for (let n = 0; n < 10; n++) {
+    ids.push((await alice.insert(`card:${n}`, board, { n })).id);
+    await alice.insert("title", board, { n });
+  }
+  await vi.waitFor(() => expect(lines).toHaveLength(10), { timeout: 20_000, interval: 50 });
+  expect(lines.map((l) => l.id)).toEqual(ids);
+  expect(lines.map((l) => l.data.n)).toEqual([...Array(10).keys()]);
+  const forged = await fetch(`http://127.0.0.1:${port}/`, {
+    method: "POST",
+    headers: { "webhook-id": ids[0], "webhook-timestamp": String(Math.floor(Date.now() / 1000)), "webhook-signature": "v1,AAAA" },
+    body: JSON.stringify({ type: "event.published", data: {} }),
+  });
+  expect(forged.status).toBe(400);
+  const seen = await alice.webhook(board, hook.id);
+  expect(seen.attempts[0]).toMatchObject({ status: 204, error: null, event_id: ids[9] });
+}, 60_000);
+
+it("webhooks: through 500s and a kill -9 of Broker, every event arrives verified, in order, retries with the same webhook-id", async () => {
+  const dir = dataDir();
+  const brokerPort = await freePort();
+  let server = await start(dir, brokerPort, ...LOCAL_WEBHOOKS);
+  const alice = await user(server.url, "alice");
+  const board = crypto.randomUUID();
+  await alice.claim(board);
+  let verify: Webhook | undefined;
+  const got: { id: string; n: number; status: number }[] = [];
+  const http = createHttpServer((request, response) => {
+    let body = "";
+    request.on("data", (chunk) => (body += chunk));
+    request.on("end", () => {
+      // Every request verifies, retries included (throws otherwise).
+      const message = verify!.verify(body, request.headers as Record<string, string>) as { data: { data: { n: number } } };
+      const status = got.length === 3 || got.length === 4 ? 500 : 200;
+      got.push({ id: String(request.headers["webhook-id"]), n: message.data.data.n, status });
+      setTimeout(() => response.writeHead(status).end(), 20);
+    });
+  });
+  await new Promise<void>((done) => http.listen(0, "127.0.0.1", done));
+  onTestFinished(() => void http.close());
+  const { port } = http.address() as { port: number };
+  const hook = await alice.addWebhook(board, `http://127.0.0.1:${port}/hook`);
+  verify = new Webhook(hook.secret!);
+  const ids: string[] = [];
+  for (let n = 0; n < 40; n++) ids.push((await alice.insert("card", board, { n })).id);
+  await vi.waitFor(() => expect(got.length).toBeGreaterThan(12), { timeout: 20_000, interval: 20 });
+  await server.kill();
+  const before = got.length;
+  server = await start(dir, brokerPort, ...LOCAL_WEBHOOKS);
+  await vi.waitFor(() => expect(got.at(-1)?.n).toBe(39), { timeout: 30_000, interval: 50 });
+  // In order, nothing missing: each event first arrives after the one before it.
+  const firsts = got.filter((g, i) => got.findIndex((h) => h.id === g.id) === i);
+  expect(firsts.map((g) => g.id)).toEqual(ids);
+  expect(firsts.map((g) => g.n)).toEqual([...Array(40).keys()]);
+  // The failed event came again with its webhook-id until taken.
+  expect(got.slice(3, 6).map((g) => [g.id, g.status])).toEqual([
+    [ids[3], 500],
+    [ids[3], 500],
+    [ids[3], 200],
+  ]);
+  expect(before).toBeLessThan(got.length);
+}, 60_000);
