@@ -77,6 +77,10 @@ pub struct Metrics {
     pub signal_deliveries: AtomicU64,
     /// Events this node deleted for retention.
     pub expired: AtomicU64,
+    /// Webhook requests this node sent that were answered 2xx.
+    pub webhooks_sent: AtomicU64,
+    /// Webhook requests this node sent that failed (to be retried).
+    pub webhooks_failed: AtomicU64,
 }
 
 /// Gauges read at scrape time.
@@ -164,6 +168,16 @@ impl Metrics {
                 "broker_events_expired_total",
                 "Events deleted for retention by this node.",
                 &self.expired,
+            ),
+            (
+                "broker_webhooks_sent_total",
+                "Webhook requests answered 2xx, sent by this node.",
+                &self.webhooks_sent,
+            ),
+            (
+                "broker_webhooks_failed_total",
+                "Webhook requests that failed (and are retried), sent by this node.",
+                &self.webhooks_failed,
             ),
         ];
         for (name, help, value) in counters {

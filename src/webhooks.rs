@@ -50,6 +50,7 @@ use uuid::Uuid;
 use crate::clock::Clock;
 use crate::domain::{Filter, Published};
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::store::{Store, Webhook};
 
 /// Seconds a node's hold on an endpoint lasts unless renewed (every second).
@@ -497,7 +498,12 @@ impl Deliveries {
                 ms,
             });
             attempts.truncate(KEPT);
-            let Some(error) = error else { return Outcome::Sent };
+            let metrics = &self.hub.metrics;
+            let Some(error) = error else {
+                Metrics::add(&metrics.webhooks_sent, 1);
+                return Outcome::Sent;
+            };
+            Metrics::add(&metrics.webhooks_failed, 1);
             let since = *failing_since.get_or_insert(started);
             if since.elapsed() >= self.settings.retry_for {
                 return Outcome::GaveUp(format!(
