@@ -148,12 +148,14 @@ impl Broker {
             retry_for: Duration::from_secs(config.webhook_retry_for),
         };
         let holder = feed.node().to_string();
+        let webhooks_changed = Arc::new(tokio::sync::Notify::new());
         let deliveries = webhooks::Deliveries::new(
             store.clone(),
             hub.clone(),
             clock.clone(),
             holder,
             webhooks.clone(),
+            webhooks_changed.clone(),
         )
         .spawn(shutdown.clone());
         let app = Arc::new(App {
@@ -183,6 +185,7 @@ impl Broker {
             signals: Rate::new(config.signal_rate),
             idempotency_window: i64::from(config.idempotency_window),
             webhooks,
+            webhooks_changed,
             max_webhooks: config.max_webhooks,
             hsts: Some(config.hsts_max_age)
                 .filter(|age| *age > 0)

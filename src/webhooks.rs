@@ -15,7 +15,8 @@
 //! that short tail again (each duplicate with the same `webhook-id`).
 //! Retention never deletes an event an active endpoint has yet to receive.
 //!
-//! A manager on every node looks at the endpoints each second and runs the
+//! A manager on every node looks at the endpoints each second (and at once
+//! when one is added or changed on its node) and runs the
 //! tasks of those whose lease (`webhook:<id>`) it holds, renewing it each
 //! time: one node at a time delivers to an endpoint, and when it dies
 //! another takes over within [`LEASE`] seconds. A new publication wakes the
@@ -281,6 +282,9 @@ pub struct Deliveries {
     holder: String,
     settings: Settings,
     tls: TlsConnector,
+    /// Rung when an endpoint was added or changed on this node, so that
+    /// the manager looks at once rather than at its next tick.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 /// A delivery task the manager runs.
@@ -298,6 +302,7 @@ impl Deliveries {
         clock: Clock,
         holder: String,
         settings: Settings,
+        changed: Arc<tokio::sync::Notify>,
     ) -> Arc<Self> {
         let mut roots = rustls::RootCertStore::empty();
         let found = rustls_native_certs::load_native_certs();
@@ -319,7 +324,7 @@ impl Deliveries {
             }
         };
         let tls = TlsConnector::from(Arc::new(config));
-        Arc::new(Self { store, hub, clock, holder, settings, tls })
+        Arc::new(Self { store, hub, clock, holder, settings, tls, changed })
     }
 
     /// Runs the manager until `shutdown` (see the module's documentation);
@@ -332,6 +337,7 @@ impl Deliveries {
             loop {
                 tokio::select! {
                     _ = ticks.tick() => {}
+                    () = self.changed.notified() => {}
                     () = shutdown.cancelled() => break,
                 }
                 let hooks = match self.store.webhooks(None).await {

@@ -8,6 +8,7 @@
 
 mod client;
 mod http;
+mod webhook;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -109,6 +110,15 @@ struct Pace {
     seconds: u64,
 }
 
+/// What a `rate --webhook` receiver does.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Hook {
+    /// Answers 204 at once.
+    Live,
+    /// Never answers.
+    Dead,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Opens N SSE connections; reports setup time and server memory per connection.
@@ -146,6 +156,12 @@ enum Cmd {
         /// 1: all named `bench`), as updates to K records.
         #[arg(long, default_value_t = 1)]
         names: usize,
+        /// Also a webhook on the collection (the server needs
+        /// `--webhook-allow-http --webhook-allow-private`) to a receiver of
+        /// this process: `live` answers 204 and measures the insert to its
+        /// arrival; `dead` never answers.
+        #[arg(long, value_enum)]
+        webhook: Option<Hook>,
     },
     /// N streams, each on a channel of its own (Broker: a collection), and
     /// R events a second for T seconds, each into one stream's channel:
@@ -266,8 +282,8 @@ async fn command(command: Cmd) {
         Cmd::Fanout { target, subs, singles, burst } => {
             run(&target, fanout(&target, &subs, singles, burst)).await
         }
-        Cmd::Rate { target, subs, pace, names } => {
-            run(&target, rate(&target, &subs, pace, names.max(1))).await
+        Cmd::Rate { target, subs, pace, names, webhook } => {
+            run(&target, rate(&target, &subs, pace, names.max(1), webhook)).await
         }
         Cmd::Channels { target, subs, pace, publishers, broadcasts, signals, churn } => {
             let load = Load { pace, publishers, broadcasts, signals, churn };
@@ -743,7 +759,13 @@ async fn fanout(
     Ok(report)
 }
 
-async fn rate(target: &Target, subs: &Fleet, pace: Pace, names: usize) -> Result<Report, Error> {
+async fn rate(
+    target: &Target,
+    subs: &Fleet,
+    pace: Pace,
+    names: usize,
+    hook: Option<Hook>,
+) -> Result<Report, Error> {
     if target.target != Kind::Broker {
         return Err("rate measures Broker only".into());
     }
@@ -753,6 +775,10 @@ async fn rate(target: &Target, subs: &Fleet, pace: Pace, names: usize) -> Result
     publisher.names = names;
     let publisher = Arc::new(publisher);
     let total = rate * seconds as usize;
+    let receiver = match hook {
+        Some(hook) => Some(webhook(&publisher, target.addr[0], total, hook == Hook::Dead).await?),
+        None => None,
+    };
     let listen = if target.addr.len() > 1 { &target.addr[1..] } else { &target.addr[..] };
     let mut clients = Clients::start(listen, subs, &publisher.subscribe_path(), total).await?;
     check_connections(&mut report, &clients, subs.subscribers);
@@ -795,6 +821,31 @@ async fn rate(target: &Target, subs: &Fleet, pace: Pace, names: usize) -> Result
         .map(|n| events[n].1.saturating_sub(sent[n]) as f64 / 1e6)
         .collect();
     add_distribution(&mut report, "insert to last subscriber", latencies, "ms");
+    if let (Some(receiver), Some(Hook::Live)) = (&receiver, hook) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while receiver.arrived() < total && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let arrivals = receiver.arrivals.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let lags: Vec<f64> = (0..total)
+            .filter(|&n| arrivals[n] > 0)
+            .map(|n| arrivals[n].saturating_sub(sent[n]) as f64 / 1e6)
+            .collect();
+        report.add("webhook events lost", (total - lags.len()) as f64, "");
+        add_distribution(&mut report, "insert to webhook", lags, "ms");
+        if receiver.arrived() < total {
+            report.fail(format!(
+                "{} events did not reach the webhook within 30 s",
+                total - receiver.arrived()
+            ));
+        }
+    }
+    if let Some(receiver) = &receiver {
+        let requests = receiver.requests.load(std::sync::atomic::Ordering::Relaxed);
+        report.add("webhook requests", requests as f64, "");
+        let connections = receiver.connections.load(std::sync::atomic::Ordering::Relaxed);
+        report.add("webhook connections", connections as f64, "");
+    }
     let expected = (clients.ok * total) as u64;
     let delivered: u64 = events.iter().map(|e| e.0).sum();
     report.add("deliveries expected", expected as f64, "");
@@ -807,6 +858,26 @@ async fn rate(target: &Target, subs: &Fleet, pace: Pace, names: usize) -> Result
     }
     clients.stop().await;
     Ok(report)
+}
+
+/// Claims the publisher's collection and adds a webhook to a receiver of
+/// this process.
+async fn webhook(
+    publisher: &Publisher,
+    addr: SocketAddr,
+    total: usize,
+    dead: bool,
+) -> Result<webhook::Receiver, Error> {
+    let receiver = webhook::Receiver::start(total, dead).await?;
+    let jwt = publisher.jwt.as_deref().ok_or("no token")?;
+    let mut conn = Conn::connect(addr).await?;
+    let claim = json!({"collection_id": publisher.collection, "private": false});
+    // Already claimed (--private): fine.
+    let _ = conn.request("POST", "/collections", Some(jwt), claim.to_string().as_bytes()).await?;
+    let path = format!("/collections/{}/webhooks", publisher.collection);
+    let hook = json!({"url": format!("http://{}/hook", receiver.addr)});
+    expect(&mut conn, "POST", &path, jwt, &hook, 201).await?;
+    Ok(receiver)
 }
 
 /// The channel every stream also reads with `--broadcasts`.

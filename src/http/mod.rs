@@ -79,6 +79,8 @@ pub struct App {
     pub webhooks: crate::webhooks::Settings,
     /// Most webhooks per collection.
     pub max_webhooks: usize,
+    /// Tells this node's webhook deliveries that an endpoint changed.
+    pub webhooks_changed: Arc<tokio::sync::Notify>,
     /// The `Strict-Transport-Security` value sent over HTTPS, if any.
     pub hsts: Option<HeaderValue>,
 }

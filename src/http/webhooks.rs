@@ -147,6 +147,7 @@ pub async fn create(
         created: app.clock.now_secs(),
     };
     app.store.put_webhook(hook.clone(), true).await?;
+    app.webhooks_changed.notify_one();
     tracing::info!(%user, collection = %id, webhook = %hook.id, url = %hook.url, "webhook registered");
     Ok((StatusCode::CREATED, axum::Json(WebhookView::of(hook, true))))
 }
@@ -266,6 +267,7 @@ pub async fn delete(
     if !app.store.delete_webhook(webhook).await? {
         return Err(no_webhook());
     }
+    app.webhooks_changed.notify_one();
     tracing::info!(%user, collection = %id, %webhook, "webhook removed");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -306,5 +308,6 @@ async fn save(
     if !app.store.put_webhook(hook.clone(), false).await? {
         return Err(no_webhook());
     }
+    app.webhooks_changed.notify_one();
     Ok(axum::Json(WebhookView::of(hook, show_secret)))
 }

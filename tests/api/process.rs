@@ -53,6 +53,16 @@ impl Binary {
         Self { child, base, http: reqwest::Client::new() }
     }
 
+    /// A node on a port of its own, its data in `dir` or on `db`.
+    pub async fn node(dir: &Path, db: Option<&TestDb>, extra: &[&str]) -> Self {
+        let mut c = command(dir);
+        c.args(["--port", "0", "--secret", "s", "--host", "127.0.0.1"]).args(extra);
+        if let Some(db) = db {
+            c.args(["--database-url", &db.url]);
+        }
+        Self::start(c).await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -333,14 +343,7 @@ async fn retried_inserts_with_keys_are_stored_exactly_once_through_cuts_and_a_ki
     const EACH: usize = 8;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let db = if crate::support::on_postgres() { Some(TestDb::create().await) } else { None };
-    let start = |i: usize| {
-        let mut c = command(dirs[i].path());
-        c.args(["--port", "0", "--secret", "s", "--host", "127.0.0.1"]);
-        if let Some(db) = &db {
-            c.args(["--database-url", &db.url]);
-        }
-        Binary::start(c)
-    };
+    let start = |i: usize| Binary::node(dirs[i].path(), db.as_ref(), &[]);
     let mut nodes = vec![start(0).await];
     if db.is_some() {
         nodes.extend([start(1).await, start(2).await]);

@@ -356,17 +356,10 @@ async fn one_node_delivers_and_another_takes_over() {
 /// node restarted goes on; either way within 10 s, nothing missing.
 #[tokio::test]
 async fn a_killed_delivering_node_is_taken_over_within_seconds() {
-    use crate::process::{Binary, command};
+    use crate::process::Binary;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let db = if crate::support::on_postgres() { Some(TestDb::create().await) } else { None };
-    let start = |i: usize| {
-        let mut c = command(dirs[i].path());
-        c.args(["--port", "0", "--secret", "s", "--host", "127.0.0.1"]).args(LOCAL);
-        if let Some(db) = &db {
-            c.args(["--database-url", &db.url]);
-        }
-        Binary::start(c)
-    };
+    let start = |i: usize| Binary::node(dirs[i].path(), db.as_ref(), LOCAL);
     let mut nodes = vec![start(0).await];
     if db.is_some() {
         nodes.extend([start(1).await, start(2).await]);
