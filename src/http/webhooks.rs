@@ -26,13 +26,16 @@ pub struct NewWebhook {
     /// Where events are POSTed: `https://` (`http://` only with
     /// `--webhook-allow-http`), a public address (unless
     /// `--webhook-allow-private`).
+    #[schema(min_length = 1, max_length = 2000)]
     url: String,
     /// The event names, or prefixes ending in `*` (`card:*`), it receives
     /// (none or empty: every event of the collection).
     #[serde(default)]
+    #[schema(max_items = 100)]
     events: Vec<String>,
     /// Words for people.
     #[serde(default)]
+    #[schema(max_length = 500)]
     description: String,
 }
 
