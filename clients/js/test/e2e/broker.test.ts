@@ -1,6 +1,6 @@
 // The client against the real Broker binary (built by `cargo build`;
 // BROKER_BIN overrides its path), each test with its own data directory.
-import { spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -489,3 +489,60 @@ it("webhooks: through 500s and a kill -9 of Broker, every event arrives verified
   ]);
   expect(before).toBeLessThan(got.length);
 }, 60_000);
+
+it("webhooks on three nodes of one PostgreSQL database: kill -9 of the delivering node, another takes over within 10 s, every event verified, in order", async () => {
+  const admin = process.env.BROKER_TEST_PG ?? "postgres://postgres@127.0.0.1:5432/postgres";
+  const database = `broker_js_${process.pid}_${Date.now()}`;
+  execFileSync("psql", [admin, "-qAtc", `CREATE DATABASE ${database}`]);
+  onTestFinished(() => void execFileSync("psql", [admin, "-qAtc", `DROP DATABASE IF EXISTS ${database} WITH (FORCE)`]));
+  const url = admin.replace(/\/[^/]*$/, `/${database}`);
+  const nodes = [];
+  for (let i = 0; i < 3; i++) nodes.push(await start(dataDir(), await freePort(), "--database-url", url, ...LOCAL_WEBHOOKS));
+  const alice = await user(nodes[0].url, "alice");
+  const board = crypto.randomUUID();
+  await alice.claim(board);
+  const clients = [alice];
+  for (const node of nodes.slice(1)) {
+    const client = new Broker({ url: node.url });
+    await client.logIn("alice", "correct horse battery");
+    clients.push(client);
+  }
+  let verify: Webhook | undefined;
+  const got: { id: string; n: number }[] = [];
+  const http = createHttpServer((request, response) => {
+    let body = "";
+    request.on("data", (chunk) => (body += chunk));
+    request.on("end", () => {
+      const message = verify!.verify(body, request.headers as Record<string, string>) as { data: { data: { n: number } } };
+      got.push({ id: String(request.headers["webhook-id"]), n: message.data.data.n });
+      setTimeout(() => response.writeHead(204).end(), 20);
+    });
+  });
+  await new Promise<void>((done) => http.listen(0, "127.0.0.1", done));
+  onTestFinished(() => void http.close());
+  const hook = await alice.addWebhook(board, `http://127.0.0.1:${(http.address() as { port: number }).port}/`);
+  verify = new Webhook(hook.secret!);
+  const ids: string[] = [];
+  const insert = async (from: number, to: number, live: Broker[]) => {
+    for (let n = from; n < to; n++) ids.push((await live[n % live.length].insert("card", board, { n })).id);
+  };
+  await insert(0, 30, clients);
+  await vi.waitFor(() => expect(got.length).toBeGreaterThan(10), { timeout: 20_000, interval: 20 });
+  const sent = async (node: { url: string }) => {
+    const text = await (await fetch(`${node.url}/metrics`)).text();
+    return Number(text.split("\n").find((l) => l.startsWith("broker_webhooks_sent_total "))?.split(" ")[1] ?? 0);
+  };
+  const counts = await Promise.all(nodes.map(sent));
+  expect(counts.filter((c) => c > 0)).toHaveLength(1);
+  const holder = counts.findIndex((c) => c > 0);
+  await nodes[holder].kill();
+  const killed = Date.now();
+  const before = got.length;
+  await insert(30, 60, clients.filter((_, i) => i !== holder));
+  await vi.waitFor(() => expect(got.length).toBeGreaterThan(before), { timeout: 10_000, interval: 20 });
+  console.log(`webhook delivery went on ${Date.now() - killed} ms after kill -9 of its node`);
+  await vi.waitFor(() => expect(new Set(got.map((g) => g.id)).size).toBe(60), { timeout: 20_000, interval: 50 });
+  const firsts = got.filter((g, i) => got.findIndex((h) => h.id === g.id) === i);
+  expect(firsts.map((g) => g.id)).toEqual(ids);
+  expect(firsts.map((g) => g.n)).toEqual([...Array(60).keys()]);
+}, 90_000);
