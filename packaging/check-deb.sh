@@ -20,6 +20,7 @@ dpkg -i "$deb"
 trap 'kill "${pid:-0}" 2>/dev/null || true; dpkg --purge broker >/dev/null' EXIT
 getent passwd broker >/dev/null
 test "$(stat -c %U /var/lib/broker)" = broker
+test "$(stat -c %a /var/lib/broker)" = 700
 test "$(stat -c %a /etc/broker/broker.env)" = 640
 grep -q '^User=broker$' /usr/lib/systemd/system/broker.service
 
@@ -32,6 +33,9 @@ pid=$!
 for _ in $(seq 100); do
   if curl -fsS "http://127.0.0.1:$port/healthz" | grep -q '"ok"'; then
     test -s /var/lib/broker/secret
+    # Readable by Broker only, and no warning about it.
+    test "$(stat -c %a /var/lib/broker/secret /var/lib/broker/broker.sqlite3 | sort -u)" = 600
+    ! grep -q "other users can read" target/debian/check.log
     echo "package check: installed broker answers /healthz"
     exit 0
   fi

@@ -215,6 +215,11 @@ pub struct Config {
     #[arg(long, env = "BROKER_RETENTION", default_value = "all", value_parser = crate::policy::Retention::parse)]
     pub retention: crate::policy::Retention,
 
+    /// Refuses to start when the data directory or a file of Broker's in it
+    /// can be read by other users (else a warning names them).
+    #[arg(long, env = "BROKER_STRICT_PERMISSIONS")]
+    pub strict_permissions: bool,
+
     /// Lets webhooks use `http://` URLs (else only `https://`).
     #[arg(long, env = "BROKER_WEBHOOK_ALLOW_HTTP")]
     pub webhook_allow_http: bool,

@@ -100,6 +100,7 @@ impl Broker {
         let tls = tls_settings(&config)?.map(Arc::new);
         let metrics = Arc::new(metrics::Metrics::default());
         let store = store::open(config.store_location(), metrics.clone())?;
+        check_permissions(&config)?;
         let passwords = Passwords::new().await.map_err(|e| Error::Config(e.to_string()))?;
         let shutdown = CancellationToken::new();
         let max_lag = usize::try_from(config.max_lag).unwrap_or(usize::MAX);
@@ -336,6 +337,30 @@ const FD_RESERVE: u64 = 96;
 
 /// The most streams to admit: as configured, or what the open-file limit
 /// (raised to its hard maximum first) leaves after [`FD_RESERVE`].
+/// Warns of (or, with `--strict-permissions`, refuses) a SQLite data
+/// directory whose files other local users can read.
+fn check_permissions(config: &Config) -> Result<(), Error> {
+    if config.database_url.is_some() {
+        return Ok(());
+    }
+    let loose = store::loose_permissions(&config.save_path);
+    if loose.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> =
+        loose.iter().map(|(path, mode)| format!("{} ({mode:o})", path.display())).collect();
+    let dir = config.save_path.display();
+    let message = format!(
+        "other users can read Broker's data: {}; fix with `chmod -R go= {dir}`",
+        list.join(", ")
+    );
+    if config.strict_permissions {
+        return Err(Error::Config(format!("{message} (--strict-permissions)")));
+    }
+    tracing::warn!("{message} (or start with --strict-permissions to refuse)");
+    Ok(())
+}
+
 fn stream_limit(configured: Option<usize>) -> usize {
     let files = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
     let limit = configured

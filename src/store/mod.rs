@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::policy::{AccessState, Retention, Role, Rule};
 
 pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, loose_permissions};
 
 /// The longest message [`Store::signal`] carries (PostgreSQL's `NOTIFY`
 /// takes less than 8,000 bytes).

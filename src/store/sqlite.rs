@@ -63,9 +63,11 @@ impl SqliteStore {
 
     /// Like [`SqliteStore::open`], recording commit latency in `metrics`.
     pub fn open_with_metrics(dir: &Path, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("broker.sqlite3");
+        private_dir(dir)
+            .and_then(|()| create_private(&path))
+            .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", path.display())))?;
+        // SQLite gives the WAL and shared-memory files the database's mode.
         let mut conn = Connection::open(&path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Set before the first table exists, so that retention can give the
@@ -1148,12 +1150,56 @@ fn acme_path(dir: &Path, name: &str) -> PathBuf {
     dir.join("acme").join(file)
 }
 
+/// Creates `dir` and its missing parents, readable by their owner only
+/// (whatever the umask, which can only take bits away).
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Creates the empty file `path`, readable by its owner only, unless it
+/// exists.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+/// What in the data directory others than its owner may read or enter:
+/// the directory itself, the database with its WAL and shared memory, the
+/// secret, the ACME state (each with its mode).
+pub fn loose_permissions(dir: &Path) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let names =
+        ["", "broker.sqlite3", "broker.sqlite3-wal", "broker.sqlite3-shm", "secret", "acme"];
+    let mut found: Vec<PathBuf> =
+        names.iter().map(|n| if n.is_empty() { dir.to_owned() } else { dir.join(n) }).collect();
+    if let Ok(entries) = std::fs::read_dir(dir.join("acme")) {
+        found.extend(entries.flatten().map(|e| e.path()));
+    }
+    found
+        .into_iter()
+        .filter_map(|path| {
+            let mode = std::fs::metadata(&path).ok()?.permissions().mode() & 0o777;
+            (mode & 0o077 != 0).then_some((path, mode))
+        })
+        .collect()
+}
+
 /// Writes `value` to `path` whole (through a temporary file), readable by
 /// its owner only.
 fn write_private(path: &Path, value: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+        private_dir(parent)?;
     }
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(".tmp"); // beside it, never another file's (not `with_extension`)

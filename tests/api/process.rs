@@ -17,11 +17,23 @@ pub struct Binary {
     pub child: Child,
     pub base: String,
     pub http: reqwest::Client,
+    /// What it logged (standard error), line by line.
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 /// The `broker` binary, run in `cwd`, with no Broker variables inherited.
 pub fn command(cwd: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_broker"));
+    clean(Command::new(env!("CARGO_BIN_EXE_broker")), cwd)
+}
+
+/// The same under umask 000 (through `sh`, which sets it and execs).
+fn command_under_umask_000(cwd: &Path) -> Command {
+    let mut command = Command::new("sh");
+    command.args(["-c", "umask 000 && exec \"$@\"", "sh", env!("CARGO_BIN_EXE_broker")]);
+    clean(command, cwd)
+}
+
+fn clean(mut command: Command, cwd: &Path) -> Command {
     command.current_dir(cwd).kill_on_drop(true);
     for (key, _) in std::env::vars() {
         if key.starts_with("BROKER_") || key == "SAVE_PATH" {
@@ -36,21 +48,28 @@ impl Binary {
     pub async fn start(mut command: Command) -> Self {
         let mut child = command.stderr(Stdio::piped()).spawn().expect("the binary starts");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = Arc::new(Mutex::new(Vec::new()));
         let base = tokio::time::timeout(DEADLINE, async {
             while let Some(line) = lines.next_line().await.unwrap() {
+                log.lock().unwrap().push(line.clone());
                 if let Some(at) = line.find("listening on ") {
                     let rest = &line[at + "listening on ".len()..];
                     let url = rest.split(|c: char| c == '"' || c.is_whitespace()).next().unwrap();
                     return url.replace("0.0.0.0", "127.0.0.1");
                 }
             }
-            panic!("the binary exited before listening");
+            panic!("the binary exited before listening: {:?}", log.lock().unwrap());
         })
         .await
         .expect("the binary listens within the deadline");
-        // Keep draining the log so that the process never blocks on it.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, base, http: reqwest::Client::new() }
+        // Keep reading the log so that the process never blocks on it.
+        let kept = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        Self { child, base, http: reqwest::Client::new(), log }
     }
 
     /// A node on a port of its own, its data in `dir` or on `db`.
@@ -418,4 +437,61 @@ async fn retried_inserts_with_keys_are_stored_exactly_once_through_cuts_and_a_ki
     }
     assert_eq!(acknowledged.len(), WRITERS * EACH);
     assert_eq!(stored, acknowledged, "each key stored once, as acknowledged");
+}
+
+/// Broker's data directory and files are its user's only, whatever the
+/// umask, on a fresh start and after a restart; a directory others can
+/// read is named in a warning, or refused with `--strict-permissions`.
+#[tokio::test]
+async fn the_data_directory_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("made/by-broker");
+    let mode = |name: &str| {
+        let path = if name.is_empty() { data.clone() } else { data.join(name) };
+        std::fs::metadata(&path)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let start = |extra: &[&str]| {
+        let mut c = command_under_umask_000(root.path());
+        c.args(["--port", "0", "--host", "127.0.0.1", "--save-path"]).arg(&data).args(extra);
+        c
+    };
+    for round in ["fresh", "restarted"] {
+        let mut broker = Binary::start(start(&[])).await;
+        broker.user(&format!("user-{round}")).await; // the WAL has something
+        assert_eq!(mode(""), 0o700, "{round}");
+        assert_eq!(
+            std::fs::metadata(data.parent().unwrap()).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        for file in ["broker.sqlite3", "broker.sqlite3-wal", "broker.sqlite3-shm", "secret"] {
+            assert_eq!(mode(file), 0o600, "{round}: {file}");
+        }
+        let log = broker.log.lock().unwrap().clone();
+        assert!(!log.iter().any(|l| l.contains("other users can read")), "{log:?}");
+        broker.signal("-TERM").await;
+        broker.child.wait().await.unwrap();
+    }
+    // Made readable by others (an older Broker, a careless copy).
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(data.join("broker.sqlite3"), std::fs::Permissions::from_mode(0o644))
+        .unwrap();
+    let mut broker = Binary::start(start(&[])).await;
+    let warned =
+        || broker.log.lock().unwrap().iter().find(|l| l.contains("other users can")).cloned();
+    crate::support::eventually("the warning", || async { warned().is_some() }).await;
+    let warning = warned().unwrap();
+    assert!(
+        warning.contains(&format!("{} (644)", data.join("broker.sqlite3").display())),
+        "{warning}"
+    );
+    assert!(warning.contains("chmod -R go="), "{warning}");
+    broker.signal("-TERM").await;
+    broker.child.wait().await.unwrap();
+    let refused = start(&["--strict-permissions"]).output().await.unwrap();
+    assert!(!refused.status.success());
+    let log = String::from_utf8_lossy(&refused.stderr);
+    assert!(log.contains("other users can read") && log.contains("--strict-permissions"), "{log}");
 }
