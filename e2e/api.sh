@@ -14,10 +14,10 @@ cd "$(dirname "$0")/.."
 broker=${1:-target/debug/broker}
 dir=$(mktemp -d)
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-# Every generated request comes from 127.0.0.1: no per-address login limit,
-# or the fuzzed logins would lock the address out.
+# Every generated request comes from 127.0.0.1: no per-address login or
+# sign-up limit, or the fuzzed requests would lock the address out.
 "$broker" --host 127.0.0.1 --port "$port" --save-path "$dir/broker.db" --secret api-test \
-  --login-attempts-per-address 0 >"$dir/log" 2>&1 &
+  --login-attempts-per-address 0 --signup-rate 0 >"$dir/log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$dir"' EXIT
 base="http://127.0.0.1:$port"

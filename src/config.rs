@@ -215,6 +215,12 @@ pub struct Config {
     #[arg(long, env = "BROKER_RETENTION", default_value = "all", value_parser = crate::policy::Retention::parse)]
     pub retention: crate::policy::Retention,
 
+    /// Sign-ups per client address per hour, in bursts of as many (0: no
+    /// limit); more get 429 with `Retry-After`. Addresses are found as for
+    /// failed logins (`--trusted-proxy`).
+    #[arg(long, env = "BROKER_SIGNUP_RATE", default_value_t = 300)]
+    pub signup_rate: u32,
+
     /// Refuses to start when the data directory or a file of Broker's in it
     /// can be read by other users (else a warning names them).
     #[arg(long, env = "BROKER_STRICT_PERMISSIONS")]

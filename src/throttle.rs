@@ -1,11 +1,12 @@
-//! Rate limits kept in memory: failed logins and inserts.
+//! Rate limits kept in memory: failed logins, inserts, signals, sign-ups.
 //!
 //! [`Failures`] slows down password guessing: after `limit` failed logins
 //! for one key (a username, known or not, or a client address), each
 //! further attempt is refused until a delay has passed, 1 second after the
 //! limit is reached and doubling with each further failure up to the
 //! window; a key with no failure for a whole window is forgotten.
-//! [`Rate`] is a token bucket per user for inserts. Both count per node,
+//! [`Rate`] is a token bucket per key: inserts and signals per user,
+//! sign-ups per address. Both count per node,
 //! against Broker's [`Clock`]; memory is bounded by forgetting idle keys.
 
 use std::collections::HashMap;
@@ -92,41 +93,48 @@ impl<K: Hash + ?Sized> Failures<K> {
     }
 }
 
-/// A token bucket per user: `per_second` inserts, bursts of as many.
+/// A token bucket per key (a user, an address): `burst` at once, refilled
+/// at `per_second`.
 #[derive(Debug)]
-pub struct Rate {
+pub struct Rate<K = Uuid> {
+    burst: f64,
     per_second: f64,
-    users: Mutex<HashMap<Uuid, (f64, i64)>>,
+    keys: Mutex<HashMap<K, (f64, i64)>>,
 }
 
-impl Rate {
-    /// `per_second` inserts a second per user; 0 means no limit.
+impl<K: Hash + Eq> Rate<K> {
+    /// `per_second` a second, in bursts of as many; 0 means no limit.
     pub fn new(per_second: u32) -> Self {
-        Self { per_second: f64::from(per_second), users: Mutex::default() }
+        Self::per(per_second, 1)
     }
 
-    /// Takes one insert from `user`'s bucket, or says how many seconds
+    /// `n` every `seconds`, in bursts of `n`; 0 means no limit.
+    pub fn per(n: u32, seconds: u32) -> Self {
+        let per_second = f64::from(n) / f64::from(seconds.max(1));
+        Self { burst: f64::from(n), per_second, keys: Mutex::default() }
+    }
+
+    /// Takes one token from `key`'s bucket, or says how many seconds
     /// until one is available.
-    pub fn take(&self, user: Uuid, clock: &Clock) -> Result<(), u64> {
-        if self.per_second == 0.0 {
+    pub fn take(&self, key: K, clock: &Clock) -> Result<(), u64> {
+        if self.burst == 0.0 {
             return Ok(());
         }
-        let now = clock.now_millis();
-        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
-        if users.len() >= MAX_KEYS && !users.contains_key(&user) {
+        let (now, burst, rate) = (clock.now_millis(), self.burst, self.per_second);
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        if keys.len() >= MAX_KEYS && !keys.contains_key(&key) {
             // A full bucket is the same as none.
-            let rate = self.per_second;
-            users.retain(|_, (tokens, at)| *tokens + (now - *at) as f64 / 1000.0 * rate < rate);
+            keys.retain(|_, (tokens, at)| *tokens + (now - *at) as f64 / 1000.0 * rate < burst);
         }
-        let (tokens, at) = users.entry(user).or_insert((self.per_second, now));
+        let (tokens, at) = keys.entry(key).or_insert((burst, now));
         let elapsed = (now - *at).max(0) as f64 / 1000.0;
-        *tokens = (*tokens + elapsed * self.per_second).min(self.per_second);
+        *tokens = (*tokens + elapsed * rate).min(burst);
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
             Ok(())
         } else {
-            Err(((1.0 - *tokens) / self.per_second).ceil().max(1.0) as u64)
+            Err(((1.0 - *tokens) / rate).ceil().max(1.0) as u64)
         }
     }
 }
@@ -238,6 +246,10 @@ mod tests {
         hand.advance(500);
         assert!(rate.take(user, &clock).is_ok());
         assert!(Rate::new(0).take(user, &clock).is_ok());
+        let hourly = Rate::per(2, 3600);
+        let address: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(hourly.take(address, &clock).is_ok() && hourly.take(address, &clock).is_ok());
+        assert_eq!(hourly.take(address, &clock), Err(1800));
     }
 
     #[test]

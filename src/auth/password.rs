@@ -1,5 +1,6 @@
 //! Password hashing: argon2id for new passwords; bcrypt hashes, as Broker
-//! 1.x stored them, are still accepted. Hashing runs on the blocking pool.
+//! 1.x stored them, are still accepted. Hashing runs on the blocking pool,
+//! on at most half the cores at once.
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash};
@@ -29,6 +30,7 @@ impl Passwords {
 
     /// Hashes a new password with argon2id and a random salt.
     pub async fn hash(password: Password) -> Result<String, HashError> {
+        let _turn = turn().await;
         tokio::task::spawn_blocking(move || {
             Argon2::default()
                 .hash_password(password.expose().as_bytes())
@@ -44,11 +46,23 @@ impl Passwords {
     pub async fn verify(&self, password: Password, hash: Option<String>) -> bool {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.decoy.clone());
+        let _turn = turn().await;
         let matches = tokio::task::spawn_blocking(move || check(password.expose(), &hash))
             .await
             .unwrap_or(false);
         known && matches
     }
+}
+
+/// A turn to hash: at most half the cores (at least one) hash at once, so
+/// that a flood of sign-ups or failed logins leaves the other half to
+/// inserts and streams; the rest wait in line, in order.
+async fn turn() -> Option<tokio::sync::SemaphorePermit<'static>> {
+    static HASHERS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        tokio::sync::Semaphore::new(cores.div_ceil(2).max(1))
+    });
+    HASHERS.acquire().await.ok()
 }
 
 fn check(password: &str, hash: &str) -> bool {

@@ -73,6 +73,8 @@ pub struct App {
     pub inserts: Rate,
     /// Signals per user.
     pub signals: Rate,
+    /// Sign-ups per client address (an hour's worth at once).
+    pub signups: Rate<IpAddr>,
     /// How long idempotency keys are remembered, in seconds.
     pub idempotency_window: i64,
     /// What webhooks may reach.

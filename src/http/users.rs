@@ -52,11 +52,19 @@ pub struct Token {
     responses(
         (status = 200, description = "The user is registered.", body = Created),
         (status = 400, description = "The username is taken (`{\"error\": \"username is taken\"}`, as Broker 1.x answered), or a field is invalid.", body = ErrorBody),
+        (status = 429, description = "Too many sign-ups from this address (`--signup-rate` an hour).",
+            body = ErrorBody, headers(("retry-after" = String))),
     ))]
 pub async fn sign_up(
     State(app): State<AppState>,
+    ClientAddress(address): ClientAddress,
     Json(body): Json<SignUp>,
 ) -> Result<axum::Json<Created>, ApiError> {
+    if let Some(address) = address {
+        app.signups.take(address, &app.clock).map_err(|seconds| {
+            ApiError::too_many("too many sign-ups from this address; retry later", seconds)
+        })?;
+    }
     let username = Username::parse(body.username)?;
     let password = Password::parse(body.password)?;
     let password_hash = Passwords::hash(password).await.map_err(ApiError::internal)?;

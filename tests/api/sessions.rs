@@ -144,6 +144,26 @@ async fn failed_logins_are_counted_per_client_address_behind_trusted_proxies_onl
 }
 
 #[tokio::test]
+async fn sign_ups_are_limited_per_client_address() {
+    let app = TestApp::spawn_with(&["--trusted-proxy", "127.0.0.1", "--signup-rate", "3"]).await;
+    let sign_up = |forwarded: &'static str| {
+        let request = app.http.post(app.url("/users")).header("x-forwarded-for", forwarded);
+        let body = json!({"username": Uuid::new_v4().to_string(), "password": "pw", "collection_id": Uuid::new_v4()});
+        async move { request.json(&body).send().await.unwrap() }
+    };
+    for _ in 0..3 {
+        ok_json(sign_up("198.51.100.1").await).await;
+    }
+    let refused = sign_up("198.51.100.1").await;
+    assert_eq!(retry_after(&refused), 1200, "3 an hour: one more in 20 minutes");
+    assert!(error_json(refused, 429).await.contains("too many sign-ups"));
+    ok_json(sign_up("198.51.100.2").await).await;
+    app.clock.advance(1_200_000);
+    ok_json(sign_up("198.51.100.1").await).await;
+    error_json(sign_up("198.51.100.1").await, 429).await;
+}
+
+#[tokio::test]
 async fn administrators_manage_accounts_and_see_collections() {
     let app = TestApp::spawn().await;
     let root = app.user("root").await;
