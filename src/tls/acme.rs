@@ -149,7 +149,9 @@ pub async fn run(
             },
             None => None,
         };
-        if let Some(at) = renew_at.filter(|at| *at > now) {
+        let due = renew_at.is_none_or(|at| at <= now);
+        tls.expect_challenges(due);
+        if let Some(at) = renew_at.filter(|_| !due) {
             if wait(&clock, Some(at), RECHECK, &shutdown).await {
                 return;
             }

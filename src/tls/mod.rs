@@ -16,8 +16,9 @@ pub mod acme;
 pub mod x509;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -32,10 +33,20 @@ use crate::store::Store;
 /// How often the certificate files are looked at for changes.
 pub const WATCH: Duration = Duration::from_secs(2);
 
+/// Most store lookups of TLS-ALPN-01 challenges a node makes per second;
+/// handshakes beyond them fail.
+pub const CHALLENGE_LOOKUPS: u32 = 20;
+
 /// The server's TLS settings and current certificate; shared behind an `Arc`.
 pub struct Tls {
     source: Source,
     current: RwLock<Option<Arc<ServerConfig>>>,
+    /// Whether a TLS-ALPN-01 challenge may be pending: only with ACME, while
+    /// there is no certificate or it is due for renewal. Otherwise such
+    /// handshakes fail without a store lookup.
+    challenges: AtomicBool,
+    /// The lookups made in the current second: (its start, how many).
+    lookups: Mutex<(Instant, u32)>,
 }
 
 /// Where the certificate comes from.
@@ -64,13 +75,39 @@ impl Tls {
                 stamp: RwLock::new(stamps(cert, key)),
             },
             current: RwLock::new(Some(Arc::new(config))),
+            challenges: AtomicBool::new(false),
+            lookups: Mutex::new((Instant::now(), 0)),
         })
     }
 
     /// HTTPS with certificates obtained by ACME; until the first one is
     /// there, handshakes fail (but ACME challenges are answered).
     pub fn acme(settings: acme::Settings) -> Self {
-        Self { source: Source::Acme(settings), current: RwLock::new(None) }
+        let challenges = AtomicBool::new(settings.challenge == acme::Challenge::TlsAlpn01);
+        let lookups = Mutex::new((Instant::now(), 0));
+        Self { source: Source::Acme(settings), current: RwLock::new(None), challenges, lookups }
+    }
+
+    /// Says whether a certificate is being (or may be) ordered, so that
+    /// TLS-ALPN-01 handshakes are looked up (at most [`CHALLENGE_LOOKUPS`]
+    /// a second) or fail at once.
+    fn expect_challenges(&self, ordering: bool) {
+        let alpn =
+            matches!(&self.source, Source::Acme(s) if s.challenge == acme::Challenge::TlsAlpn01);
+        self.challenges.store(ordering && alpn, Ordering::Relaxed);
+    }
+
+    /// Whether this handshake may look a challenge up.
+    fn may_look_up(&self) -> bool {
+        if !self.challenges.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut lookups = self.lookups.lock().unwrap_or_else(PoisonError::into_inner);
+        if lookups.0.elapsed() >= Duration::from_secs(1) {
+            *lookups = (Instant::now(), 0);
+        }
+        lookups.1 += 1;
+        lookups.1 <= CHALLENGE_LOOKUPS
     }
 
     /// Reads the files again; on failure the current certificate stays.
@@ -103,6 +140,9 @@ impl Tls {
         let challenge = hello.alpn().is_some_and(|mut p| p.any(|p| p == acme::ALPN));
         let name = hello.server_name().unwrap_or_default().to_owned();
         let config = if challenge {
+            if !self.may_look_up() {
+                return Err("no TLS-ALPN-01 challenge is expected now, or too many at once".into());
+            }
             acme::challenge_config(store, &name).await?
         } else {
             let current = self.current.read().unwrap_or_else(PoisonError::into_inner).clone();
@@ -260,4 +300,31 @@ pub fn redirect_to_https(https_port: u16, store: Arc<dyn Store>) -> axum::Router
             let location = format!("https://{host}{port}{path}");
             (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, location)]).into_response()
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenge_lookups_only_while_ordering_and_bounded() {
+        let settings = |challenge| acme::Settings {
+            domains: vec!["example.com".into()],
+            email: None,
+            directory: "https://acme.invalid/directory".into(),
+            ca: None,
+            challenge,
+        };
+        let tls = Tls::acme(settings(acme::Challenge::TlsAlpn01));
+        let allowed = (0..CHALLENGE_LOOKUPS + 5).filter(|_| tls.may_look_up()).count();
+        assert_eq!(allowed, CHALLENGE_LOOKUPS as usize, "bounded per second");
+        tls.expect_challenges(false); // a current certificate, not due
+        *tls.lookups.lock().unwrap() = (Instant::now() - Duration::from_secs(2), 0);
+        assert!(!tls.may_look_up());
+        tls.expect_challenges(true);
+        assert!(tls.may_look_up());
+        let http = Tls::acme(settings(acme::Challenge::Http01));
+        http.expect_challenges(true);
+        assert!(!http.may_look_up(), "HTTP-01 is answered on the plain port only");
+    }
 }
