@@ -140,6 +140,11 @@ enum Cmd {
         /// Events in the burst, published all at once.
         #[arg(short = 'b', long, default_value_t = 100)]
         burst: usize,
+        /// Broker only: meanwhile, this many sign-ups a second arrive (each
+        /// on one of up to 256 connections), and `/healthz` is timed every
+        /// 20 ms (run the server with `--signup-rate 0`).
+        #[arg(long, default_value_t = 0)]
+        signups: usize,
     },
     /// Publishes R events a second for T seconds on the first address while
     /// N subscribers listen on the others (all of them if there is one):
@@ -279,8 +284,8 @@ async fn command(command: Cmd) {
         }
         Cmd::Compare { broker, nchan } => compare(&broker, &nchan),
         Cmd::Subscribers { target, subs } => run(&target, subscribers(&target, &subs)).await,
-        Cmd::Fanout { target, subs, singles, burst } => {
-            run(&target, fanout(&target, &subs, singles, burst)).await
+        Cmd::Fanout { target, subs, singles, burst, signups } => {
+            run(&target, fanout(&target, &subs, singles, burst, signups)).await
         }
         Cmd::Rate { target, subs, pace, names, webhook } => {
             run(&target, rate(&target, &subs, pace, names.max(1), webhook)).await
@@ -708,6 +713,7 @@ async fn fanout(
     subs: &Fleet,
     singles: usize,
     burst: usize,
+    signups: usize,
 ) -> Result<Report, Error> {
     let mut report = Report::new("fanout");
     let publisher = Arc::new(Publisher::new(target).await?);
@@ -715,15 +721,28 @@ async fn fanout(
     let mut clients =
         Clients::start(&target.addr, subs, &publisher.subscribe_path(), total).await?;
     check_connections(&mut report, &clients, subs.subscribers);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let side = (target.target == Kind::Broker)
+        .then(|| (flood(target.addr[0], signups, &stop), probe(target.addr[0], &stop)));
     let mut sent = vec![0u64; total];
+    let mut inserts = Vec::new();
     let mut conn = Conn::connect(target.addr[0]).await?;
     for (n, sent_at) in sent.iter_mut().enumerate().take(singles) {
         *sent_at = now_ns();
         publisher.publish(&mut conn, n, 0).await?;
+        inserts.push(now_ns().saturating_sub(*sent_at) as f64 / 1e6);
         if !clients.wait_done(&[n], Duration::from_secs(10)).await {
             report.fail(format!("event {n} did not reach every subscriber within 10 s"));
             break;
         }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some((flood, probe)) = side {
+        add_distribution(&mut report, "insert latency", inserts, "ms");
+        add_distribution(&mut report, "healthz latency", probe.await?, "ms");
+        let (answered, accepted) = flood.await?;
+        report.add("sign-ups answered", answered as f64, "");
+        report.add("sign-ups accepted", accepted as f64, "");
     }
     let burst_start = now_ns();
     publish_all(&publisher, &target.addr, singles..total, 8, |_| 0).await?;
@@ -858,6 +877,70 @@ async fn rate(
     }
     clients.stop().await;
     Ok(report)
+}
+
+/// Sign-ups at `rate` a second (open loop, over up to 256 connections)
+/// until `stop`: how many were answered, and how many accepted.
+fn flood(
+    addr: SocketAddr,
+    rate: usize,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, usize)> {
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        if rate == 0 {
+            return (0, 0);
+        }
+        const LANES: usize = 256;
+        let start = Instant::now();
+        let mut lanes = Vec::new();
+        for lane in 0..LANES {
+            let stop = stop.clone();
+            lanes.push(tokio::spawn(async move {
+                let (mut answered, mut accepted) = (0, 0);
+                let Ok(mut conn) = Conn::connect(addr).await else { return (0, 0) };
+                for n in (lane..).step_by(LANES) {
+                    let at = start + Duration::from_secs_f64(n as f64 / rate as f64);
+                    tokio::time::sleep_until(at.into()).await;
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let body = json!({"username": format!("flood-{}", uuid_v4()), "password": "flood-password", "collection_id": uuid_v4()});
+                    let Ok(response) = conn.request("POST", "/users", None, body.to_string().as_bytes()).await else { break };
+                    answered += 1;
+                    accepted += usize::from(response.status == 200);
+                }
+                (answered, accepted)
+            }));
+        }
+        let mut totals = (0, 0);
+        for lane in lanes {
+            let (answered, accepted) = lane.await.unwrap_or((0, 0));
+            totals = (totals.0 + answered, totals.1 + accepted);
+        }
+        totals
+    })
+}
+
+/// `GET /healthz` every 20 ms until `stop`: each answer's latency, in ms.
+fn probe(
+    addr: SocketAddr,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<f64>> {
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        let mut latencies = Vec::new();
+        let Ok(mut conn) = Conn::connect(addr).await else { return latencies };
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let began = now_ns();
+            if conn.request("GET", "/healthz", None, b"").await.is_err() {
+                break;
+            }
+            latencies.push(now_ns().saturating_sub(began) as f64 / 1e6);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        latencies
+    })
 }
 
 /// Claims the publisher's collection and adds a webhook to a receiver of
