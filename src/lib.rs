@@ -108,7 +108,8 @@ impl Broker {
         hub.spawn_heartbeat(config.heartbeat_interval(), shutdown.clone());
         let follower = cluster::Follower::of(store.as_ref(), &shutdown);
         let schedule_poll = follower.as_ref().map(cluster::Follower::log_poll);
-        let feed = Arc::new(Feed::new(store.clone(), hub.clone(), max_lag, follower.is_some()));
+        let shared = follower.is_some();
+        let feed = Arc::new(Feed::new(store.clone(), hub.clone(), max_lag, shared));
         match hub.access.refresh(store.as_ref()).await {
             Ok(_) => {}
             // Retried by the poller; until then requests answer 503.
@@ -199,6 +200,9 @@ impl Broker {
         }
         if let Some(tls) = &tls {
             tls.clone().spawn(app.store.clone(), app.clock.clone(), shutdown.clone());
+        }
+        if shared {
+            spawn_login_sharing(app.clone(), shutdown.clone());
         }
         let router = http::router(app.clone(), config.max_body);
         let redirect =
@@ -338,6 +342,31 @@ const FD_RESERVE: u64 = 96;
 
 /// The most streams to admit: as configured, or what the open-file limit
 /// (raised to its hard maximum first) leaves after [`FD_RESERVE`].
+/// Pools failed logins with the other nodes once a second (see
+/// [`throttle::Failures::exchange`]).
+fn spawn_login_sharing(app: Arc<App>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_secs(1));
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            let logins = &app.logins;
+            let names = logins.names.exchange(app.store.as_ref(), &app.clock).await;
+            let addresses = logins.addresses.exchange(app.store.as_ref(), &app.clock).await;
+            match names.and(addresses) {
+                Ok(()) => failing = false,
+                Err(e) if !std::mem::replace(&mut failing, true) => {
+                    tracing::warn!(error = %e, "cannot share failed logins with the other nodes; retrying");
+                }
+                Err(_) => {}
+            }
+        }
+    });
+}
+
 /// Warns of (or, with `--strict-permissions`, refuses) a SQLite data
 /// directory whose files other local users can read.
 fn check_permissions(config: &Config) -> Result<(), Error> {

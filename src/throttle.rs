@@ -4,13 +4,14 @@
 //! for one key (a username, known or not, or a client address), each
 //! further attempt is refused until a delay has passed, 1 second after the
 //! limit is reached and doubling with each further failure up to the
-//! window; a key with no failure for a whole window is forgotten.
+//! window; a key with no failure for a whole window is forgotten. On a
+//! shared store the nodes pool these counts (see [`Failures::exchange`]).
 //! [`Rate`] is a token bucket per key: inserts and signals per user,
-//! sign-ups per address. Both count per node,
+//! sign-ups per address. Rates count per node,
 //! against Broker's [`Clock`]; memory is bounded by forgetting idle keys.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -20,20 +21,54 @@ use axum::http::HeaderMap;
 use uuid::Uuid;
 
 use crate::clock::Clock;
+use crate::store::{Store, StoreError};
 
 /// Most keys one limiter remembers; beyond it, idle keys are forgotten first.
 const MAX_KEYS: usize = 100_000;
 
 /// Failed attempts per key, with the delay they earned. Keys are kept as
-/// 64-bit hashes (keyed per process), so a client that sends huge usernames
-/// costs the table no more than one that sends short ones.
+/// 64-bit digests (of SHA-256, so no client can make them collide, and the
+/// same on every node), so a client that sends huge usernames costs the
+/// table no more than one that sends short ones.
+///
+/// On a shared store the nodes pool their counts: [`Failures::exchange`],
+/// once a second, adds this node's new failures to the store's and takes in
+/// the others', so a cluster allows the attempts of one node plus those
+/// made within that second.
 #[derive(Debug)]
 pub struct Failures<K: ?Sized> {
     limit: u32,
     window_ms: i64,
     keys: Mutex<HashMap<u64, Strikes>>,
-    hasher: RandomState,
+    /// Failures and successes not yet told to the other nodes, and when
+    /// their counts were last read.
+    unshared: Mutex<Unshared>,
     of: PhantomData<fn(&K)>,
+}
+
+#[derive(Debug, Default)]
+struct Unshared {
+    /// Whether this node exchanges at all (on a shared store).
+    sharing: bool,
+    added: HashMap<u64, i32>,
+    cleared: Vec<u64>,
+    read_at: i64,
+}
+
+/// A [`Hasher`] giving the first 8 bytes of the SHA-256 of what it is fed.
+struct Digest(ring::digest::Context);
+
+impl Hasher for Digest {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        let digest = self.0.clone().finish();
+        let mut first = [0; 8];
+        first.copy_from_slice(&digest.as_ref()[..8]);
+        u64::from_le_bytes(first)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -47,15 +82,30 @@ impl<K: Hash + ?Sized> Failures<K> {
     /// `limit` failures (0: no limit) within `window_secs` of each other.
     pub fn new(limit: u32, window_secs: u64) -> Self {
         let window_ms = i64::try_from(window_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-        let (keys, hasher, of) = (Mutex::default(), RandomState::new(), PhantomData);
-        Self { limit, window_ms, keys, hasher, of }
+        let (keys, unshared, of) = (Mutex::default(), Mutex::default(), PhantomData);
+        Self { limit, window_ms, keys, unshared, of }
+    }
+
+    fn digest(key: &K) -> u64 {
+        let mut digest = Digest(ring::digest::Context::new(&ring::digest::SHA256));
+        key.hash(&mut digest);
+        digest.finish()
+    }
+
+    /// The delay `count` failures earn, the last at `last`: until when.
+    fn blocked_until(&self, count: u32, last: i64) -> i64 {
+        if count < self.limit {
+            return 0;
+        }
+        let doublings = (count - self.limit).min(30);
+        last.saturating_add((1000i64 << doublings).min(self.window_ms))
     }
 
     /// Seconds until `key` may try again, if it must wait.
     pub fn wait(&self, key: &K, clock: &Clock) -> Option<u64> {
         let now = clock.now_millis();
         let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        let until = keys.get(&self.hasher.hash_one(key))?.blocked_until;
+        let until = keys.get(&Self::digest(key))?.blocked_until;
         (until > now).then(|| u64::try_from((until - now + 999) / 1000).unwrap_or(1))
     }
 
@@ -64,7 +114,7 @@ impl<K: Hash + ?Sized> Failures<K> {
         if self.limit == 0 {
             return;
         }
-        let (now, key) = (clock.now_millis(), self.hasher.hash_one(key));
+        let (now, key) = (clock.now_millis(), Self::digest(key));
         let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
         if keys.len() >= MAX_KEYS && !keys.contains_key(&key) {
             let window = self.window_ms;
@@ -79,17 +129,66 @@ impl<K: Hash + ?Sized> Failures<K> {
         }
         strikes.count = strikes.count.saturating_add(1);
         strikes.last = now;
-        if strikes.count >= self.limit {
-            let doublings = (strikes.count - self.limit).min(30);
-            let delay = (1000i64 << doublings).min(self.window_ms);
-            strikes.blocked_until = now.saturating_add(delay);
+        strikes.blocked_until = strikes.blocked_until.max(self.blocked_until(strikes.count, now));
+        drop(keys);
+        let mut unshared = self.unshared.lock().unwrap_or_else(PoisonError::into_inner);
+        if unshared.sharing && unshared.added.len() < MAX_KEYS {
+            *unshared.added.entry(key).or_default() += 1;
         }
     }
 
     /// Forgets `key`'s failures (after a successful login).
     pub fn clear(&self, key: &K) {
-        let key = self.hasher.hash_one(key);
-        self.keys.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+        let key = Self::digest(key);
+        if self.keys.lock().unwrap_or_else(PoisonError::into_inner).remove(&key).is_some() {
+            let mut unshared = self.unshared.lock().unwrap_or_else(PoisonError::into_inner);
+            unshared.added.remove(&key);
+            if unshared.sharing && unshared.cleared.len() < MAX_KEYS {
+                unshared.cleared.push(key);
+            }
+        }
+    }
+
+    /// Tells a shared store this node's failures and successes since the
+    /// last exchange, and takes in the counts other nodes changed.
+    pub async fn exchange(&self, store: &dyn Store, clock: &Clock) -> Result<(), StoreError> {
+        if self.limit == 0 {
+            return Ok(());
+        }
+        let now = clock.now_millis();
+        let (added, cleared, since) = {
+            let mut unshared = self.unshared.lock().unwrap_or_else(PoisonError::into_inner);
+            unshared.sharing = true;
+            let added = std::mem::take(&mut unshared.added);
+            let cleared = std::mem::take(&mut unshared.cleared);
+            (added, cleared, std::mem::replace(&mut unshared.read_at, now))
+        };
+        let signed = |k: u64| i64::from_le_bytes(k.to_le_bytes());
+        let added: Vec<(i64, i32)> = added.into_iter().map(|(k, n)| (signed(k), n)).collect();
+        let cleared: Vec<i64> = cleared.into_iter().map(signed).collect();
+        // Read from a second back: a count another node wrote just before
+        // this node's clock reached `since` is not missed.
+        let counts =
+            store.login_failures(added, cleared, now, since - 1000, self.window_ms).await?;
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        for (key, count, last) in counts {
+            let count = u32::try_from(count).unwrap_or(0);
+            let key = u64::from_le_bytes(key.to_le_bytes());
+            if keys.len() >= MAX_KEYS && !keys.contains_key(&key) {
+                continue;
+            }
+            let strikes = keys.entry(key).or_insert(Strikes { count: 0, last, blocked_until: 0 });
+            if last >= strikes.last {
+                // The pooled count is as new as this node's: it is the count
+                // (0 after a success on any node).
+                *strikes = Strikes { count, last, blocked_until: self.blocked_until(count, last) };
+            } else if count > strikes.count {
+                // This node failed since: its own failures are not in yet.
+                strikes.count = count;
+                strikes.blocked_until = strikes.blocked_until.max(self.blocked_until(count, last));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -498,6 +498,23 @@ pub trait Store: Send + Sync + 'static {
         until: i64,
     ) -> Result<bool, StoreError>;
 
+    /// Failed logins shared by the nodes of a cluster (keys are digests of
+    /// names or addresses, times UNIX milliseconds): adds this node's new
+    /// failures, each at `now` (a count whose last failure is more than
+    /// `window` old starts again), sets the `cleared` keys' counts to 0 at
+    /// `now`, forgets keys idle for a whole window, and answers every count
+    /// changed at or after `since`. A store no other node shares keeps none.
+    async fn login_failures(
+        &self,
+        _added: Vec<(i64, i32)>,
+        _cleared: Vec<i64>,
+        _now: i64,
+        _since: i64,
+        _window: i64,
+    ) -> Result<Vec<(i64, i32, i64)>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// The webhooks of a collection (of every collection with `None`),
     /// oldest first.
     async fn webhooks(&self, collection: Option<Uuid>) -> Result<Vec<Webhook>, StoreError>;

@@ -71,6 +71,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0005_retention.sql"),
     include_str!("migrations/postgres/0006_schemas.sql"),
     include_str!("migrations/postgres/0007_webhooks.sql"),
+    include_str!("migrations/postgres/0008_login_failures.sql"),
 ];
 /// The advisory lock that serialises migrations of nodes starting at once.
 const MIGRATION_LOCK: i64 = 0x6272_6f6b_6572; // "broker"
@@ -635,6 +636,20 @@ mod sql {
     pub const ACME_GET: &str = "SELECT value FROM settings WHERE name = 'acme:' || $1";
     pub const ACME_PUT: &str = "INSERT INTO settings (name, value) VALUES ('acme:' || $1, $2) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value";
     pub const ACME_DELETE: &str = "DELETE FROM settings WHERE name = 'acme:' || $1";
+    /// Adds $2 failures at $3 to key $1's count ($2 alone when its last
+    /// failure is more than $4 ms old).
+    pub const ADD_LOGIN_FAILURES: &str = "INSERT INTO login_failures (key, count, last)
+        SELECT * FROM UNNEST($1::int8[], $2::int4[], $3::int8[])
+        ON CONFLICT (key) DO UPDATE SET last = EXCLUDED.last, count = CASE
+            WHEN login_failures.last < EXCLUDED.last - $4 THEN EXCLUDED.count
+            ELSE login_failures.count + EXCLUDED.count END";
+    /// A success on some node: the count starts over (kept at 0 so that
+    /// the other nodes learn it).
+    pub const CLEAR_LOGIN_FAILURES: &str =
+        "UPDATE login_failures SET count = 0, last = $2 WHERE key = ANY($1)";
+    pub const FORGET_LOGIN_FAILURES: &str = "DELETE FROM login_failures WHERE last < $1";
+    pub const LOGIN_FAILURES_SINCE: &str =
+        "SELECT key, count, last FROM login_failures WHERE last >= $1";
     /// Lease $4's value is "<holder> <until>".
     pub const LEASE: &str = "INSERT INTO settings (name, value) VALUES ($4, $1::text || ' ' || $3::bigint::text) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value WHERE split_part(settings.value, ' ', 1) = $1 OR split_part(settings.value, ' ', 2)::bigint < $2::bigint";
 }
@@ -1038,6 +1053,33 @@ impl Store for PostgresStore {
     ) -> Result<bool, StoreError> {
         self.run(async |client| {
             Ok(client.execute(sql::LEASE, &[&holder, &now, &until, &name]).await? == 1)
+        })
+        .await
+    }
+
+    async fn login_failures(
+        &self,
+        added: Vec<(i64, i32)>,
+        cleared: Vec<i64>,
+        now: i64,
+        since: i64,
+        window: i64,
+    ) -> Result<Vec<(i64, i32, i64)>, StoreError> {
+        let (keys, counts): (Vec<i64>, Vec<i32>) = added.into_iter().unzip();
+        let lasts = vec![now; keys.len()];
+        self.write(async |mut client| {
+            let tx = client.transaction().await?;
+            if !keys.is_empty() {
+                tx.execute(sql::ADD_LOGIN_FAILURES, &[&keys, &counts, &lasts, &window]).await?;
+            }
+            if !cleared.is_empty() {
+                tx.execute(sql::CLEAR_LOGIN_FAILURES, &[&cleared, &now]).await?;
+            }
+            tx.execute(sql::FORGET_LOGIN_FAILURES, &[&(now - window)]).await?;
+            let rows = tx.query(sql::LOGIN_FAILURES_SINCE, &[&since]).await?;
+            tx.commit().await?;
+            let row = |r: &Row| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
+            rows.iter().map(row).collect()
         })
         .await
     }

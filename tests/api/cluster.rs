@@ -691,3 +691,54 @@ async fn a_schema_reaches_every_node() {
     .await;
     ok_json(insert_data(&nodes[1], &alice, alice.collection, "card:1", json!({})).await).await;
 }
+
+/// Failed logins are pooled by the nodes of a shared store: failures for one
+/// name spread over three nodes make each refuse it, as one node would; a
+/// success on one node forgets them everywhere. (Each node's exchange, run
+/// once a second by a running node, is called here directly.)
+#[tokio::test]
+async fn failed_logins_count_across_the_nodes() {
+    use broker::throttle::Failures;
+    let db = TestDb::create().await;
+    let store = || {
+        broker::store::open(
+            broker::store::Location::Postgres { url: &db.url, pool: 2 },
+            Arc::default(),
+        )
+        .unwrap()
+    };
+    let (clock, hand) = broker::Clock::manual(crate::support::T0);
+    let nodes: Vec<(Failures<str>, _)> = (0..3).map(|_| (Failures::new(5, 900), store())).collect();
+    let exchange = async || {
+        for (failures, store) in &nodes {
+            failures.exchange(store.as_ref(), &clock).await.unwrap();
+        }
+    };
+    exchange().await; // as running nodes do from the start
+    for n in 0..5 {
+        nodes[n % 3].0.fail("alice", &clock);
+    }
+    assert!(nodes.iter().all(|(f, _)| f.wait("alice", &clock).is_none()), "2, 2 and 1 alone");
+    exchange().await;
+    exchange().await; // the first nodes learn the last one's
+    for (failures, _) in &nodes {
+        assert_eq!(failures.wait("alice", &clock), Some(1), "5 in all: wait 1 s");
+    }
+    assert!(nodes[0].0.wait("bob", &clock).is_none());
+    // A whole second later a sixth failure, on one node: 2 s for everyone.
+    hand.advance(1000);
+    nodes[2].0.fail("alice", &clock);
+    exchange().await;
+    exchange().await;
+    for (failures, _) in &nodes {
+        assert_eq!(failures.wait("alice", &clock), Some(2));
+    }
+    // A success forgets them on every node (once its block is over).
+    hand.advance(2000);
+    nodes[1].0.clear("alice");
+    exchange().await;
+    nodes[0].0.fail("alice", &clock);
+    exchange().await;
+    exchange().await;
+    assert!(nodes.iter().all(|(f, _)| f.wait("alice", &clock).is_none()), "counting starts over");
+}
