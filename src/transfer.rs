@@ -4,7 +4,9 @@
 //!
 //! One record per line: `{"user": {...}}` for each user (with its password
 //! hash and account state), `{"collection": {...}}` for each claimed
-//! collection (owner, privacy, members), then `{"event": {"event": {...}, "seq": n}}` for each event in
+//! collection (owner, privacy, members, schemas, retention), `{"webhook":
+//! {...}}` for each webhook (with its signing secret and where its delivery
+//! stands), then `{"event": {"event": {...}, "seq": n}}` for each event in
 //! insertion order, with its publication sequence number (`null` while it is
 //! pending). Ids, states, sequence numbers and hashes survive, so users log
 //! in with their passwords and subscribers resume with their last event
@@ -45,7 +47,7 @@ pub enum TransferError {
     NotEmpty,
 }
 
-/// Writes every user, every claimed collection, then every event, of `store` to `out`; returns how
+/// Writes every user, every claimed collection, every webhook, then every event, of `store` to `out`; returns how
 /// many records were written.
 pub async fn export(store: &dyn Store, mut out: impl Write) -> Result<usize, TransferError> {
     let mut written = 0;
@@ -65,6 +67,10 @@ pub async fn export(store: &dyn Store, mut out: impl Write) -> Result<usize, Tra
     claimed.sort_by_key(|(id, _)| *id);
     for (id, rule) in claimed {
         write_line(&mut out, &Record::Collection { id, rule: Arc::unwrap_or_clone(rule) })?;
+        written += 1;
+    }
+    for hook in store.webhooks(None).await? {
+        write_line(&mut out, &Record::Webhook(hook))?;
         written += 1;
     }
     let mut after = 0;

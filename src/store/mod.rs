@@ -108,6 +108,8 @@ pub enum Record {
         /// Its publication sequence number.
         seq: Option<i64>,
     },
+    /// A webhook with its secret and where its delivery stands.
+    Webhook(Webhook),
 }
 
 /// A change to the access rules or to an account. Each is one transaction
@@ -258,7 +260,7 @@ pub enum Trim {
 
 /// A webhook endpoint of a claimed collection, and where its delivery
 /// stands (see [`crate::webhooks`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Webhook {
     /// Its id.
     pub id: Uuid,

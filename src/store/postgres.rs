@@ -372,6 +372,28 @@ fn member_from_row(row: &Row) -> Result<Member, StoreError> {
     Ok(Member { user_id: row.try_get(0)?, username: row.try_get(1)?, role })
 }
 
+/// Stores one webhook as it is.
+async fn insert_webhook(
+    tx: &impl tokio_postgres::GenericClient,
+    h: &Webhook,
+) -> Result<u64, tokio_postgres::Error> {
+    let events = h.events.join("\n");
+    let params: [&(dyn ToSql + Sync); 11] = [
+        &h.id,
+        &h.collection,
+        &h.url,
+        &events,
+        &h.description,
+        &h.secret,
+        &h.paused,
+        &h.failing,
+        &h.delivered,
+        &h.attempts,
+        &h.created,
+    ];
+    tx.execute(sql::INSERT_WEBHOOK, &params).await
+}
+
 /// Stores one user as it is.
 async fn insert_user(
     tx: &impl tokio_postgres::GenericClient,
@@ -955,13 +977,14 @@ impl Store for PostgresStore {
     }
 
     async fn import(&self, records: Vec<Record>) -> Result<(), StoreError> {
-        let (mut users, mut claimed) = (Vec::new(), Vec::new());
+        let (mut users, mut claimed, mut hooks) = (Vec::new(), Vec::new(), Vec::new());
         let mut events: Vec<(Event, Option<i64>)> = Vec::new();
         for record in records {
             match record {
                 Record::User(user) => users.push(user),
                 Record::Collection { id, rule } => claimed.push((id, rule)),
                 Record::Event { event, seq } => events.push((event, seq)),
+                Record::Webhook(hook) => hooks.push(hook),
             }
         }
         let column =
@@ -994,6 +1017,9 @@ impl Store for PostgresStore {
             }
             for (id, rule) in &claimed {
                 insert_collection(&tx, *id, rule).await?;
+            }
+            for hook in &hooks {
+                insert_webhook(&*tx, hook).await?;
             }
             tx.execute(sql::BUMP_ACCESS, &[]).await?;
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
@@ -1096,20 +1122,7 @@ impl Store for PostgresStore {
         let events = h.events.join("\n");
         self.write(async |client| {
             let changed = if new {
-                let params: [&(dyn ToSql + Sync); 11] = [
-                    &h.id,
-                    &h.collection,
-                    &h.url,
-                    &events,
-                    &h.description,
-                    &h.secret,
-                    &h.paused,
-                    &h.failing,
-                    &h.delivered,
-                    &h.attempts,
-                    &h.created,
-                ];
-                client.execute(sql::INSERT_WEBHOOK, &params).await?
+                insert_webhook(&**client, &h).await?
             } else {
                 let params: [&(dyn ToSql + Sync); 7] =
                     [&h.id, &h.url, &events, &h.description, &h.secret, &h.paused, &h.failing];

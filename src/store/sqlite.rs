@@ -309,6 +309,23 @@ fn webhook_from_row(row: &Row<'_>) -> rusqlite::Result<Webhook> {
     })
 }
 
+/// Stores one webhook as it is.
+fn insert_webhook(conn: &Connection, h: &Webhook) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql::INSERT_WEBHOOK)?.execute(params![
+        h.id,
+        h.collection,
+        h.url,
+        h.events.join("\n"),
+        h.description,
+        h.secret,
+        h.paused,
+        h.failing,
+        h.delivered,
+        h.attempts,
+        h.created
+    ])
+}
+
 /// Stores one user as it is.
 fn insert_user(conn: &Connection, u: &User) -> rusqlite::Result<usize> {
     conn.prepare_cached(sql::INSERT_USER)?.execute(params![
@@ -920,6 +937,9 @@ impl Store for SqliteStore {
                             latest.execute(params![e.collection_id, e.event, seq])?;
                         }
                     }
+                    Record::Webhook(h) => {
+                        insert_webhook(conn, &h)?;
+                    }
                 }
             }
             conn.prepare_cached(sql::BUMP_ACCESS)?.execute([])?;
@@ -1080,26 +1100,13 @@ impl Store for SqliteStore {
 
     async fn put_webhook(&self, h: Webhook, new: bool) -> Result<bool, StoreError> {
         self.write(move |conn| {
-            let events = h.events.join("\n");
             let changed = if new {
-                conn.prepare_cached(sql::INSERT_WEBHOOK)?.execute(params![
-                    h.id,
-                    h.collection,
-                    h.url,
-                    events,
-                    h.description,
-                    h.secret,
-                    h.paused,
-                    h.failing,
-                    h.delivered,
-                    h.attempts,
-                    h.created
-                ])?
+                insert_webhook(conn, &h)?
             } else {
                 conn.prepare_cached(sql::EDIT_WEBHOOK)?.execute(params![
                     h.id,
                     h.url,
-                    events,
+                    h.events.join("\n"),
                     h.description,
                     h.secret,
                     h.paused,

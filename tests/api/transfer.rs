@@ -51,6 +51,12 @@ async fn sqlite_to_postgres_to_sqlite_keeps_everything() {
     let path = broker.url(&format!("/collections/{private}"));
     let patched = broker.http.patch(path).bearer_auth(&bob).json(&retention);
     assert_eq!(patched.send().await.unwrap().status(), 200);
+    // And its webhook, with its secret.
+    let hook = json!({"url": "https://hooks.example.com/broker", "events": ["card:*"]});
+    let path = broker.url(&format!("/collections/{private}/webhooks"));
+    let added = broker.http.post(path).bearer_auth(&bob).json(&hook).send().await.unwrap();
+    assert_eq!(added.status(), 201);
+    let secret = added.json::<Value>().await.unwrap()["secret"].as_str().unwrap().to_owned();
     let mut sse = Sse::new(broker.http.get(broker.url("/events")).send().await.unwrap());
     let insert = |event: &str, timestamp: i64, data: Value| {
         let body = json!({"event": event, "collection_id": collection, "timestamp": timestamp, "data": data});
@@ -68,7 +74,8 @@ async fn sqlite_to_postgres_to_sqlite_keeps_everything() {
 
     let (ok, exported) = run(dir.path(), &["export", "--save-path", a], b"").await;
     assert!(ok);
-    assert_eq!(exported.lines().count(), 2 + 1 + 7, "{exported}");
+    assert_eq!(exported.lines().count(), 2 + 1 + 1 + 7, "{exported}");
+    assert!(exported.contains(&format!(r#""secret":"{secret}""#)), "{exported}");
     assert!(exported.contains(r#""private":true"#), "{exported}");
     assert!(exported.contains(r#""retention":{"keep_latest":5}"#), "{exported}");
     assert!(exported.contains(r#""schemas":{"card:*":{"type":"object"}}"#), "{exported}");
@@ -96,6 +103,10 @@ async fn sqlite_to_postgres_to_sqlite_keeps_everything() {
     assert_eq!(broker.user_login("alice", "wrong").await.1, 401);
     let listing = broker.http.get(broker.url(&format!("/events/collections/{private}")));
     assert_eq!(listing.bearer_auth(&jwt).send().await.unwrap().status(), 403, "still private");
+    let (bob, _) = broker.user_login("bob", "pw").await;
+    let hooks = broker.http.get(broker.url(&format!("/collections/{private}/webhooks")));
+    let hooks = ok_json(hooks.bearer_auth(&bob).send().await.unwrap()).await;
+    assert_eq!(hooks["webhooks"][0]["url"], "https://hooks.example.com/broker", "{hooks}");
     let last = live[1].id.to_string();
     let response = broker
         .http
