@@ -151,8 +151,12 @@ impl Sweeper {
             let rules: HashMap<Uuid, Retention> =
                 access.collections.iter().map(|(id, rule)| (*id, rule.retention)).collect();
             if rules != self.rules {
-                // New limits apply to everything stored: start again.
+                // New limits apply to everything stored: start again, and
+                // drop the trims made by the old ones (a collection set back
+                // to keep everything must lose nothing more).
                 (self.cursor, self.aged, self.rules) = (0, None, rules);
+                self.unfinished.clear();
+                self.held.clear();
             }
         }
         let of = |c: &Uuid| self.rules.get(c).copied().unwrap_or(self.default);

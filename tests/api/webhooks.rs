@@ -422,3 +422,35 @@ async fn a_killed_delivering_node_is_taken_over_within_seconds() {
         assert_eq!(counts.iter().filter(|n| **n > 0).count(), 1, "one node took over: {counts:?}");
     }
 }
+
+/// A keep-latest trim held back for a failing webhook is dropped when the
+/// owner changes the retention: set back to "keep everything", the
+/// collection loses nothing once the webhook catches up.
+#[tokio::test]
+async fn a_held_trim_does_not_outlive_its_retention() {
+    use crate::retention::{listed, retain};
+    let app = TestApp::spawn_with(LOCAL).await;
+    let receiver = Receiver::start().await;
+    let (alice, hook) = alice_with_hook(&app, &receiver, json!([])).await;
+    let id = hook["id"].as_str().unwrap();
+    retain(&app, &alice, json!({"keep_latest": 1})).await;
+    // Bob's collection, trimmed by the same sweeps, shows when one has run.
+    let bob = app.user("bob").await;
+    claim(&app, &bob, false).await;
+    retain(&app, &bob, json!({"keep_latest": 1})).await;
+    receiver.answer(&[500; 2]);
+    app.publish(&alice, &[("a", json!(1)), ("a", json!(2))]).await;
+    app.publish(&bob, &[("b", json!(1)), ("b", json!(2))]).await;
+    eventually("a sweep past alice's events", || async { listed(&app, &bob).await == [json!(2)] })
+        .await;
+    assert_eq!(listed(&app, &alice).await, [json!(1), json!(2)], "held for the webhook");
+    retain(&app, &alice, json!({})).await;
+    eventually("delivered and saved", || async {
+        receiver.data().last() == Some(&json!(2))
+            && webhook(&app, &alice, id).await["attempts"][0]["status"] == 200
+    })
+    .await;
+    app.publish(&bob, &[("b", json!(3))]).await;
+    eventually("a sweep since", || async { listed(&app, &bob).await == [json!(3)] }).await;
+    assert_eq!(listed(&app, &alice).await, [json!(1), json!(2)], "kept, as now asked");
+}
