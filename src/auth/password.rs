@@ -1,6 +1,9 @@
 //! Password hashing: argon2id for new passwords; bcrypt hashes, as Broker
-//! 1.x stored them, are still accepted. Hashing runs on the blocking pool,
-//! on at most half the cores at once.
+//! 1.x stored them, are still accepted. Hashing runs on threads of its own,
+//! half the cores (at least one), at the lowest CPU priority, each resting
+//! after a hash as long as the hash took: a flood of sign-ups or failed
+//! logins waits in line and takes at most a quarter of the machine, and
+//! only what inserts, streams and other requests leave.
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash};
@@ -30,15 +33,14 @@ impl Passwords {
 
     /// Hashes a new password with argon2id and a random salt.
     pub async fn hash(password: Password) -> Result<String, HashError> {
-        let _turn = turn().await;
-        tokio::task::spawn_blocking(move || {
+        on_hasher(move || {
             Argon2::default()
                 .hash_password(password.expose().as_bytes())
                 .map(|h| h.to_string())
                 .map_err(|e| HashError(e.to_string()))
         })
         .await
-        .map_err(|e| HashError(e.to_string()))?
+        .unwrap_or_else(|| Err(HashError("the hashing threads are gone".into())))
     }
 
     /// Whether `password` matches `hash`; with no hash (unknown user) the
@@ -46,23 +48,68 @@ impl Passwords {
     pub async fn verify(&self, password: Password, hash: Option<String>) -> bool {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.decoy.clone());
-        let _turn = turn().await;
-        let matches = tokio::task::spawn_blocking(move || check(password.expose(), &hash))
-            .await
-            .unwrap_or(false);
-        known && matches
+        let matches = on_hasher(move || check(password.expose(), &hash)).await;
+        known && matches == Some(true)
     }
 }
 
-/// A turn to hash: at most half the cores (at least one) hash at once, so
-/// that a flood of sign-ups or failed logins leaves the other half to
-/// inserts and streams; the rest wait in line, in order.
-async fn turn() -> Option<tokio::sync::SemaphorePermit<'static>> {
-    static HASHERS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        tokio::sync::Semaphore::new(cores.div_ceil(2).max(1))
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `work` on a hashing thread, after the jobs already in line; `None`
+/// if the threads could not be started. A job whose caller has gone (the
+/// client hung up while in line) is skipped.
+async fn on_hasher<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    static HASHERS: std::sync::LazyLock<Option<std::sync::mpsc::Sender<Job>>> =
+        std::sync::LazyLock::new(start_hashers);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        if !tx.is_closed() {
+            let _ = tx.send(work());
+        }
     });
-    HASHERS.acquire().await.ok()
+    HASHERS.as_ref()?.send(job).ok()?;
+    rx.await.ok()
+}
+
+/// Starts half the cores' worth of hashing threads (at least one) sharing
+/// one queue, each at nice 19 so that the scheduler prefers everything else
+/// of Broker (and of the machine) to them.
+fn start_hashers() -> Option<std::sync::mpsc::Sender<Job>> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+    for i in 0..cores.div_ceil(2).max(1) {
+        let rx = rx.clone();
+        let thread = std::thread::Builder::new().name(format!("hasher-{i}")).spawn(move || {
+            lowest_priority();
+            loop {
+                let job = match rx.lock() {
+                    Ok(queue) => queue.recv(),
+                    Err(_) => return,
+                };
+                let Ok(job) = job else { return };
+                // A rest as long as the work: under a flood, hashing takes
+                // at most half of each hasher's core.
+                let started = std::time::Instant::now();
+                job();
+                std::thread::sleep(started.elapsed());
+            }
+        });
+        if let Err(e) = thread {
+            tracing::error!(error = %e, "cannot start a password hashing thread");
+            return None;
+        }
+    }
+    Some(tx)
+}
+
+/// Gives the calling thread the lowest CPU priority (nice 19; on Linux
+/// the nice value is per thread).
+fn lowest_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
+        tracing::warn!(error = %e, "cannot lower the priority of password hashing");
+    }
 }
 
 fn check(password: &str, hash: &str) -> bool {
