@@ -90,6 +90,8 @@ pub struct Gauges {
     pub subscribers: usize,
     /// Events waiting for their time.
     pub pending: u64,
+    /// Usernames and client addresses made to wait before their next login.
+    pub throttled: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -190,6 +192,11 @@ impl Metrics {
         let gauges = [
             ("broker_subscribers", "Open event streams.", gauges.subscribers as u64),
             ("broker_scheduled_events_pending", "Events waiting for their time.", gauges.pending),
+            (
+                "broker_logins_throttled",
+                "Usernames and client addresses made to wait before their next login attempt.",
+                gauges.throttled as u64,
+            ),
         ];
         for (name, help, value) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");

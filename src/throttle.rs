@@ -109,6 +109,13 @@ impl<K: Hash + ?Sized> Failures<K> {
         (until > now).then(|| u64::try_from((until - now + 999) / 1000).unwrap_or(1))
     }
 
+    /// How many keys must wait before their next attempt.
+    pub fn throttled(&self, clock: &Clock) -> usize {
+        let now = clock.now_millis();
+        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        keys.values().filter(|s| s.blocked_until > now).count()
+    }
+
     /// Counts a failure of `key`.
     pub fn fail(&self, key: &K, clock: &Clock) {
         if self.limit == 0 {

@@ -50,7 +50,12 @@ pub async fn ready(State(app): State<AppState>) -> Result<axum::Json<Status>, Ap
     responses((status = 200, description = "Prometheus text exposition format.",
         content_type = "text/plain; version=0.0.4", body = String)))]
 pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
-    let gauges = Gauges { subscribers: app.hub.subscribers(), pending: app.store.pending().await? };
+    let (logins, clock) = (&app.logins, &app.clock);
+    let gauges = Gauges {
+        subscribers: app.hub.subscribers(),
+        pending: app.store.pending().await?,
+        throttled: logins.names.throttled(clock) + logins.addresses.throttled(clock),
+    };
     let body = app.hub.metrics.render(&gauges);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }

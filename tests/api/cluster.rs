@@ -742,3 +742,25 @@ async fn failed_logins_count_across_the_nodes() {
     exchange().await;
     assert!(nodes.iter().all(|(f, _)| f.wait("alice", &clock).is_none()), "counting starts over");
 }
+
+/// The same on three running nodes, through HTTP: five wrong passwords for
+/// one name, spread over the nodes (2, 2 and 1), make each node refuse the
+/// right one, as one node refuses after five; without pooling none would.
+#[tokio::test]
+async fn failed_logins_spread_over_three_running_nodes_are_refused_by_each() {
+    use crate::ops::{metrics, value};
+    let nodes = cluster(3).await;
+    nodes[0].user("alice").await;
+    for n in 0..5 {
+        error_json(nodes[n % 3].log_in("alice", "wrong").await, 401).await;
+    }
+    for node in &nodes {
+        // Asked of the metrics: a login to find out would clear the count.
+        eventually("the node to learn of all five failures", || async {
+            value(&metrics(node).await, "broker_logins_throttled") >= 1.0
+        })
+        .await;
+        let refused = error_json(node.log_in("alice", "secret-pw").await, 429).await;
+        assert!(refused.contains("too many"));
+    }
+}

@@ -12,7 +12,7 @@ pub async fn metrics(app: &TestApp) -> String {
 }
 
 /// The value of the series whose line starts with `series ` (0 if absent).
-fn value(text: &str, series: &str) -> f64 {
+pub fn value(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
