@@ -12,6 +12,7 @@ mod input;
 mod layers;
 mod limits;
 mod ops;
+mod peers;
 mod presence;
 mod process;
 mod resume;

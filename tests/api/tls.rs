@@ -67,7 +67,7 @@ async fn https(certs: &Certificates) -> TestApp {
 }
 
 /// The same, with more options.
-async fn https_with(certs: &Certificates, extra: &[&str]) -> TestApp {
+pub async fn https_with(certs: &Certificates, extra: &[&str]) -> TestApp {
     let (cert, key) = (certs.cert.to_str().unwrap(), certs.key.to_str().unwrap());
     let dir = tempfile::tempdir().unwrap();
     let mut args = vec!["--tls-cert", cert, "--tls-key", key];
@@ -196,15 +196,26 @@ async fn connect(
     name: &str,
     root: &tokio_rustls::rustls::pki_types::CertificateDer<'static>,
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    connect_alpn(socket, name, root, None).await
+}
+
+/// The same, offering `alpn` (such as `h2`).
+pub async fn connect_alpn(
+    socket: tokio::net::TcpStream,
+    name: &str,
+    root: &tokio_rustls::rustls::pki_types::CertificateDer<'static>,
+    alpn: Option<&[u8]>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     use tokio_rustls::rustls::{self, pki_types::ServerName};
     let mut roots = rustls::RootCertStore::empty();
     roots.add(root.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    config.alpn_protocols.extend(alpn.map(<[u8]>::to_vec));
     let name = ServerName::try_from(name.to_owned()).unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, socket).await;
     tls.map_err(|e| e.to_string())
