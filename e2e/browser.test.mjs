@@ -367,3 +367,35 @@ test('a private collection: the member sees its events live, the other user neve
     rmSync(otherProfile, { recursive: true, force: true });
   }
 });
+
+test("the console follows the server's password rule", async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'broker-e2e-rule-'));
+  const strict = new Broker(await freePort(), dir, [examplesUrl]);
+  strict.args.push('--min-password-length', '12');
+  await strict.start();
+  const page = await context.newPage();
+  try {
+    page.on('pageerror', (error) => pageErrors.push(error));
+    await page.goto(`${strict.url}/`);
+    const password = page.locator('#signup-form [name=password]');
+    await until('the rule on the sign-up form', () => password.getAttribute('minlength').then((m) => m === '12'));
+    assert.equal(await password.getAttribute('placeholder'), 'at least 12 characters');
+    // The browser refuses a shorter one: no request is made, no account made.
+    await page.fill('#signup-form [name=username]', 'erin');
+    await password.fill('too short');
+    await page.click('#signup-form button[type=submit]');
+    assert.equal(await password.evaluate((el) => el.validity.tooShort), true);
+    assert.equal((await fetch(`${strict.url}/login`, {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ username: 'erin', password: 'too short' }),
+    })).status, 401);
+    await password.fill('long enough, surely');
+    await page.click('#signup-form button[type=submit]');
+    await until('erin to be logged in', async () => (await page.textContent('#whoami')) === 'logged in as erin');
+    assert.deepEqual(pageErrors, []);
+  } finally {
+    await page.close();
+    await strict.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

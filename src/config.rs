@@ -221,6 +221,13 @@ pub struct Config {
     #[arg(long, env = "BROKER_SIGNUP_RATE", default_value_t = 300)]
     pub signup_rate: u32,
 
+    /// The fewest characters a new password may have (sign-up, password
+    /// change, an administrator's reset); 0, the default, accepts any
+    /// non-empty password, as Broker 1.x did. `GET /users/password-rule`
+    /// tells clients.
+    #[arg(long, env = "BROKER_MIN_PASSWORD_LENGTH", default_value_t = 0)]
+    pub min_password_length: u16,
+
     /// Refuses to start when the data directory or a file of Broker's in it
     /// can be read by other users (else a warning names them).
     #[arg(long, env = "BROKER_STRICT_PERMISSIONS")]

@@ -76,13 +76,16 @@ impl ToSchema for Username {}
 #[derive(Clone)]
 pub struct Password(String);
 
+/// The most characters a password may have.
+pub const MAX_PASSWORD_LENGTH: usize = 1024;
+
 impl Password {
     /// Validates a password.
     pub fn parse(value: String) -> Result<Self, Invalid> {
         if value.is_empty() {
             return Err(Invalid("password must not be empty".into()));
         }
-        if value.chars().count() > 1024 {
+        if value.chars().count() > MAX_PASSWORD_LENGTH {
             return Err(Invalid("password must be at most 1024 characters".into()));
         }
         Ok(Self(value))
@@ -98,7 +101,9 @@ impl PartialSchema for Password {
     fn schema() -> RefOr<Schema> {
         ObjectBuilder::new()
             .schema_type(Type::String)
-            .description(Some("1 to 1024 characters."))
+            .description(Some(
+                "1 to 1024 characters; a server may ask for more (`GET /users/password-rule`).",
+            ))
             .min_length(Some(1))
             .max_length(Some(1024))
             .into()

@@ -186,6 +186,7 @@ impl Broker {
             inserts: Rate::new(config.insert_rate),
             signals: Rate::new(config.signal_rate),
             signups: Rate::per(config.signup_rate, 3600),
+            min_password_length: usize::from(config.min_password_length),
             idempotency_window: i64::from(config.idempotency_window),
             webhooks,
             webhooks_changed,

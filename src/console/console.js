@@ -80,6 +80,18 @@ function status(event) {
 
 // ---------------------------------------------------------------- account
 
+let passwordRule = { min_length: 1, max_length: 1024 };
+
+/** Makes a new-password input follow the server's rule, and say it. */
+function applyPasswordRule(input) {
+  input.minLength = passwordRule.min_length;
+  input.maxLength = passwordRule.max_length;
+  if (passwordRule.min_length > 1) {
+    input.title = `at least ${passwordRule.min_length} characters`;
+    input.placeholder = input.placeholder || input.title;
+  }
+}
+
 function showAccount() {
   const name = session.username;
   $('#whoami').textContent = name ? `logged in as ${name}` : 'not logged in';
@@ -491,6 +503,7 @@ function userRow(user) {
   const password = document.createElement('input');
   password.type = 'password';
   password.placeholder = 'new password';
+  applyPasswordRule(password);
   const reset = document.createElement('button');
   reset.type = 'button';
   reset.className = 'small';
@@ -541,3 +554,9 @@ $('#browse-form').elements.collection_id.value = collection;
 $('#sharing-form').elements.collection_id.value = collection;
 showAccount();
 watch(false);
+// The server's rule for new passwords (`--min-password-length`), shown
+// where one is chosen: the browser then refuses a shorter one.
+api('GET', '/users/password-rule').then((rule) => {
+  passwordRule = rule;
+  applyPasswordRule($('#signup-form').elements.password);
+}, () => {});

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::collections::show_to;
 use super::extract::{AuthUser, Json, Path};
-use super::users::{gone, set_password};
+use super::users::{gone, new_password, set_password};
 use super::{ApiError, App, AppState, ErrorBody};
 use crate::auth::Passwords;
 use crate::domain::{Password, User};
@@ -139,7 +139,7 @@ pub async fn update_user(
     Path(id): Path<Uuid>,
     Json(body): Json<AccountChange>,
 ) -> Result<axum::Json<Account>, ApiError> {
-    let password = body.password.map(Password::parse).transpose()?;
+    let password = body.password.map(|p| new_password(&app, p)).transpose()?;
     if let Some(password) = password {
         let hash = Passwords::hash(password).await.map_err(ApiError::internal)?;
         set_password(&app, id, hash).await?;

@@ -75,6 +75,8 @@ pub struct App {
     pub signals: Rate,
     /// Sign-ups per client address (an hour's worth at once).
     pub signups: Rate<IpAddr>,
+    /// The fewest characters of a new password (0: no rule).
+    pub min_password_length: usize,
     /// How long idempotency keys are remembered, in seconds.
     pub idempotency_window: i64,
     /// What webhooks may reach.
@@ -171,6 +173,7 @@ pub fn router(app: AppState, max_body: usize) -> Router {
         .route("/refresh", post(users::refresh))
         .route("/users/me", get(users::me))
         .route("/users/me/password", post(users::change_password))
+        .route("/users/password-rule", get(users::password_rule))
         .route("/collections", post(collections::claim))
         .route("/collections/{id}", get(collections::show).patch(collections::update))
         .route("/collections/{id}/presence", get(collections::presence))

@@ -31,6 +31,7 @@ use crate::domain::Event;
         users::refresh,
         users::me,
         users::change_password,
+        users::password_rule,
         collections::claim,
         collections::show,
         collections::update,

@@ -66,7 +66,7 @@ pub async fn sign_up(
         })?;
     }
     let username = Username::parse(body.username)?;
-    let password = Password::parse(body.password)?;
+    let password = new_password(&app, body.password)?;
     let password_hash = Passwords::hash(password).await.map_err(ApiError::internal)?;
     let id = Uuid::new_v4();
     let user = User {
@@ -235,7 +235,7 @@ pub struct NewPassword {
     responses(
         (status = 200, description = "The password is changed and every earlier token revoked; a new token.",
             body = Token, headers(("set-cookie" = String))),
-        (status = 400, description = "The new password is empty or too long.", body = ErrorBody),
+        (status = 400, description = "The new password is empty, too long, or shorter than `--min-password-length`.", body = ErrorBody),
         (status = 401, description = "A bad token, or the old password is wrong.", body = ErrorBody,
             headers(("www-authenticate" = String))),
         (status = 429, description = "Too many wrong old passwords.", body = ErrorBody,
@@ -246,7 +246,7 @@ pub async fn change_password(
     Session(claims): Session,
     Json(body): Json<NewPassword>,
 ) -> Result<Response, ApiError> {
-    let new = Password::parse(body.new_password)?;
+    let new = new_password(&app, body.new_password)?;
     let user = app.store.user_by_id(claims.sub).await?.ok_or_else(gone)?;
     let names = &app.logins.names;
     if let Some(seconds) = names.wait(&user.username, &app.clock) {
@@ -264,6 +264,32 @@ pub async fn change_password(
     let password_hash = Passwords::hash(new).await.map_err(ApiError::internal)?;
     set_password(&app, user.id, password_hash).await?;
     token(&app, user.id, Some(user.username), user.generation + 1)
+}
+
+/// A new password: valid, and at least `--min-password-length` characters.
+pub(super) fn new_password(app: &App, value: String) -> Result<Password, ApiError> {
+    let min = app.min_password_length;
+    if value.chars().count() < min {
+        let message = format!("password must be at least {min} characters");
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, message));
+    }
+    Ok(Password::parse(value)?)
+}
+
+/// `{"min_length": N, "max_length": 1024}`: what a new password must be.
+#[derive(Serialize, ToSchema)]
+pub struct PasswordRule {
+    min_length: usize,
+    max_length: usize,
+}
+
+/// The rule new passwords must follow (for a sign-up form to show it):
+/// `--min-password-length` (1 when not set) to 1024 characters.
+#[utoipa::path(get, path = "/users/password-rule", tag = "users",
+    responses((status = 200, description = "The rule.", body = PasswordRule)))]
+pub async fn password_rule(State(app): State<AppState>) -> axum::Json<PasswordRule> {
+    let min_length = app.min_password_length.max(1);
+    axum::Json(PasswordRule { min_length, max_length: crate::domain::MAX_PASSWORD_LENGTH })
 }
 
 /// Stores a new password hash and revokes every token issued so far.

@@ -90,3 +90,42 @@ async fn missing_malformed_forged_and_expired_tokens_are_refused() {
     app.clock.advance(3600 * 1000);
     assert_eq!(error_json(app.get_as(&user.jwt, "/events/user").await, 401).await, "token expired");
 }
+
+/// `--min-password-length` refuses shorter new passwords at sign-up, on a
+/// password change and on an administrator's reset, and
+/// `GET /users/password-rule` says so; by default any non-empty password
+/// is taken (Broker 1.x) and the rule says 1.
+#[tokio::test]
+async fn a_minimum_password_length_is_enforced_and_told() {
+    use reqwest::Method;
+    let quiet = TestApp::spawn().await;
+    let rule = ok_json(quiet.http.get(quiet.url("/users/password-rule")).send().await.unwrap());
+    assert_eq!(rule.await, json!({"min_length": 1, "max_length": 1024}));
+    let short =
+        |name: &str| json!({"username": name, "password": "x", "collection_id": Uuid::new_v4()});
+    ok_json(quiet.post("/users", &short("carol")).await).await;
+
+    let app = TestApp::spawn_with(&["--min-password-length", "9"]).await;
+    let rule = ok_json(app.http.get(app.url("/users/password-rule")).send().await.unwrap());
+    assert_eq!(rule.await, json!({"min_length": 9, "max_length": 1024}));
+    let refused = error_json(app.post("/users", &short("carol")).await, 400).await;
+    assert_eq!(refused, "password must be at least 9 characters");
+    // Characters, not bytes: 9 of them in 18 bytes pass, 8 in 16 do not.
+    let body =
+        |pw: &str| json!({"username": "dora", "password": pw, "collection_id": Uuid::new_v4()});
+    error_json(app.post("/users", &body(&"é".repeat(8))).await, 400).await;
+    ok_json(app.post("/users", &body(&"é".repeat(9))).await).await;
+    let alice = app.user("alice").await; // "secret-pw": 9 characters
+    let change = json!({"old_password": "secret-pw", "new_password": "too-short"[..8].to_owned()});
+    error_json(app.post_as(&alice.jwt, "/users/me/password", &change).await, 400).await;
+    // An administrator's reset follows the rule too.
+    let root = app.user("root").await;
+    broker::transfer::set_admin(&*app.store(), "root", true).await.unwrap();
+    let path = format!("/admin/users/{}", alice.id);
+    let reset = |pw: &str| json!({"password": pw});
+    let sent = app.send(Method::PATCH, &root.jwt, &path, Some(&reset("short"))).await;
+    error_json(sent, 400).await;
+    ok_json(app.send(Method::PATCH, &root.jwt, &path, Some(&reset("long-enough"))).await).await;
+    // The reset password is the one that logs in.
+    ok_json(app.log_in("alice", "long-enough").await).await;
+}

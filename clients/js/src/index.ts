@@ -561,6 +561,15 @@ export class Broker {
     return jwt;
   }
 
+  /**
+   * What a new password must be, as the server is configured
+   * (`--min-password-length`): show it on a sign-up or change form.
+   */
+  async passwordRule(): Promise<{ minLength: number; maxLength: number }> {
+    const rule = await this.request<{ min_length: number; max_length: number }>("GET", "/users/password-rule");
+    return { minLength: rule.min_length, maxLength: rule.max_length };
+  }
+
   /** Changes the password; every other token of the user is revoked. */
   async changePassword(oldPassword: string, newPassword: string): Promise<string> {
     const { jwt } = await this.request<{ jwt: string }>("POST", "/users/me/password", {

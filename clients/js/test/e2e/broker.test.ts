@@ -546,3 +546,16 @@ it("webhooks on three nodes of one PostgreSQL database: kill -9 of the deliverin
   expect(firsts.map((g) => g.id)).toEqual(ids);
   expect(firsts.map((g) => g.n)).toEqual([...Array(60).keys()]);
 }, 90_000);
+
+it("tells the server's password rule and is refused a shorter password", async () => {
+  const server = await start(dataDir(), await freePort(), "--min-password-length", "12");
+  const broker = new Broker({ url: server.url });
+  expect(await broker.passwordRule()).toEqual({ minLength: 12, maxLength: 1024 });
+  await expect(broker.signUp("carol", "too short")).rejects.toMatchObject({
+    status: 400,
+    message: "password must be at least 12 characters",
+  });
+  await broker.signUp("carol", "long enough, surely");
+  await broker.logIn("carol", "long enough, surely");
+  await expect(broker.changePassword("long enough, surely", "short")).rejects.toMatchObject({ status: 400 });
+});
