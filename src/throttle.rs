@@ -7,7 +7,8 @@
 //! window; a key with no failure for a whole window is forgotten. On a
 //! shared store the nodes pool these counts (see [`Failures::exchange`]).
 //! [`Rate`] is a token bucket per key: inserts and signals per user,
-//! sign-ups per address. Rates count per node,
+//! sign-ups per address. Rates count per node (sign-ups in a bucket the
+//! nodes share, [`Rate::take_shared`]),
 //! against Broker's [`Clock`]; memory is bounded by forgetting idle keys.
 
 use std::collections::HashMap;
@@ -55,6 +56,14 @@ struct Unshared {
     read_at: i64,
 }
 
+/// The first 8 bytes of the SHA-256 of `key` as [`Hash`] feeds it: the
+/// same on every node.
+fn digest<K: Hash + ?Sized>(key: &K) -> u64 {
+    let mut digest = Digest(ring::digest::Context::new(&ring::digest::SHA256));
+    key.hash(&mut digest);
+    digest.finish()
+}
+
 /// A [`Hasher`] giving the first 8 bytes of the SHA-256 of what it is fed.
 struct Digest(ring::digest::Context);
 
@@ -87,9 +96,7 @@ impl<K: Hash + ?Sized> Failures<K> {
     }
 
     fn digest(key: &K) -> u64 {
-        let mut digest = Digest(ring::digest::Context::new(&ring::digest::SHA256));
-        key.hash(&mut digest);
-        digest.finish()
+        digest(key)
     }
 
     /// The delay `count` failures earn, the last at `last`: until when.
@@ -240,8 +247,35 @@ impl<K: Hash + Eq> Rate<K> {
             *tokens -= 1.0;
             Ok(())
         } else {
-            Err(((1.0 - *tokens) / rate).ceil().max(1.0) as u64)
+            Err(self.wait_for(*tokens))
         }
+    }
+
+    /// Seconds until a bucket holding `tokens` holds one.
+    fn wait_for(&self, tokens: f64) -> u64 {
+        ((1.0 - tokens) / self.per_second).ceil().max(1.0) as u64
+    }
+
+    /// [`Rate::take`] from a bucket the nodes of a shared store share (one
+    /// query), so that a cluster allows what one node does; in memory on a
+    /// store of one node's own.
+    pub async fn take_shared(
+        &self,
+        key: K,
+        store: &dyn Store,
+        clock: &Clock,
+    ) -> Result<Result<(), u64>, StoreError> {
+        if self.burst == 0.0 {
+            return Ok(Ok(()));
+        }
+        let (now, per_ms) = (clock.now_millis(), self.per_second / 1000.0);
+        let idle_ms = (self.burst / per_ms).ceil() as i64;
+        let shared = i64::from_le_bytes(digest(&key).to_le_bytes());
+        Ok(match store.take_token(shared, now, self.burst, per_ms, idle_ms).await? {
+            None => self.take(key, clock),
+            Some((true, _)) => Ok(()),
+            Some((false, tokens)) => Err(self.wait_for(tokens)),
+        })
     }
 }
 

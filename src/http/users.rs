@@ -61,7 +61,8 @@ pub async fn sign_up(
     Json(body): Json<SignUp>,
 ) -> Result<axum::Json<Created>, ApiError> {
     if let Some(address) = address {
-        app.signups.take(address, &app.clock).map_err(|seconds| {
+        let taken = app.signups.take_shared(address, app.store.as_ref(), &app.clock).await?;
+        taken.map_err(|seconds| {
             ApiError::too_many("too many sign-ups from this address; retry later", seconds)
         })?;
     }

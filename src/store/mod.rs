@@ -517,6 +517,22 @@ pub trait Store: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// Takes a token at `now` from the bucket `key` (a digest) that the
+    /// nodes share: `burst` at once, refilled at `per_ms` a millisecond;
+    /// buckets idle for `idle_ms` (full again) are forgotten. Answers
+    /// whether a token was taken and the tokens left; `None` from a store
+    /// no other node shares (the caller counts in memory).
+    async fn take_token(
+        &self,
+        _key: i64,
+        _now: i64,
+        _burst: f64,
+        _per_ms: f64,
+        _idle_ms: i64,
+    ) -> Result<Option<(bool, f64)>, StoreError> {
+        Ok(None)
+    }
+
     /// The webhooks of a collection (of every collection with `None`),
     /// oldest first.
     async fn webhooks(&self, collection: Option<Uuid>) -> Result<Vec<Webhook>, StoreError>;

@@ -72,6 +72,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0006_schemas.sql"),
     include_str!("migrations/postgres/0007_webhooks.sql"),
     include_str!("migrations/postgres/0008_login_failures.sql"),
+    include_str!("migrations/postgres/0009_rates.sql"),
 ];
 /// The advisory lock that serialises migrations of nodes starting at once.
 const MIGRATION_LOCK: i64 = 0x6272_6f6b_6572; // "broker"
@@ -672,6 +673,18 @@ mod sql {
     pub const FORGET_LOGIN_FAILURES: &str = "DELETE FROM login_failures WHERE last < $1";
     pub const LOGIN_FAILURES_SINCE: &str =
         "SELECT key, count, last FROM login_failures WHERE last >= $1";
+    /// Takes a token from key $1's bucket at $2 (bursts of $3, refilled at
+    /// $4 a millisecond) if one is there: answers whether it did, and the
+    /// tokens left.
+    pub const TAKE_TOKEN: &str = "INSERT INTO rates AS r (key, tokens, at, taken)
+        VALUES ($1, $3::float8 - 1, $2, true)
+        ON CONFLICT (key) DO UPDATE SET at = GREATEST(r.at, EXCLUDED.at),
+            taken = LEAST($3::float8, r.tokens + GREATEST($2 - r.at, 0) * $4::float8) >= 1,
+            tokens = LEAST($3::float8, r.tokens + GREATEST($2 - r.at, 0) * $4::float8)
+                - CASE WHEN LEAST($3::float8, r.tokens + GREATEST($2 - r.at, 0) * $4::float8) >= 1
+                  THEN 1 ELSE 0 END
+        RETURNING taken, tokens";
+    pub const FORGET_RATES: &str = "DELETE FROM rates WHERE at < $1";
     /// Lease $4's value is "<holder> <until>".
     pub const LEASE: &str = "INSERT INTO settings (name, value) VALUES ($4, $1::text || ' ' || $3::bigint::text) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value WHERE split_part(settings.value, ' ', 1) = $1 OR split_part(settings.value, ' ', 2)::bigint < $2::bigint";
 }
@@ -1106,6 +1119,22 @@ impl Store for PostgresStore {
             tx.commit().await?;
             let row = |r: &Row| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
             rows.iter().map(row).collect()
+        })
+        .await
+    }
+
+    async fn take_token(
+        &self,
+        key: i64,
+        now: i64,
+        burst: f64,
+        per_ms: f64,
+        idle_ms: i64,
+    ) -> Result<Option<(bool, f64)>, StoreError> {
+        self.run(async |client| {
+            client.execute(sql::FORGET_RATES, &[&(now - idle_ms)]).await?;
+            let row = client.query_one(sql::TAKE_TOKEN, &[&key, &now, &burst, &per_ms]).await?;
+            Ok(Some((row.try_get(0)?, row.try_get(1)?)))
         })
         .await
     }

@@ -764,3 +764,32 @@ async fn failed_logins_spread_over_three_running_nodes_are_refused_by_each() {
         assert!(refused.contains("too many"));
     }
 }
+
+/// Sign-ups per client address are counted once for the whole cluster:
+/// with `--signup-rate 3`, three sign-ups from one address spread over
+/// three nodes use up its hour on all of them; another address is not
+/// touched, and the bucket refills for every node alike.
+#[tokio::test]
+async fn sign_ups_per_address_are_counted_across_the_nodes() {
+    let extra = ["--signup-rate", "3", "--trusted-proxy", "127.0.0.1"];
+    let first = TestApp::spawn_on(Some(Arc::new(TestDb::create().await)), &extra).await;
+    let nodes = [first.node().await, first.node().await, first];
+    let sign_up = async |node: &TestApp, from: &str| {
+        let body = json!({"username": Uuid::new_v4().to_string(), "password": "pw",
+            "collection_id": Uuid::new_v4()});
+        let request = node.http.post(node.url("/users")).header("x-forwarded-for", from);
+        request.json(&body).send().await.unwrap()
+    };
+    for node in &nodes {
+        ok_json(sign_up(node, "198.51.100.1").await).await;
+    }
+    for node in &nodes {
+        let refused = sign_up(node, "198.51.100.1").await;
+        assert_eq!(refused.headers()["retry-after"], "1200", "3 an hour: one more in 20 minutes");
+        assert!(error_json(refused, 429).await.contains("too many sign-ups"));
+    }
+    ok_json(sign_up(&nodes[1], "198.51.100.2").await).await;
+    nodes[0].clock.advance(1_200_000); // the nodes share one clock
+    ok_json(sign_up(&nodes[2], "198.51.100.1").await).await;
+    error_json(sign_up(&nodes[0], "198.51.100.1").await, 429).await;
+}
