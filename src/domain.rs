@@ -86,7 +86,8 @@ impl Password {
             return Err(Invalid("password must not be empty".into()));
         }
         if value.chars().count() > MAX_PASSWORD_LENGTH {
-            return Err(Invalid("password must be at most 1024 characters".into()));
+            let max = MAX_PASSWORD_LENGTH;
+            return Err(Invalid(format!("password must be at most {max} characters")));
         }
         Ok(Self(value))
     }
@@ -105,7 +106,7 @@ impl PartialSchema for Password {
                 "1 to 1024 characters; a server may ask for more (`GET /users/password-rule`).",
             ))
             .min_length(Some(1))
-            .max_length(Some(1024))
+            .max_length(Some(MAX_PASSWORD_LENGTH))
             .into()
     }
 }

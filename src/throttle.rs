@@ -95,10 +95,6 @@ impl<K: Hash + ?Sized> Failures<K> {
         Self { limit, window_ms, keys, unshared, of }
     }
 
-    fn digest(key: &K) -> u64 {
-        digest(key)
-    }
-
     /// The delay `count` failures earn, the last at `last`: until when.
     fn blocked_until(&self, count: u32, last: i64) -> i64 {
         if count < self.limit {
@@ -112,7 +108,7 @@ impl<K: Hash + ?Sized> Failures<K> {
     pub fn wait(&self, key: &K, clock: &Clock) -> Option<u64> {
         let now = clock.now_millis();
         let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        let until = keys.get(&Self::digest(key))?.blocked_until;
+        let until = keys.get(&digest(key))?.blocked_until;
         (until > now).then(|| u64::try_from((until - now + 999) / 1000).unwrap_or(1))
     }
 
@@ -128,7 +124,7 @@ impl<K: Hash + ?Sized> Failures<K> {
         if self.limit == 0 {
             return;
         }
-        let (now, key) = (clock.now_millis(), Self::digest(key));
+        let (now, key) = (clock.now_millis(), digest(key));
         let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
         if keys.len() >= MAX_KEYS && !keys.contains_key(&key) {
             let window = self.window_ms;
@@ -153,7 +149,7 @@ impl<K: Hash + ?Sized> Failures<K> {
 
     /// Forgets `key`'s failures (after a successful login).
     pub fn clear(&self, key: &K) {
-        let key = Self::digest(key);
+        let key = digest(key);
         if self.keys.lock().unwrap_or_else(PoisonError::into_inner).remove(&key).is_some() {
             let mut unshared = self.unshared.lock().unwrap_or_else(PoisonError::into_inner);
             unshared.added.remove(&key);
