@@ -28,8 +28,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::access::Access;
 use crate::clock::Clock;
-use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::policy::Retention;
 use crate::store::{Store, StoreError, Trim};
 
@@ -55,7 +56,9 @@ pub struct Sweeper {
     store: Arc<dyn Store>,
     /// This node, as the lease's holder.
     holder: String,
-    hub: Arc<Hub>,
+    /// The node's copy of the rules, whose retention the sweep follows.
+    access: Arc<Access>,
+    metrics: Arc<Metrics>,
     clock: Clock,
     /// For collections nobody claimed.
     default: Retention,
@@ -82,11 +85,12 @@ pub struct Sweeper {
 }
 
 impl Sweeper {
-    /// A sweeper of `store` by the rules `hub` holds.
+    /// A sweeper of `store` by the rules `access` holds, counting what it
+    /// deletes in `metrics`.
     pub fn new(
         store: Arc<dyn Store>,
         holder: String,
-        hub: Arc<Hub>,
+        (access, metrics): (Arc<Access>, Arc<Metrics>),
         clock: Clock,
         default: Retention,
         key_window: i64,
@@ -94,7 +98,8 @@ impl Sweeper {
         Self {
             store,
             holder,
-            hub,
+            access,
+            metrics,
             clock,
             default,
             key_window,
@@ -145,7 +150,7 @@ impl Sweeper {
             (self.cursor, self.aged) = (0, None);
             return Ok(false);
         }
-        let access = self.hub.access.current();
+        let access = self.access.current();
         if access.version != self.version {
             self.version = access.version;
             let rules: HashMap<Uuid, Retention> =
@@ -227,7 +232,7 @@ impl Sweeper {
             }
         }
         more |= !self.unfinished.is_empty();
-        crate::metrics::Metrics::add(&self.hub.metrics.expired, deleted);
+        Metrics::add(&self.metrics.expired, deleted);
         self.since_reclaim += deleted;
         if self.since_reclaim > 0 && self.reclaimed.elapsed() >= RECLAIM {
             self.store.reclaim().await?;
