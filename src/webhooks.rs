@@ -17,8 +17,8 @@
 //!
 //! A manager on every node looks at the endpoints each second (and at once
 //! when one is added or changed on its node) and runs the
-//! tasks of those whose lease (`webhook:<id>`) it holds, renewing it each
-//! time: one node at a time delivers to an endpoint, and when it dies
+//! tasks of those whose lease (`webhook:<id>`) it holds, renewing them
+//! each time, all in one statement however many there are: one node at a time delivers to an endpoint, and when it dies
 //! another takes over within [`LEASE`] seconds. A new publication wakes the
 //! tasks at once; each endpoint has its own task and keep-alive
 //! connection, so a slow one delays nothing else.
@@ -30,7 +30,7 @@
 //! [`TIMEOUT`], redirects are failures, and at most [`MAX_RESPONSE`] bytes
 //! of an answer are read.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,6 +56,12 @@ use crate::store::{Store, Webhook};
 
 /// Seconds a node's hold on an endpoint lasts unless renewed (every second).
 pub const LEASE: i64 = 5;
+
+/// The name of the lease that lets one node deliver to endpoint `id`.
+fn lease_name(id: Uuid) -> String {
+    format!("webhook:{id}")
+}
+
 /// The longest an attempt may take, connection included.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes of an answer read.
@@ -360,19 +366,25 @@ impl Deliveries {
                     }
                 }
                 let now = self.clock.now_secs();
-                for hook in hooks.into_iter().filter(|h| !h.paused) {
-                    let lease = format!("webhook:{}", hook.id);
-                    let held = self.store.lease(&lease, &self.holder, now, now + LEASE).await;
-                    match (held, tasks.get(&hook.id)) {
-                        (Ok(true), None) => {
+                let active: Vec<Webhook> = hooks.into_iter().filter(|h| !h.paused).collect();
+                // One statement for every lease, however many endpoints.
+                let names = active.iter().map(|h| lease_name(h.id)).collect();
+                let held = self.store.leases(names, &self.holder, now, now + LEASE).await;
+                if let Err(error) = &held {
+                    tracing::debug!(%error, "webhooks: cannot renew the leases");
+                }
+                let held: HashSet<String> = held.unwrap_or_default().into_iter().collect();
+                for hook in active {
+                    match (held.contains(&lease_name(hook.id)), tasks.get(&hook.id)) {
+                        (true, None) => {
                             let stop = shutdown.child_token();
                             let id = hook.id;
                             let handle =
                                 tokio::spawn(self.clone().deliver(hook.clone(), stop.clone()));
                             tasks.insert(id, Task { hook, stop, handle });
                         }
-                        (Ok(true), Some(_)) => {}
-                        (_, running) => {
+                        (true, Some(_)) => {}
+                        (false, running) => {
                             if let Some(task) = running {
                                 tracing::info!(webhook = %hook.id, "webhooks: lease lost");
                                 task.stop.cancel();
@@ -385,8 +397,7 @@ impl Deliveries {
                 task.stop.cancel();
                 let _ = task.handle.await;
                 let now = self.clock.now_secs();
-                let _ =
-                    self.store.lease(&format!("webhook:{id}"), &self.holder, now, now - 1).await;
+                let _ = self.store.lease(&lease_name(id), &self.holder, now, now - 1).await;
             }
         })
     }

@@ -130,12 +130,6 @@ pub async fn create(
 ) -> Result<(StatusCode, axum::Json<WebhookView>), ApiError> {
     check(&app, &body.url, &body.events, &body.description)?;
     owned(&app, id, user).await?;
-    if app.store.webhooks(Some(id)).await?.len() >= app.max_webhooks {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("a collection has at most {} webhooks", app.max_webhooks),
-        ));
-    }
     let hook = Webhook {
         id: Uuid::new_v4(),
         collection: id,
@@ -149,7 +143,12 @@ pub async fn create(
         attempts: "[]".into(),
         created: app.clock.now_secs(),
     };
-    app.store.put_webhook(hook.clone(), true).await?;
+    if !app.store.add_webhook(hook.clone(), app.max_webhooks).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("a collection has at most {} webhooks", app.max_webhooks),
+        ));
+    }
     app.webhooks_changed.notify_one();
     tracing::info!(%user, collection = %id, webhook = %hook.id, url = %hook.url, "webhook registered");
     Ok((StatusCode::CREATED, axum::Json(WebhookView::of(hook, true))))
@@ -308,7 +307,7 @@ async fn save(
     hook: Webhook,
     show_secret: bool,
 ) -> Result<axum::Json<WebhookView>, ApiError> {
-    if !app.store.put_webhook(hook.clone(), false).await? {
+    if !app.store.edit_webhook(hook.clone()).await? {
         return Err(no_webhook());
     }
     app.webhooks_changed.notify_one();

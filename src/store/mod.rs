@@ -500,6 +500,24 @@ pub trait Store: Send + Sync + 'static {
         until: i64,
     ) -> Result<bool, StoreError>;
 
+    /// [`Store::lease`] for each of `names` at once: those `holder` now
+    /// holds. A shared store takes them all in one statement.
+    async fn leases(
+        &self,
+        names: Vec<String>,
+        holder: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut held = Vec::with_capacity(names.len());
+        for name in names {
+            if self.lease(&name, holder, now, until).await? {
+                held.push(name);
+            }
+        }
+        Ok(held)
+    }
+
     /// Failed logins shared by the nodes of a cluster (keys are digests of
     /// names or addresses, times UNIX milliseconds): adds this node's new
     /// failures, each at `now` (a count whose last failure is more than
@@ -537,10 +555,15 @@ pub trait Store: Send + Sync + 'static {
     /// oldest first.
     async fn webhooks(&self, collection: Option<Uuid>) -> Result<Vec<Webhook>, StoreError>;
 
-    /// Stores a new webhook, or (`new` false) what its owner changes of an
-    /// existing one (url, events, description, secret, paused, failing);
-    /// false if there is no such webhook.
-    async fn put_webhook(&self, hook: Webhook, new: bool) -> Result<bool, StoreError>;
+    /// Stores a new webhook unless its collection has `limit` already
+    /// (false then): counted and stored as one step, so that concurrent
+    /// registrations, on any node, never pass the limit together.
+    async fn add_webhook(&self, hook: Webhook, limit: usize) -> Result<bool, StoreError>;
+
+    /// Stores what its owner changes of a webhook (url, events,
+    /// description, secret, paused, failing); false if there is no such
+    /// webhook.
+    async fn edit_webhook(&self, hook: Webhook) -> Result<bool, StoreError>;
 
     /// Records how far delivery went and the latest attempts; with
     /// `failing`, delivery gave up and the webhook is paused.

@@ -525,6 +525,8 @@ mod sql {
     pub const COLLECTION: &str = "SELECT c.owner, COALESCE(u.username, ''), NULL::text, c.private,
          c.max_age, c.keep_latest
          FROM collections c LEFT JOIN users u ON u.id = c.owner WHERE c.id = $1";
+    /// Locks a claimed collection's row until the transaction ends.
+    pub const LOCK_COLLECTION: &str = "SELECT 1 FROM collections WHERE id = $1 FOR UPDATE";
     /// A group of inserts in one statement, in the order given (which sets
     /// `pos`).
     pub const INSERT_EVENTS: &str = "INSERT INTO events
@@ -687,6 +689,8 @@ mod sql {
     pub const FORGET_RATES: &str = "DELETE FROM rates WHERE at < $1";
     /// Lease $4's value is "<holder> <until>".
     pub const LEASE: &str = "INSERT INTO settings (name, value) VALUES ($4, $1::text || ' ' || $3::bigint::text) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value WHERE split_part(settings.value, ' ', 1) = $1 OR split_part(settings.value, ' ', 2)::bigint < $2::bigint";
+    /// [`LEASE`] for each name of the array $4, answering those held.
+    pub const LEASES: &str = "INSERT INTO settings (name, value) SELECT name, $1::text || ' ' || $3::bigint::text FROM unnest($4::text[]) AS name ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value WHERE split_part(settings.value, ' ', 1) = $1 OR split_part(settings.value, ' ', 2)::bigint < $2::bigint RETURNING name";
 }
 
 fn limit(n: usize) -> i64 {
@@ -1096,6 +1100,23 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn leases(
+        &self,
+        mut names: Vec<String>,
+        holder: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        // In one order on every node, so that two nodes' statements never
+        // wait for each other's rows crosswise.
+        names.sort_unstable();
+        self.run(async |client| {
+            let rows = client.query(sql::LEASES, &[&holder, &now, &until, &names]).await?;
+            Ok(rows.iter().map(|row| row.get(0)).collect())
+        })
+        .await
+    }
+
     async fn login_failures(
         &self,
         added: Vec<(i64, i32)>,
@@ -1147,17 +1168,28 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn put_webhook(&self, h: Webhook, new: bool) -> Result<bool, StoreError> {
+    async fn add_webhook(&self, h: Webhook, limit: usize) -> Result<bool, StoreError> {
+        self.write(async |mut client| {
+            let tx = client.transaction().await?;
+            // The collection's row, locked until commit, lines up concurrent
+            // registrations for it on every node: each counts what the
+            // previous ones stored.
+            tx.execute(sql::LOCK_COLLECTION, &[&h.collection]).await?;
+            let count: i64 = tx.query_one(sql::COUNT_WEBHOOKS, &[&h.collection]).await?.get(0);
+            let added = usize::try_from(count).unwrap_or(usize::MAX) < limit
+                && insert_webhook(&*tx, &h).await? == 1;
+            tx.commit().await?;
+            Ok(added)
+        })
+        .await
+    }
+
+    async fn edit_webhook(&self, h: Webhook) -> Result<bool, StoreError> {
         let events = h.events.join("\n");
         self.write(async |client| {
-            let changed = if new {
-                insert_webhook(&**client, &h).await?
-            } else {
-                let params: [&(dyn ToSql + Sync); 7] =
-                    [&h.id, &h.url, &events, &h.description, &h.secret, &h.paused, &h.failing];
-                client.execute(sql::EDIT_WEBHOOK, &params).await?
-            };
-            Ok(changed == 1)
+            let params: [&(dyn ToSql + Sync); 7] =
+                [&h.id, &h.url, &events, &h.description, &h.secret, &h.paused, &h.failing];
+            Ok(client.execute(sql::EDIT_WEBHOOK, &params).await? == 1)
         })
         .await
     }

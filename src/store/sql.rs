@@ -147,6 +147,7 @@ shared! {
         webhook_columns!(),
         ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
     );
+    COUNT_WEBHOOKS = "SELECT count(*) FROM webhooks WHERE collection_id = $1";
     /// What the owner changes of a webhook.
     EDIT_WEBHOOK = "UPDATE webhooks SET url = $2, events = $3, description = $4, secret = $5,
          paused = $6, failing = $7 WHERE id = $1";

@@ -1098,21 +1098,30 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn put_webhook(&self, h: Webhook, new: bool) -> Result<bool, StoreError> {
+    async fn add_webhook(&self, h: Webhook, limit: usize) -> Result<bool, StoreError> {
+        // The one writer runs this closure alone: nothing comes between the
+        // count and the insert.
         self.write(move |conn| {
-            let changed = if new {
-                insert_webhook(conn, &h)?
-            } else {
-                conn.prepare_cached(sql::EDIT_WEBHOOK)?.execute(params![
-                    h.id,
-                    h.url,
-                    h.events.join("\n"),
-                    h.description,
-                    h.secret,
-                    h.paused,
-                    h.failing
-                ])?
-            };
+            let count: i64 = conn
+                .prepare_cached(sql::COUNT_WEBHOOKS)?
+                .query_row([h.collection], |r| r.get(0))?;
+            Ok(usize::try_from(count).unwrap_or(usize::MAX) < limit
+                && insert_webhook(conn, &h)? == 1)
+        })
+        .await
+    }
+
+    async fn edit_webhook(&self, h: Webhook) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            let changed = conn.prepare_cached(sql::EDIT_WEBHOOK)?.execute(params![
+                h.id,
+                h.url,
+                h.events.join("\n"),
+                h.description,
+                h.secret,
+                h.paused,
+                h.failing
+            ])?;
             Ok(changed == 1)
         })
         .await

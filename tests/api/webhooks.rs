@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::access::claim;
-use crate::support::{NOW, TestApp, TestDb, TestUser, error_json, eventually, ok_json};
+use crate::support::{
+    NOW, TestApp, TestDb, TestUser, error_json, eventually, ok_json, on_postgres,
+};
 
 /// Options that let webhooks reach the receiver on 127.0.0.1.
 const LOCAL: &[&str] = &["--webhook-allow-http", "--webhook-allow-private"];
@@ -316,6 +318,32 @@ async fn retention_keeps_what_a_webhook_has_yet_to_receive() {
         crate::retention::listed(&app, &alice).await == [json!(4)]
     })
     .await;
+}
+
+/// Registrations sent together never pass `--max-webhooks` together: the
+/// count and the insert are one step (on PostgreSQL spread over three
+/// nodes of one database).
+#[tokio::test]
+async fn registrations_sent_together_stop_at_the_limit() {
+    let app = TestApp::spawn_with(&["--max-webhooks", "3"]).await;
+    let alice = app.user("alice").await;
+    claim(&app, &alice, false).await;
+    let others = if on_postgres() { vec![app.node().await, app.node().await] } else { vec![] };
+    let nodes: Vec<&TestApp> = std::iter::once(&app).chain(&others).collect();
+    let statuses = futures_util::future::join_all((0..24).map(|i| {
+        let (node, alice) = (nodes[i % nodes.len()], &alice);
+        async move {
+            let url = format!("https://example.com/{i}");
+            register(node, alice, json!({ "url": url })).await.status().as_u16()
+        }
+    }))
+    .await;
+    let created = statuses.iter().filter(|s| **s == 201).count();
+    assert_eq!(created, 3, "{statuses:?}");
+    assert!(statuses.iter().all(|s| [201, 409].contains(s)), "{statuses:?}");
+    let path = format!("/collections/{}/webhooks", alice.collection);
+    let listed = ok_json(app.get_as(&alice.jwt, &path).await).await;
+    assert_eq!(listed["webhooks"].as_array().map(Vec::len), Some(3), "{listed}");
 }
 
 /// On a cluster one node delivers (the lease's holder); when it stops,
