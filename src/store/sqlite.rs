@@ -1192,6 +1192,7 @@ fn create_private(path: &Path) -> std::io::Result<()> {
 /// What in the data directory others than its owner may read or enter:
 /// the directory itself, the database with its WAL and shared memory, the
 /// secret, the ACME state (each with its mode).
+#[cfg(unix)]
 pub fn loose_permissions(dir: &Path) -> Vec<(PathBuf, u32)> {
     use std::os::unix::fs::PermissionsExt as _;
     let names =
@@ -1208,6 +1209,12 @@ pub fn loose_permissions(dir: &Path) -> Vec<(PathBuf, u32)> {
             (mode & 0o077 != 0).then_some((path, mode))
         })
         .collect()
+}
+
+/// Where modes do not exist, nothing is looser than the system's rules.
+#[cfg(not(unix))]
+pub fn loose_permissions(_: &Path) -> Vec<(PathBuf, u32)> {
+    Vec::new()
 }
 
 /// Writes `value` to `path` whole (through a temporary file), readable by
