@@ -13,13 +13,12 @@
 //! collections is indexed under each, and an event has one collection, so
 //! it gets each event once, in publication order (the feed publishes one
 //! event at a time). Access changes and the close signal go to every
-//! stream: through the ring, in order with the events, and through a
-//! control ring that inboxes' streams also read, each control frame
-//! stamped with the last sequence number published before it, so that a
-//! stream reads the events and control frames of its inbox in the order
-//! they were sent. An access change therefore wakes every stream once
-//! (each re-checks its session and what it may read), as before the
-//! index; an event never does. Signals (`POST /signal`: no sequence
+//! stream: through the ring, in order with the events, and into every
+//! inbox, where they queue behind the events pushed before them, so a
+//! stream reads events and control frames in the order they were sent
+//! and, between them, touches nothing shared but its own inbox. An access
+//! change therefore wakes every stream once (each re-checks its session
+//! and what it may read), as before the index; an event never does. Signals (`POST /signal`: no sequence
 //! number, never stored) take the same index: a signal is pushed into the
 //! inboxes of its collection whose streams asked for signals and may read
 //! it, so it costs the streams of that collection only; one that is
@@ -46,7 +45,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -205,11 +204,6 @@ impl Frame {
 pub struct Hub {
     /// Every frame, for the streams that named nothing.
     ring: broadcast::Sender<Arc<Frame>>,
-    /// Access changes and the close signal, for the streams with an inbox,
-    /// each with the last sequence number published before it.
-    control: broadcast::Sender<(i64, Arc<Frame>)>,
-    /// The last sequence number handed to the inboxes.
-    last_seq: AtomicI64,
     /// The last sequence number published, for whoever follows the log
     /// (webhooks).
     published: watch::Sender<i64>,
@@ -255,8 +249,6 @@ impl Hub {
     pub fn new(max_lag: usize, max_open: usize, metrics: Arc<Metrics>) -> Self {
         Self {
             ring: broadcast::Sender::new(max_lag.max(1)),
-            control: broadcast::Sender::new(max_lag.max(1)),
-            last_seq: AtomicI64::new(i64::MIN),
             published: watch::Sender::new(0),
             index: Mutex::default(),
             crowded: Mutex::default(),
@@ -337,7 +329,6 @@ impl Hub {
                 }
             }
         }
-        self.last_seq.store(p.seq, Ordering::Release);
         if self.published.receiver_count() > 0 {
             self.published.send_replace(p.seq);
         }
@@ -402,11 +393,22 @@ impl Hub {
         Ok(())
     }
 
-    /// Sends a frame to every stream.
+    /// Sends a frame to every stream: into every inbox (each is in one
+    /// heartbeat group) and the ring.
     fn send(&self, frame: Frame) {
         let frame = Arc::new(frame);
-        // Errors only mean that no stream reads that ring.
-        let _ = self.control.send((self.last_seq.load(Ordering::Acquire), frame.clone()));
+        let mut crowded = Vec::new();
+        for group in &self.beats {
+            for inbox in lock(group).iter() {
+                if inbox.push(&frame, self.max_lag) {
+                    crowded.push(inbox.clone());
+                }
+            }
+        }
+        if !crowded.is_empty() {
+            lock(&self.crowded).append(&mut crowded);
+        }
+        // An error only means that no stream reads the ring.
         let _ = self.ring.send(frame);
     }
 
@@ -463,20 +465,15 @@ impl Hub {
             queue: Mutex::default(),
             group: (self.streams.fetch_add(1, Ordering::Relaxed) % GROUPS) as u8,
         });
-        let control = self.control.subscribe();
+        // In its group first: from here on it gets every control frame, as
+        // the ring's streams do from their subscription.
+        lock(&self.beats[usize::from(inbox.group)]).push(inbox.clone());
         let mut index = lock(&self.index);
         for key in inbox.keys() {
             index.entry(key).push(inbox.clone());
         }
         drop(index);
-        lock(&self.beats[usize::from(inbox.group)]).push(inbox.clone());
-        Listener::Inbox(Box::new(Named {
-            hub: self.clone(),
-            inbox,
-            control,
-            taken: VecDeque::new(),
-            held: None,
-        }))
+        Listener::Inbox(Box::new(Named { hub: self.clone(), inbox, taken: VecDeque::new() }))
     }
 
     /// How many streams are open.
@@ -647,18 +644,13 @@ pub enum Listener {
     Inbox(Box<Named>),
 }
 
-/// A stream's inbox and its cursor on the control ring; dropping it takes
-/// the inbox out of the index.
+/// A stream's inbox; dropping it takes the inbox out of the index.
 #[derive(Debug)]
 pub struct Named {
     hub: Arc<Hub>,
     inbox: Arc<Inbox>,
-    control: broadcast::Receiver<(i64, Arc<Frame>)>,
     /// Frames taken from the inbox, not yet read.
     taken: VecDeque<Arc<Frame>>,
-    /// A control frame read from its ring, held back until the events
-    /// published before it (up to its number) have been read.
-    held: Option<(i64, Arc<Frame>)>,
 }
 
 impl Drop for Named {
@@ -669,32 +661,15 @@ impl Drop for Named {
 }
 
 impl Named {
-    /// The next frame in publication order if one is ready, without
-    /// waiting: events and control frames interleave as they were sent.
+    /// The next frame in the order it was sent if one is ready, without
+    /// waiting.
     fn ready(&mut self) -> Option<Result<Arc<Frame>, RecvError>> {
-        if self.held.is_none() {
-            match self.control.try_recv() {
-                Ok(control) => self.held = Some(control),
-                Err(TryRecvError::Lagged(n)) => return Some(Err(RecvError::Lagged(n))),
-                Err(TryRecvError::Empty | TryRecvError::Closed) => {}
-            }
-        }
         if self.taken.is_empty()
             && let Poll::Ready(Err(missed)) = self.inbox.take(&mut self.taken, None)
         {
             return Some(Err(RecvError::Lagged(missed)));
         }
-        let before = |frame: &Frame, after: i64| match frame {
-            Frame::Event { seq, .. } => *seq <= after,
-            _ => true,
-        };
-        match (&self.held, self.taken.front()) {
-            (Some((after, _)), Some(event)) if before(event, *after) => {
-                self.taken.pop_front().map(Ok)
-            }
-            (Some(_), _) => self.held.take().map(|(_, frame)| Ok(frame)),
-            (None, _) => self.taken.pop_front().map(Ok),
-        }
+        self.taken.pop_front().map(Ok)
     }
 }
 
@@ -709,13 +684,8 @@ impl Listener {
             if let Some(next) = named.ready() {
                 return next;
             }
-            let Named { inbox, control, taken, held, .. } = &mut **named;
-            tokio::select! {
-                control = control.recv() => *held = Some(control?),
-                filled = poll_fn(|cx| inbox.take(taken, Some(cx.waker()))) => {
-                    filled.map_err(RecvError::Lagged)?;
-                }
-            }
+            let Named { inbox, taken, .. } = &mut **named;
+            poll_fn(|cx| inbox.take(taken, Some(cx.waker()))).await.map_err(RecvError::Lagged)?;
         }
     }
 
