@@ -18,17 +18,19 @@
 //! stream reads events and control frames in the order they were sent
 //! and, between them, touches nothing shared but its own inbox. An access
 //! change therefore wakes every stream once (each re-checks its session
-//! and what it may read), as before the index; an event never does. Signals (`POST /signal`: no sequence
-//! number, never stored) take the same index: a signal is pushed into the
-//! inboxes of its collection whose streams asked for signals and may read
-//! it, so it costs the streams of that collection only; one that is
-//! already half `max_lag` behind misses it instead of being ended for it.
-//! Heartbeats go through the ring once per interval and
-//! into the inboxes in groups spread over the interval: a hundred
-//! thousand idle streams do not all wake and write in the same instant.
+//! and what it may read), as before the index; an event never does.
+//! Signals (`POST /signal`: no sequence number, never stored) take the
+//! same index: a signal is pushed into the inboxes of its collection
+//! whose streams asked for signals and may read it, so it costs the
+//! streams of that collection only; one that is already half `max_lag`
+//! behind misses it instead of being ended for it. Heartbeats go through
+//! the ring once per interval and into the inboxes in groups spread over
+//! the interval: a hundred thousand idle streams do not all wake and
+//! write in the same instant.
 //!
 //! A stream may fall `max_lag` frames behind: in the ring, counted over
-//! every event; in an inbox, over the events it receives only. One that
+//! every event; in an inbox, over what it receives only (its events and
+//! the rare control frames). One that
 //! falls further is told so and disconnected (it can resume from the
 //! store), so a stalled client costs the others nothing and memory stays
 //! bounded: the ring holds at most `max_lag` frames, an inbox at most
