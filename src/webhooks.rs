@@ -16,10 +16,11 @@
 //! Retention never deletes an event an active endpoint has yet to receive.
 //!
 //! A manager on every node looks at the endpoints each second (and at once
-//! when one is added or changed on its node) and runs the
-//! tasks of those whose lease (`webhook:<id>`) it holds, renewing them
-//! each time, all in one statement however many there are: one node at a time delivers to an endpoint, and when it dies
-//! another takes over within [`LEASE`] seconds. A new publication wakes the
+//! when one is added or changed on its node) and runs the tasks of those
+//! whose lease (`webhook:<id>`) it holds, renewing them each time, all in
+//! one statement however many there are: one node at a time delivers to
+//! an endpoint, and when it dies another takes over within [`LEASE`]
+//! seconds. A new publication wakes the
 //! tasks at once; each endpoint has its own task and keep-alive
 //! connection, so a slow one delays nothing else.
 //!
