@@ -374,9 +374,10 @@ async fn one_node_delivers_and_another_takes_over() {
         receiver.data().last() == Some(&json!(30))
     })
     .await;
-    let data = receiver.data();
-    assert_eq!(data[..30], (0..30).map(|i| json!(i)).collect::<Vec<_>>()[..]);
-    assert!(data[30..].iter().all(|d| *d == json!(30)), "{data:?}");
+    // A node stopped while an answer was on its way has not recorded that
+    // event as delivered: the next node sends it again, with the same
+    // webhook-id (at least once), so each event arrives first in order.
+    assert_eq!(receiver.firsts(), (0..=30).map(|i| json!(i)).collect::<Vec<_>>());
 }
 
 /// `kill -9` of the node delivering to an endpoint: on PostgreSQL another
