@@ -316,27 +316,21 @@ impl Hub {
             envelope: OnceLock::new(),
             private: private.clone(),
         });
-        let mut crowded = Vec::new();
-        {
+        let crowded: Vec<Arc<Inbox>> = {
             let index = lock(&self.index);
             let (collection, name) = (&p.event.collection_id, p.event.event.as_str());
             let named = index.by_collection.get(collection).into_iter().flatten();
-            for inbox in named.chain(index.by_name.get(name).into_iter().flatten()) {
-                let readable = private.as_ref().is_none_or(|rule| rule.may_read(inbox.user));
-                if readable
-                    && inbox.filter.matches(collection, name)
-                    && inbox.push(&frame, self.max_lag)
-                {
-                    crowded.push(inbox.clone());
-                }
-            }
-        }
+            let wanting =
+                named.chain(index.by_name.get(name).into_iter().flatten()).filter(|inbox| {
+                    private.as_ref().is_none_or(|rule| rule.may_read(inbox.user))
+                        && inbox.filter.matches(collection, name)
+                });
+            wanting.filter(|inbox| inbox.push(&frame, self.max_lag)).cloned().collect()
+        };
         if self.published.receiver_count() > 0 {
             self.published.send_replace(p.seq);
         }
-        if !crowded.is_empty() {
-            lock(&self.crowded).append(&mut crowded);
-        }
+        self.watch(crowded);
         // An error only means that no stream reads the ring.
         let _ = self.ring.send(frame);
     }
@@ -401,17 +395,20 @@ impl Hub {
         let frame = Arc::new(frame);
         let mut crowded = Vec::new();
         for group in &self.beats {
-            for inbox in lock(group).iter() {
-                if inbox.push(&frame, self.max_lag) {
-                    crowded.push(inbox.clone());
-                }
-            }
+            let group = lock(group);
+            crowded.extend(group.iter().filter(|inbox| inbox.push(&frame, self.max_lag)).cloned());
         }
+        self.watch(crowded);
+        // An error only means that no stream reads the ring.
+        let _ = self.ring.send(frame);
+    }
+
+    /// Has [`Hub::drained`] watch these inboxes, which a push has just
+    /// made more than half full.
+    fn watch(&self, mut crowded: Vec<Arc<Inbox>>) {
         if !crowded.is_empty() {
             lock(&self.crowded).append(&mut crowded);
         }
-        // An error only means that no stream reads the ring.
-        let _ = self.ring.send(frame);
     }
 
     /// A place for one more stream, or `None` at the connection limit (logged

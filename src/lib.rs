@@ -138,7 +138,8 @@ impl Broker {
         retention::Sweeper::new(
             store.clone(),
             feed.node().to_string(),
-            (hub.access.clone(), hub.metrics.clone()),
+            hub.access.clone(),
+            hub.metrics.clone(),
             clock.clone(),
             config.retention,
             i64::from(config.idempotency_window),

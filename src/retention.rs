@@ -90,7 +90,8 @@ impl Sweeper {
     pub fn new(
         store: Arc<dyn Store>,
         holder: String,
-        (access, metrics): (Arc<Access>, Arc<Metrics>),
+        access: Arc<Access>,
+        metrics: Arc<Metrics>,
         clock: Clock,
         default: Retention,
         key_window: i64,

@@ -687,9 +687,9 @@ mod sql {
                   THEN 1 ELSE 0 END
         RETURNING taken, tokens";
     pub const FORGET_RATES: &str = "DELETE FROM rates WHERE at < $1";
-    /// Lease $4's value is "<holder> <until>".
-    pub const LEASE: &str = "INSERT INTO settings (name, value) VALUES ($4, $1::text || ' ' || $3::bigint::text) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value WHERE split_part(settings.value, ' ', 1) = $1 OR split_part(settings.value, ' ', 2)::bigint < $2::bigint";
-    /// [`LEASE`] for each name of the array $4, answering those held.
+    /// Takes or extends the leases named in the array $4 for holder $1
+    /// until $3 (each value is "<holder> <until>"), where free, expired at
+    /// $2 or $1's already; answers the names held.
     pub const LEASES: &str = "INSERT INTO settings (name, value) SELECT name, $1::text || ' ' || $3::bigint::text FROM unnest($4::text[]) AS name ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value WHERE split_part(settings.value, ' ', 1) = $1 OR split_part(settings.value, ' ', 2)::bigint < $2::bigint RETURNING name";
 }
 
@@ -1094,10 +1094,7 @@ impl Store for PostgresStore {
         now: i64,
         until: i64,
     ) -> Result<bool, StoreError> {
-        self.run(async |client| {
-            Ok(client.execute(sql::LEASE, &[&holder, &now, &until, &name]).await? == 1)
-        })
-        .await
+        Ok(!self.leases(vec![name.to_owned()], holder, now, until).await?.is_empty())
     }
 
     async fn leases(
