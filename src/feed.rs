@@ -320,7 +320,7 @@ mod tests {
             cancelled: false,
             data,
         };
-        store.insert_event(event, None).await.unwrap();
+        store.insert_event(event, None, None).await.unwrap();
         feed.published(&store.publish_due(0, 10).await.unwrap()).await.unwrap();
     }
 

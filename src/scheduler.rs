@@ -1,5 +1,9 @@
 //! The scheduler: publishes each event when its second comes.
 //!
+//! On embedded SQLite an insert that is due at once is published by the
+//! store in the insert's own transaction; the scheduler hands those
+//! publications to the feed, in commit order, and publishes the rest.
+//!
 //! It keeps nothing in memory: the store's index of pending events is the
 //! schedule. The task asks the store for everything due, publishes it (the
 //! store assigns sequence numbers, in timestamp then insertion order) and
@@ -12,6 +16,7 @@
 //! nodes: a dead node's schedule is taken over within that interval.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -19,8 +24,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::domain::Published;
 use crate::feed::Feed;
-use crate::store::Store;
+use crate::store::{Publications, Store};
 
 /// Most events published in one store transaction (one fsync).
 const BATCH: usize = 4096;
@@ -40,7 +46,8 @@ impl Wake {
 
 /// Starts the scheduler; it stops when `shutdown` is cancelled, after
 /// finishing the publication under way. Everything due is published in
-/// transactions of up to 4,096 events and handed to the feed. With
+/// transactions of up to 4,096 events and handed to the feed, and so is
+/// what the store publishes inside inserts ([`Store::publications`]). With
 /// `poll`, it also looks at least that often.
 pub fn spawn(
     store: Arc<dyn Store>,
@@ -51,24 +58,33 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let mut inserts = store.publications();
         let mut failing = false;
+        let mut next = None;
+        let mut look = true;
         loop {
-            let next = match publish_due(&*store, &feed, &clock).await {
-                Ok(next) => {
-                    if std::mem::take(&mut failing) {
-                        tracing::info!("publishing due events again");
+            if std::mem::replace(&mut look, true) {
+                next = match publish_due(&*store, &feed, &clock, inserts.as_mut()).await {
+                    Ok(next) => {
+                        if std::mem::take(&mut failing) {
+                            tracing::info!("publishing due events again");
+                        }
+                        next
                     }
-                    next
-                }
-                Err(e) => {
-                    if !std::mem::replace(&mut failing, true) {
-                        tracing::error!(error = %e, "publishing due events failed; retrying");
+                    Err(e) => {
+                        if !std::mem::replace(&mut failing, true) {
+                            tracing::error!(error = %e, "publishing due events failed; retrying");
+                        }
+                        Some(clock.now_millis() + RETRY.as_millis() as i64)
                     }
-                    Some(clock.now_millis() + RETRY.as_millis() as i64)
-                }
-            };
+                };
+            }
             tokio::select! {
                 () = shutdown.cancelled() => break,
+                Some(batch) = next_batch(inserts.as_mut()) => {
+                    hand_over(&feed, inserts.as_ref(), &batch).await;
+                    look = false; // the schedule is as it was
+                }
                 () = wake.0.notified() => {}
                 () = clock.sleep_until(next.unwrap_or(i64::MAX)), if next.is_some() => {}
                 () = tokio::time::sleep(poll.unwrap_or_default()), if poll.is_some() => {}
@@ -77,18 +93,99 @@ pub fn spawn(
     })
 }
 
+/// The next batch the store published inside inserts; never, without them.
+async fn next_batch(inserts: Option<&mut Publications>) -> Option<Vec<Published>> {
+    match inserts {
+        Some(inserts) => inserts.batches.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Hands a batch published inside inserts to the feed; if batches were
+/// dropped (or this one failed), the feed reads what it missed from the log.
+async fn hand_over(feed: &Feed, inserts: Option<&Publications>, batch: &[Published]) {
+    let missed = inserts.is_some_and(|i| i.missed.swap(false, Ordering::SeqCst));
+    let handed = match feed.published(batch).await {
+        Ok(()) if missed => feed.catch_up().await,
+        handed => handed,
+    };
+    if let Err(e) = handed {
+        tracing::error!(error = %e, "handing published inserts to the feed failed");
+    }
+}
+
 /// Publishes everything due; returns when to look next (UNIX milliseconds).
+/// The publications of inserts committed before go to the feed first.
 async fn publish_due(
     store: &dyn Store,
     feed: &Feed,
     clock: &Clock,
+    mut inserts: Option<&mut Publications>,
 ) -> Result<Option<i64>, crate::store::StoreError> {
     loop {
         let published = store.publish_due(clock.now_secs(), BATCH).await?;
+        if !published.is_empty() {
+            while let Some(batch) = inserts.as_mut().and_then(|i| i.batches.try_recv().ok()) {
+                hand_over(feed, inserts.as_deref(), &batch).await;
+            }
+        }
         feed.published(&published).await?;
         if published.len() < BATCH {
             break;
         }
     }
     Ok(store.next_due().await?.map(|secs| secs.saturating_mul(1000)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Event, Filter};
+    use crate::hub::{Extras, Frame, Hub};
+    use crate::store::SqliteStore;
+
+    /// Inserts published while the scheduler was not reading, more than the
+    /// store queues for it, are read back from the log: none lost, in order.
+    #[tokio::test]
+    async fn publications_the_store_could_not_queue_are_read_back_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let hub = Arc::new(Hub::new(1024, 16, Arc::default()));
+        let feed = Arc::new(Feed::new(store.clone(), hub, 1024, false));
+        let (mut listener, start) =
+            feed.subscribe(&Filter::default(), None, Extras::default()).await.unwrap();
+        assert_eq!(start, 0);
+        let n = 300; // one commit each: more than the store's queue of 256
+        for i in 0..n {
+            let id = uuid::Uuid::new_v4();
+            let data = serde_json::value::to_raw_value(&i).unwrap();
+            let event = Event {
+                id,
+                user_id: id,
+                collection_id: id,
+                event: "e".into(),
+                timestamp: 0,
+                published: false,
+                cancelled: false,
+                data,
+            };
+            store.insert_event(event, None, Some(0)).await.unwrap();
+        }
+        let shutdown = CancellationToken::new();
+        let wake = Arc::default();
+        let task = spawn(store, feed, Clock::System, wake, None, shutdown.clone());
+        let mut seqs = Vec::new();
+        while seqs.len() < n {
+            let frame = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+                .await
+                .expect("every publication reaches the hub")
+                .unwrap();
+            if let Frame::Event { seq, .. } = *frame {
+                seqs.push(seq);
+            }
+        }
+        assert_eq!(seqs, (1..=n as i64).collect::<Vec<_>>());
+        shutdown.cancel();
+        task.await.unwrap();
+    }
 }

@@ -111,9 +111,11 @@ pub async fn insert(
     }
     let now = app.clock.now_secs();
     let key = key.map(|key| Key { key, now, since: now - app.idempotency_window });
-    match app.store.insert_event(event.clone(), key).await? {
-        Inserted::New => {
-            app.wake.poke();
+    match app.store.insert_event(event.clone(), key, Some(now)).await? {
+        inserted @ (Inserted::New | Inserted::Published) => {
+            if matches!(inserted, Inserted::New) {
+                app.wake.poke(); // for the scheduler to publish when due
+            }
             Metrics::add(&app.hub.metrics.inserted, 1);
             Ok(axum::Json(One { event }).into_response())
         }

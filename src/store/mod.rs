@@ -224,10 +224,25 @@ pub struct Key {
 /// What [`Store::insert_event`] did.
 #[derive(Debug, Clone)]
 pub enum Inserted {
-    /// The event is stored.
+    /// The event is stored; the scheduler publishes it when it is due.
     New,
+    /// The event was due and is published with the insert, in the same
+    /// transaction: its publication goes out through
+    /// [`Store::publications`].
+    Published,
     /// Nothing: the key stored this event already.
     Again(Event),
+}
+
+/// The publications a store makes inside inserts (see
+/// [`Store::publications`]).
+#[derive(Debug)]
+pub struct Publications {
+    /// One batch per commit, in sequence order.
+    pub batches: mpsc::Receiver<Vec<Published>>,
+    /// Set when a batch could not be queued (the reader was far behind):
+    /// the reader must read the log from the store to catch up.
+    pub missed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A deletion the retention sweep asks for; each deletes at most `limit`
@@ -384,7 +399,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a new, unpublished event; with a key, only if the user's
     /// key did not store one since `key.since` (else answers that event).
-    async fn insert_event(&self, event: Event, key: Option<Key>) -> Result<Inserted, StoreError>;
+    /// With `now` (UNIX seconds), a store that can (SQLite) publishes an
+    /// event due by then in the same transaction, with every other event
+    /// due, and answers [`Inserted::Published`].
+    async fn insert_event(
+        &self,
+        event: Event,
+        key: Option<Key>,
+        now: Option<i64>,
+    ) -> Result<Inserted, StoreError>;
+
+    /// Where the publications made by inserts go, once committed, one
+    /// batch per commit, in sequence order: taken once, by the scheduler,
+    /// which hands them to the feed. `None`: inserts never publish.
+    fn publications(&self) -> Option<Publications> {
+        None
+    }
 
     /// Up to `limit` published events with a sequence number above
     /// `after`, in sequence order: (seq, collection, name).

@@ -730,7 +730,12 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn insert_event(&self, event: Event, key: Option<Key>) -> Result<Inserted, StoreError> {
+    async fn insert_event(
+        &self,
+        event: Event,
+        key: Option<Key>,
+        _: Option<i64>,
+    ) -> Result<Inserted, StoreError> {
         within(self.schema.get_or_try_init(|| migrate(&self.pool))).await?;
         let (reply, answer) = oneshot::channel();
         self.inserts

@@ -6,8 +6,18 @@
 //! only once it is fsynced. Every write runs in its own savepoint, so one
 //! refused write does not undo its batch. Reads run on a small pool of
 //! read-only connections on the blocking thread pool.
+//!
+//! An insert that is due when it arrives is published in its own
+//! transaction: when nothing else is due it is stored published, with the
+//! next sequence number, so an event is one row written once instead of a
+//! row written by the insert and rewritten by the scheduler's publication
+//! (which also had its own index entry to add and remove). What a commit
+//! published goes to [`Store::publications`] before its writes are
+//! answered, so that the scheduler hands publications to the feed in
+//! commit order.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
@@ -18,8 +28,8 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    Cancel, Change, Changed, Collection, Inserted, Key, ListOf, Listed, Member, Position, Record,
-    Snapshot, Store, StoreError, Trim, Webhook,
+    Cancel, Change, Changed, Collection, Inserted, Key, ListOf, Listed, Member, Position,
+    Publications, Record, Snapshot, Store, StoreError, Trim, Webhook,
 };
 use crate::domain::{Event, Filter, Published, User};
 use crate::metrics::Metrics;
@@ -41,6 +51,9 @@ const MAX_BATCH: usize = 1024;
 const QUEUE: usize = 8192;
 /// Read connections (and blocking threads) in use at once; more reads wait.
 const READERS: usize = 8;
+/// Commits whose publications may wait for the scheduler; beyond, the
+/// scheduler reads them back from the log.
+const PUBLISHED_QUEUE: usize = 256;
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -53,6 +66,8 @@ pub struct SqliteStore {
     writes: mpsc::Sender<Box<dyn Job>>,
     readers: Arc<Readers>,
     dir: PathBuf,
+    /// What inserts publish, until the scheduler takes it.
+    publications: Mutex<Option<Publications>>,
 }
 
 impl SqliteStore {
@@ -77,16 +92,20 @@ impl SqliteStore {
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
         migrate(&mut conn)?;
         let (writes, jobs) = mpsc::channel(QUEUE);
+        let (published, batches) = mpsc::channel(PUBLISHED_QUEUE);
+        let missed = Arc::new(AtomicBool::new(false));
+        let out = Outbox { published, missed: missed.clone() };
         std::thread::Builder::new()
             .name("broker-sqlite-writer".into())
-            .spawn(move || write_loop(conn, jobs, &metrics))
+            .spawn(move || write_loop(conn, jobs, &out, &metrics))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         let readers = Arc::new(Readers {
             path,
             idle: Mutex::new(Vec::new()),
             slots: Arc::new(tokio::sync::Semaphore::new(READERS)),
         });
-        Ok(Self { writes, readers, dir: dir.to_owned() })
+        let publications = Mutex::new(Some(Publications { batches, missed }));
+        Ok(Self { writes, readers, dir: dir.to_owned(), publications })
     }
 
     /// Runs `work` in the next group commit; answers once it is durable.
@@ -94,6 +113,16 @@ impl SqliteStore {
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.write_publishing(move |conn, _| work(conn)).await
+    }
+
+    /// Like [`SqliteStore::write`]; what `work` adds to its second argument
+    /// is published with the commit (see [`Store::publications`]).
+    async fn write_publishing<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut Vec<Published>) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         self.writes
@@ -139,8 +168,9 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 /// A write waiting for the writer thread.
 trait Job: Send {
-    /// Runs inside the batch's transaction; the result is held until commit.
-    fn run(self: Box<Self>, conn: &Connection) -> Box<dyn Done>;
+    /// Runs inside the batch's transaction; the result is held until
+    /// commit, and what it publishes is added to `published`.
+    fn run(self: Box<Self>, conn: &Connection, published: &mut Vec<Published>) -> Box<dyn Done>;
     /// Fails the write without running it.
     fn abort(self: Box<Self>, error: &str);
 }
@@ -163,11 +193,16 @@ struct Ran<T> {
 impl<F, T> Job for Write<F, T>
 where
     T: Send + 'static,
-    F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    F: FnOnce(&Connection, &mut Vec<Published>) -> Result<T, StoreError> + Send + 'static,
 {
-    fn run(self: Box<Self>, conn: &Connection) -> Box<dyn Done> {
-        let result = in_savepoint(conn, self.work);
-        Box::new(Ran { result, reply: self.reply })
+    fn run(self: Box<Self>, conn: &Connection, published: &mut Vec<Published>) -> Box<dyn Done> {
+        let Write { work, reply } = *self;
+        let before = published.len();
+        let result = in_savepoint(conn, |conn| work(conn, published));
+        if result.is_err() {
+            published.truncate(before); // rolled back
+        }
+        Box::new(Ran { result, reply })
     }
 
     fn abort(self: Box<Self>, error: &str) {
@@ -196,10 +231,23 @@ fn in_savepoint<T>(
     result
 }
 
+/// Where the writer thread sends what its commits published.
+struct Outbox {
+    published: mpsc::Sender<Vec<Published>>,
+    missed: Arc<AtomicBool>,
+}
+
 /// The writer thread: takes every queued write, runs them in one
-/// transaction, commits (one fsync), then answers each.
-fn write_loop(conn: Connection, mut jobs: mpsc::Receiver<Box<dyn Job>>, metrics: &Metrics) {
+/// transaction, commits (one fsync), sends on what it published, then
+/// answers each.
+fn write_loop(
+    conn: Connection,
+    mut jobs: mpsc::Receiver<Box<dyn Job>>,
+    out: &Outbox,
+    metrics: &Metrics,
+) {
     let mut batch = Vec::new();
+    let mut published = Vec::new();
     while let Some(job) = jobs.blocking_recv() {
         batch.push(job);
         while batch.len() < MAX_BATCH {
@@ -214,13 +262,19 @@ fn write_loop(conn: Connection, mut jobs: mpsc::Receiver<Box<dyn Job>>, metrics:
             batch.drain(..).for_each(|job| job.abort(&error));
             continue;
         }
-        let ran: Vec<_> = batch.drain(..).map(|job| job.run(&conn)).collect();
+        let ran: Vec<_> = batch.drain(..).map(|job| job.run(&conn, &mut published)).collect();
         let started = std::time::Instant::now();
         let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
         metrics.commit(started.elapsed());
         if let Err(e) = &commit {
             tracing::error!(error = %e, "commit failed");
             let _ = conn.execute_batch("ROLLBACK");
+            published.clear();
+        } else if !published.is_empty()
+            && out.published.try_send(std::mem::take(&mut published)).is_err()
+        {
+            published.clear();
+            out.missed.store(true, Ordering::SeqCst);
         }
         for done in ran {
             done.finish(commit.as_ref().map(|_| ()).map_err(String::as_str));
@@ -448,6 +502,50 @@ fn apply(conn: &Connection, change: Change) -> Result<Changed, StoreError> {
     Ok(outcome)
 }
 
+/// Marks up to `limit` pending events due at `now` published, in timestamp
+/// then insertion order, with the next sequence numbers.
+fn publish(conn: &Connection, now: i64, limit: i64) -> Result<Vec<Published>, StoreError> {
+    let due: Vec<(i64, Event)> = conn
+        .prepare_cached(sql::DUE)?
+        .query_map(params![now, limit], |row| Ok((row.get(8)?, event_from_row(row)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    if due.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut seq = head(conn)?;
+    let mut mark = conn.prepare_cached(sql::MARK_PUBLISHED)?;
+    let mut published = Vec::with_capacity(due.len());
+    for (pos, event) in due {
+        seq += 1;
+        mark.execute(params![seq, pos])?;
+        published.push(Published { seq, event: Event { published: true, ..event } });
+    }
+    // Only the last event of each collection and name sets `latest`.
+    let latest: std::collections::HashMap<_, _> = published
+        .iter()
+        .map(|p| ((p.event.collection_id, p.event.event.as_str()), p.seq))
+        .collect();
+    set_latest(conn, latest)?;
+    Ok(published)
+}
+
+/// The highest sequence number given.
+fn head(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached(sql::HEAD)?.query_row([], |r| r.get(0))
+}
+
+/// Records each (collection, name)'s latest sequence number.
+fn set_latest<'a>(
+    conn: &Connection,
+    latest: impl IntoIterator<Item = ((Uuid, &'a str), i64)>,
+) -> rusqlite::Result<()> {
+    let mut statement = conn.prepare_cached(sql::SET_LATEST)?;
+    for ((collection_id, event), seq) in latest {
+        statement.execute(params![collection_id, event, seq])?;
+    }
+    Ok(())
+}
+
 /// Stores one event as it is, with its sequence number if it has one.
 fn insert_event(conn: &Connection, e: &Event, seq: Option<i64>) -> rusqlite::Result<usize> {
     conn.prepare_cached(sql::INSERT_EVENT)?.execute(params![
@@ -669,8 +767,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn insert_event(&self, e: Event, key: Option<Key>) -> Result<Inserted, StoreError> {
-        self.write(move |conn| {
+    async fn insert_event(
+        &self,
+        e: Event,
+        key: Option<Key>,
+        now: Option<i64>,
+    ) -> Result<Inserted, StoreError> {
+        self.write_publishing(move |conn, published| {
             if let Some(Key { key, now, since }) = key {
                 let stored: Option<String> = conn
                     .prepare_cached(sql::KEY_EVENT)?
@@ -686,10 +789,33 @@ impl Store for SqliteStore {
                     serde_json::to_string(&e).map_err(|e| StoreError::Backend(e.to_string()))?
                 ])?;
             }
-            insert_event(conn, &e, None)?;
-            Ok(Inserted::New)
+            // Published now only if nothing else is due: else the
+            // scheduler publishes it after those, in timestamp order.
+            let due = |now: &i64| e.timestamp <= *now;
+            let Some(now) = now.filter(due) else {
+                insert_event(conn, &e, None)?;
+                return Ok(Inserted::New);
+            };
+            // (Not `DUE` with a limit of 1: its bound range makes SQLite
+            // plan it again each time.)
+            let earliest: Option<i64> =
+                conn.prepare_cached(sql::NEXT_DUE)?.query_row([], |r| r.get(0))?;
+            if earliest.is_some_and(|earliest| earliest <= now) {
+                insert_event(conn, &e, None)?;
+                return Ok(Inserted::New);
+            }
+            let seq = head(conn)? + 1;
+            let event = Event { published: true, ..e };
+            insert_event(conn, &event, Some(seq))?;
+            set_latest(conn, [((event.collection_id, event.event.as_str()), seq)])?;
+            published.push(Published { seq, event });
+            Ok(Inserted::Published)
         })
         .await
+    }
+
+    fn publications(&self) -> Option<Publications> {
+        self.publications.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 
     async fn published_after(
@@ -806,34 +932,7 @@ impl Store for SqliteStore {
 
     async fn publish_due(&self, now: i64, limit: usize) -> Result<Vec<Published>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.write(move |conn| {
-            let due: Vec<(i64, Event)> = conn
-                .prepare_cached(sql::DUE)?
-                .query_map(params![now, limit], |row| Ok((row.get(8)?, event_from_row(row)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            if due.is_empty() {
-                return Ok(Vec::new());
-            }
-            let mut seq: i64 = conn.prepare_cached(sql::HEAD)?.query_row([], |r| r.get(0))?;
-            let mut mark = conn.prepare_cached(sql::MARK_PUBLISHED)?;
-            let mut published = Vec::with_capacity(due.len());
-            for (pos, event) in due {
-                seq += 1;
-                mark.execute(params![seq, pos])?;
-                published.push(Published { seq, event: Event { published: true, ..event } });
-            }
-            // Only the last event of each collection and name sets `latest`.
-            let latest: std::collections::HashMap<_, _> = published
-                .iter()
-                .map(|p| ((p.event.collection_id, p.event.event.as_str()), p.seq))
-                .collect();
-            let mut set_latest = conn.prepare_cached(sql::SET_LATEST)?;
-            for ((collection_id, event), seq) in latest {
-                set_latest.execute(params![collection_id, event, seq])?;
-            }
-            Ok(published)
-        })
-        .await
+        self.write(move |conn| publish(conn, now, limit)).await
     }
 
     async fn next_due(&self) -> Result<Option<i64>, StoreError> {
@@ -844,7 +943,7 @@ impl Store for SqliteStore {
         let (statement, params) = (sql::latest(filter, public_only), filter_params(filter));
         self.read(move |conn| {
             let tx = conn.unchecked_transaction()?;
-            let head = tx.prepare_cached(sql::HEAD)?.query_row([], |r| r.get(0))?;
+            let head = head(&tx)?;
             let latest = tx
                 .prepare_cached(&statement)?
                 .query_map(rusqlite::params_from_iter(params), published_from_row)?
@@ -863,7 +962,7 @@ impl Store for SqliteStore {
     }
 
     async fn head(&self) -> Result<i64, StoreError> {
-        self.read(|conn| conn.prepare_cached(sql::HEAD)?.query_row([], |r| r.get(0))).await
+        self.read(head).await
     }
 
     async fn replay(

@@ -334,7 +334,7 @@ async fn sequence_numbers_become_visible_in_order() {
                     cancelled: false,
                     data: serde_json::value::to_raw_value(&n).unwrap(),
                 };
-                store.insert_event(event, None).await.expect("insert");
+                store.insert_event(event, None, None).await.expect("insert");
                 store.publish_due(NOW, 4).await.expect("publish");
             }
         }));

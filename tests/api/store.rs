@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use broker::domain::{Event, Filter, User};
 use broker::policy::Role;
-use broker::store::{Cancel, Change, Changed, ListOf, Position, Record, Store, StoreError};
+use broker::store::{
+    Cancel, Change, Changed, Inserted, ListOf, Position, Record, Store, StoreError,
+};
 use uuid::Uuid;
 
 use crate::support::{TestDb, config, on_postgres};
@@ -39,7 +41,7 @@ async fn publication_numbers_due_events_in_timestamp_then_insertion_order() {
     let c = Uuid::new_v4();
     let now = broker::Clock::System.now_secs();
     for (name, ago) in [("a", 5), ("b", 9), ("c", 5), ("d", 7), ("later", -1000)] {
-        store.insert_event(event(name, c, now - ago), None).await.unwrap();
+        store.insert_event(event(name, c, now - ago), None, None).await.unwrap();
     }
     assert_eq!(store.head().await.unwrap(), 0);
     assert!(store.next_due().await.unwrap().is_some_and(|t| t <= now + 1), "due already");
@@ -60,12 +62,51 @@ async fn publication_numbers_due_events_in_timestamp_then_insertion_order() {
     assert_eq!(replayed.iter().map(|p| p.seq).collect::<Vec<_>>(), [3]);
 }
 
+/// Given `now`, SQLite publishes an insert due by then in its own
+/// transaction, after what is published and never before an earlier event
+/// still due; PostgreSQL leaves every publication to the scheduler.
+#[tokio::test]
+async fn an_insert_due_at_once_is_published_with_it_unless_others_are_due() {
+    let (store, _dir, _db) = fresh().await;
+    let c = Uuid::new_v4();
+    let inserted = store.insert_event(event("a", c, 5), None, Some(10)).await.unwrap();
+    let Some(mut publications) = store.publications() else {
+        assert!(matches!(inserted, Inserted::New));
+        return;
+    };
+    assert!(store.publications().is_none(), "taken once");
+    let mut next = || {
+        let batch = publications.batches.try_recv().expect("a batch per commit");
+        batch.iter().map(|p| (p.seq, p.event.event.clone(), p.event.published)).collect::<Vec<_>>()
+    };
+    assert!(matches!(inserted, Inserted::Published));
+    assert_eq!(next(), [(1, "a".to_owned(), true)]);
+    assert_eq!(store.pending().await.unwrap(), 0);
+    let latest = store.snapshot(&Filter::default(), true).await.unwrap();
+    assert_eq!((latest.head, latest.latest[0].seq), (1, 1));
+
+    // A future event becomes due; an insert due at once waits behind it.
+    let future = store.insert_event(event("f", c, 20), None, Some(10)).await.unwrap();
+    assert!(matches!(future, Inserted::New));
+    let behind = store.insert_event(event("b", c, 10), None, Some(30)).await.unwrap();
+    assert!(matches!(behind, Inserted::New));
+    let published = store.publish_due(30, 10).await.unwrap();
+    let got: Vec<(i64, &str)> = published.iter().map(|p| (p.seq, p.event.event.as_str())).collect();
+    assert_eq!(got, [(2, "b"), (3, "f")]);
+    let after = store.insert_event(event("c", c, 30), None, Some(30)).await.unwrap();
+    assert!(matches!(after, Inserted::Published));
+    assert_eq!(next(), [(4, "c".to_owned(), true)]);
+    assert!(publications.batches.try_recv().is_err(), "the scheduler's own go to it");
+    let replayed = store.replay(0, 4, &Filter::default(), 10).await.unwrap();
+    assert_eq!(replayed.iter().map(|p| p.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+}
+
 #[tokio::test]
 async fn the_snapshot_is_the_latest_event_of_each_name() {
     let (store, _dir, _db) = fresh().await;
     let (c, other) = (Uuid::new_v4(), Uuid::new_v4());
     for (name, collection) in [("x", c), ("y", c), ("x", c), ("x", other)] {
-        store.insert_event(event(name, collection, 0), None).await.unwrap();
+        store.insert_event(event(name, collection, 0), None, None).await.unwrap();
         store.publish_due(0, 10).await.unwrap();
     }
     let all = store.snapshot(&Filter::default(), true).await.unwrap();
@@ -85,8 +126,8 @@ async fn cancellation_is_final_and_excludes_publication() {
     let c = Uuid::new_v4();
     let future = event("f", c, 100);
     let now = event("n", c, 0);
-    store.insert_event(future.clone(), None).await.unwrap();
-    store.insert_event(now.clone(), None).await.unwrap();
+    store.insert_event(future.clone(), None, None).await.unwrap();
+    store.insert_event(now.clone(), None, None).await.unwrap();
     assert!(matches!(store.cancel_event(future.id, Uuid::new_v4()).await, Ok(Cancel::NotOwner)));
     assert!(
         matches!(store.cancel_event(future.id, c).await, Ok(Cancel::Cancelled(e)) if e.cancelled)
@@ -137,7 +178,7 @@ async fn listings_go_by_timestamp_then_insertion_a_page_at_a_time() {
     for (name, collection, timestamp) in
         [("a", c, 30), ("b", c, 10), ("c", other, 20), ("d", c, 10)]
     {
-        store.insert_event(event(name, collection, timestamp), None).await.unwrap();
+        store.insert_event(event(name, collection, timestamp), None, None).await.unwrap();
     }
     let names = |page: &[broker::store::Listed]| {
         page.iter().map(|l| l.event.event.clone()).collect::<Vec<_>>()
@@ -214,7 +255,7 @@ async fn an_export_imports_into_an_empty_store_as_it_was() {
     let c = Uuid::new_v4();
     store.change(Change::Claim { collection: c, owner: alice.id, private: true }).await.unwrap();
     for (name, timestamp) in [("a", 0), ("b", 0), ("later", i64::from(i32::MAX))] {
-        store.insert_event(event(name, c, timestamp), None).await.unwrap();
+        store.insert_event(event(name, c, timestamp), None, None).await.unwrap();
     }
     store.publish_due(1, 10).await.unwrap();
 
