@@ -372,6 +372,25 @@ pub struct User {
 }
 
 #[cfg(test)]
+impl Event {
+    /// For tests: an unpublished event "e" at timestamp 0 with data `n`,
+    /// by its own user in its own collection.
+    pub(crate) fn numbered(n: i64) -> Self {
+        let id = Uuid::new_v4();
+        Self {
+            id,
+            user_id: id,
+            collection_id: id,
+            event: "e".into(),
+            timestamp: 0,
+            published: false,
+            cancelled: false,
+            data: serde_json::value::to_raw_value(&n).expect("a number serialises"),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -308,19 +308,7 @@ mod tests {
     use crate::store::SqliteStore;
 
     async fn publish(store: &SqliteStore, feed: &Feed, n: i64) {
-        let id = uuid::Uuid::new_v4();
-        let data = serde_json::value::to_raw_value(&n).unwrap();
-        let event = Event {
-            id,
-            user_id: id,
-            collection_id: id,
-            event: "e".into(),
-            timestamp: 0,
-            published: false,
-            cancelled: false,
-            data,
-        };
-        store.insert_event(event, None, None).await.unwrap();
+        store.insert_event(Event::numbered(n), None, None).await.unwrap();
         feed.published(&store.publish_due(0, 10).await.unwrap()).await.unwrap();
     }
 

@@ -155,27 +155,15 @@ mod tests {
         let (mut listener, start) =
             feed.subscribe(&Filter::default(), None, Extras::default()).await.unwrap();
         assert_eq!(start, 0);
-        let n = 300; // one commit each: more than the store's queue of 256
+        let n: i64 = 300; // one commit each: more than the store's queue of 256
         for i in 0..n {
-            let id = uuid::Uuid::new_v4();
-            let data = serde_json::value::to_raw_value(&i).unwrap();
-            let event = Event {
-                id,
-                user_id: id,
-                collection_id: id,
-                event: "e".into(),
-                timestamp: 0,
-                published: false,
-                cancelled: false,
-                data,
-            };
-            store.insert_event(event, None, Some(0)).await.unwrap();
+            store.insert_event(Event::numbered(i), None, Some(0)).await.unwrap();
         }
         let shutdown = CancellationToken::new();
         let wake = Arc::default();
         let task = spawn(store, feed, Clock::System, wake, None, shutdown.clone());
         let mut seqs = Vec::new();
-        while seqs.len() < n {
+        while (seqs.len() as i64) < n {
             let frame = tokio::time::timeout(Duration::from_secs(10), listener.recv())
                 .await
                 .expect("every publication reaches the hub")
@@ -184,7 +172,7 @@ mod tests {
                 seqs.push(seq);
             }
         }
-        assert_eq!(seqs, (1..=n as i64).collect::<Vec<_>>());
+        assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
         shutdown.cancel();
         task.await.unwrap();
     }

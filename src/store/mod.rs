@@ -400,8 +400,9 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a new, unpublished event; with a key, only if the user's
     /// key did not store one since `key.since` (else answers that event).
     /// With `now` (UNIX seconds), a store that can (SQLite) publishes an
-    /// event due by then in the same transaction, with every other event
-    /// due, and answers [`Inserted::Published`].
+    /// event due by then in the same transaction when no other event is
+    /// due (else the scheduler publishes it after those), and answers
+    /// [`Inserted::Published`].
     async fn insert_event(
         &self,
         event: Event,
