@@ -3,8 +3,8 @@
 # nginx + nchan (a channel id per subscriber, one worker), one after the
 # other, a fresh server each; then the mixed run (every stream on one shared
 # channel too, B broadcasts to it one at a time while M events a second go
-# to single streams); then Broker with no stream open, for the CPU an insert
-# costs without any fan-out. Results in target/bench/channels-*.json.
+# to single streams); then Broker with no stream open and the same inserts
+# (into N collections), for the CPU an insert costs without any fan-out. Results in target/bench/channels-*.json.
 #   N streams (18000), R events a second (5000), T seconds (10),
 #   M events a second in the mixed run (2000), B broadcasts (50).
 set -euo pipefail
@@ -50,4 +50,4 @@ broker broker "$N" 2 -r "$R" -t "$T"
 nchan nchan 20 -r "$R" -t "$T"
 broker broker-mixed "$N" 40 -r "$M" -t "$T" -b "$B"
 nchan nchan-mixed 60 -r "$M" -t "$T" -b "$B"
-broker idle 0 80 -r "$R" -t "$T"
+broker idle 0 80 -r "$R" -t "$T" --channels "$N"
