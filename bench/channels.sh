@@ -4,7 +4,8 @@
 # other, a fresh server each; then the mixed run (every stream on one shared
 # channel too, B broadcasts to it one at a time while M events a second go
 # to single streams); then Broker with no stream open and the same inserts
-# (into N collections), for the CPU an insert costs without any fan-out. Results in target/bench/channels-*.json.
+# (into N collections), for the CPU an insert costs without any fan-out.
+# Results in target/bench/channels-*.json.
 #   N streams (18000), R events a second (5000), T seconds (10),
 #   M events a second in the mixed run (2000), B broadcasts (50).
 set -euo pipefail

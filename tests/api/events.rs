@@ -83,7 +83,13 @@ async fn insert_answers_the_record_as_stored() {
     assert_eq!(record["published"], false);
     assert_eq!(record["cancelled"], false);
     assert_eq!(record["data"], data);
-    assert_eq!(app.collection(&user, user.collection).await, vec![record]);
+    assert_eq!(app.collection(&user, user.collection).await, vec![record.clone()]);
+    // Ids are time-ordered (UUIDv7): each insert appends to the id index
+    // instead of dirtying a random page of it.
+    let next = app.insert(&user, "profile", NOW + 5, json!(1)).await;
+    let id = |r: &Value| r["id"].as_str().unwrap().parse::<Uuid>().unwrap();
+    assert_eq!(id(&next).get_version_num(), 7);
+    assert!(id(&record) < id(&next), "{record} then {next}");
 }
 
 #[tokio::test]
