@@ -30,25 +30,8 @@ broker() {
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
-# nchan <name> <first source> <broker-bench channels options…>
-nchan() {
-  local name=$1 source=$2
-  shift 2
-  rm -rf "$work/nginx"; mkdir -p "$work/nginx/tmp"
-  nginx -p "$work/nginx" -c "$PWD/bench/nchan/nginx.conf" 2>>"$out/channels-nginx.log" &
-  local master=$!
-  pids+=("$master")
-  wait_port 18081
-  local worker
-  worker=$(pgrep -P "$master" | head -n 1)
-  echo "== nginx + nchan, $N streams $*"
-  "$bench" channels --target nchan --addr 127.0.0.1:18081 --pid "$worker" -n "$N" \
-    --first-source "$source" --json "$out/channels-$name.json" "$@" | grep -v '^{' || true
-  kill "$master"; wait "$master" 2>/dev/null || true
-}
-
 broker broker "$N" 2 -r "$R" -t "$T"
-nchan nchan 20 -r "$R" -t "$T"
+nchan_channels channels nchan 20 -n "$N" -r "$R" -t "$T"
 broker broker-mixed "$N" 40 -r "$M" -t "$T" -b "$B"
-nchan nchan-mixed 60 -r "$M" -t "$T" -b "$B"
+nchan_channels channels nchan-mixed 60 -n "$N" -r "$M" -t "$T" -b "$B"
 broker idle 0 80 -r "$R" -t "$T" --channels "$N"

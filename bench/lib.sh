@@ -22,6 +22,25 @@ prepare() {
   trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
 }
 
+# nchan_channels <script> <name> <first source> <broker-bench channels options…>:
+# `broker-bench channels` against a fresh nginx + nchan (one worker), its
+# log in $out/<script>-nginx.log, its result in $out/<script>-<name>.json.
+nchan_channels() {
+  local script=$1 name=$2 source=$3
+  shift 3
+  rm -rf "$work/nginx"; mkdir -p "$work/nginx/tmp"
+  nginx -p "$work/nginx" -c "$PWD/bench/nchan/nginx.conf" 2>>"$out/$script-nginx.log" &
+  local master=$!
+  pids+=("$master")
+  wait_port 18081
+  local worker
+  worker=$(pgrep -P "$master" | head -n 1)
+  echo "== nginx + nchan $*"
+  "$bench" channels --target nchan --addr 127.0.0.1:18081 --pid "$worker" \
+    --first-source "$source" --json "$out/$script-$name.json" "$@" | grep -v '^{' || true
+  kill "$master"; wait "$master" 2>/dev/null || true
+}
+
 # make_cert DIR: a CA (DIR/ca.pem) and an ECDSA P-256 certificate for
 # localhost (DIR/cert.pem, DIR/key.pem), as a deployment has.
 make_cert() {

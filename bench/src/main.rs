@@ -46,6 +46,11 @@ struct Cli {
     /// an origin's on one).
     #[arg(long, global = true, default_value_t = 1, requires = "http2")]
     h2_streams: usize,
+    /// Run the load generator under the kernel's default policy, so that a
+    /// client woken by a frame preempts the server writing the next ones.
+    /// By default its threads and client processes run `SCHED_BATCH`.
+    #[arg(long)]
+    preempt: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
@@ -262,6 +267,22 @@ fn main() {
     if let Err(e) = if cli.http2 { http::use_http2(cli.h2_streams) } else { Ok(()) } {
         eprintln!("broker-bench: {e}");
         std::process::exit(2);
+    }
+    // The load generator stands in for clients on other machines: set
+    // before any thread exists, `SCHED_BATCH` is inherited by its threads
+    // and client processes. They keep their share of the cores but a frame
+    // that wakes one does not preempt the server in the middle of writing
+    // the next ones; any wait before a client reads still counts in the
+    // latencies measured.
+    if !cli.preempt && !matches!(cli.command, Cmd::Client { .. }) {
+        let me = std::process::id().to_string();
+        let batch =
+            std::process::Command::new("chrt").args(["--batch", "--pid", "0", &me]).status();
+        if !batch.as_ref().is_ok_and(|s| s.success()) {
+            eprintln!(
+                "broker-bench: chrt --batch failed ({batch:?}): the clients may preempt the server"
+            );
+        }
     }
     // A client process is one thread: the measured server, not the load
     // generator, should get the machine's cores.
