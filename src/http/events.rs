@@ -115,12 +115,17 @@ pub async fn insert(
     let now = app.clock.now_secs();
     let key = key.map(|key| Key { key, now, since: now - app.idempotency_window });
     match app.store.insert_event(event.clone(), key, Some(now)).await? {
-        inserted @ (Inserted::New | Inserted::Published) => {
-            if matches!(inserted, Inserted::New) {
+        inserted @ (Inserted::New | Inserted::Published(_)) => {
+            Metrics::add(&app.hub.metrics.inserted, 1);
+            let mut answer = axum::Json(One { event }).into_response();
+            if let Inserted::Published(answering) = inserted {
+                // Dropped with the response's head, once that is in the
+                // connection's buffer: the fan-out starts as it is sent.
+                answer.extensions_mut().insert(answering);
+            } else {
                 app.wake.poke(); // for the scheduler to publish when due
             }
-            Metrics::add(&app.hub.metrics.inserted, 1);
-            Ok(axum::Json(One { event }).into_response())
+            Ok(answer)
         }
         Inserted::Again(first) => {
             let same = (&first.event, first.collection_id, first.timestamp, first.data.get())

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -228,10 +228,50 @@ pub enum Inserted {
     New,
     /// The event was due and is published with the insert, in the same
     /// transaction: its publication goes out through
-    /// [`Store::publications`].
-    Published,
+    /// [`Store::publications`] once this [`Answering`] is dropped (with
+    /// the answer).
+    Published(Answering),
     /// Nothing: the key stored this event already.
     Again(Event),
+}
+
+/// Held by the answers to the inserts of one commit: that commit's
+/// publications reach the streams once every answer is written (or has
+/// waited [`Answered::wait`]'s bound), so that fanning an event out to
+/// thousands of streams never holds up the answer to its own insert.
+#[derive(Debug, Clone)]
+pub struct Answering {
+    _held: Arc<oneshot::Sender<()>>,
+}
+
+/// Resolves once every [`Answering`] of a commit is dropped.
+#[derive(Debug)]
+pub struct Answered(oneshot::Receiver<()>);
+
+impl Answered {
+    /// The longest a commit's publications wait for its answers.
+    pub const BOUND: Duration = Duration::from_millis(20);
+
+    /// A commit's two ends.
+    pub fn pair() -> (Answering, Answered) {
+        let (sender, receiver) = oneshot::channel();
+        (Answering { _held: Arc::new(sender) }, Answered(receiver))
+    }
+
+    /// Waits until every answer is written (true), at most
+    /// [`Answered::BOUND`] (false).
+    pub async fn wait(self) -> bool {
+        tokio::time::timeout(Self::BOUND, self.0).await.is_ok()
+    }
+}
+
+/// What one commit published inside inserts.
+#[derive(Debug)]
+pub struct Batch {
+    /// The publications, in sequence order.
+    pub published: Vec<Published>,
+    /// When the commit's inserts are answered.
+    pub answered: Answered,
 }
 
 /// The publications a store makes inside inserts (see
@@ -239,7 +279,7 @@ pub enum Inserted {
 #[derive(Debug)]
 pub struct Publications {
     /// One batch per commit, in sequence order.
-    pub batches: mpsc::Receiver<Vec<Published>>,
+    pub batches: mpsc::Receiver<Batch>,
     /// Set when a batch could not be queued (the reader was far behind):
     /// the reader must read the log from the store to catch up.
     pub missed: Arc<std::sync::atomic::AtomicBool>,

@@ -14,7 +14,7 @@
 //! (which also had its own index entry to add and remove). What a commit
 //! published goes to [`Store::publications`] before its writes are
 //! answered, so that the scheduler hands publications to the feed in
-//! commit order.
+//! commit order, once those answers are written (see [`Answering`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,8 +28,8 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    Cancel, Change, Changed, Collection, Inserted, Key, ListOf, Listed, Member, Position,
-    Publications, Record, Snapshot, Store, StoreError, Trim, Webhook,
+    Answered, Answering, Batch, Cancel, Change, Changed, Collection, Inserted, Key, ListOf, Listed,
+    Member, Position, Publications, Record, Snapshot, Store, StoreError, Trim, Webhook,
 };
 use crate::domain::{Event, Filter, Published, User};
 use crate::metrics::Metrics;
@@ -129,7 +129,7 @@ impl SqliteStore {
     async fn write_publishing<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, &mut Vec<Published>) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Connection, &mut Publishing) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         self.writes
@@ -177,7 +177,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 trait Job: Send {
     /// Runs inside the batch's transaction; the result is held until
     /// commit, and what it publishes is added to `published`.
-    fn run(self: Box<Self>, conn: &Connection, published: &mut Vec<Published>) -> Box<dyn Done>;
+    fn run(self: Box<Self>, conn: &Connection, published: &mut Publishing) -> Box<dyn Done>;
     /// Fails the write without running it.
     fn abort(self: Box<Self>, error: &str);
 }
@@ -200,14 +200,14 @@ struct Ran<T> {
 impl<F, T> Job for Write<F, T>
 where
     T: Send + 'static,
-    F: FnOnce(&Connection, &mut Vec<Published>) -> Result<T, StoreError> + Send + 'static,
+    F: FnOnce(&Connection, &mut Publishing) -> Result<T, StoreError> + Send + 'static,
 {
-    fn run(self: Box<Self>, conn: &Connection, published: &mut Vec<Published>) -> Box<dyn Done> {
+    fn run(self: Box<Self>, conn: &Connection, published: &mut Publishing) -> Box<dyn Done> {
         let Write { work, reply } = *self;
-        let before = published.len();
+        let before = published.events.len();
         let result = in_savepoint(conn, |conn| work(conn, published));
         if result.is_err() {
-            published.truncate(before); // rolled back
+            published.events.truncate(before); // rolled back
         }
         Box::new(Ran { result, reply })
     }
@@ -240,8 +240,31 @@ fn in_savepoint<T>(
 
 /// Where the writer thread sends what its commits published.
 struct Outbox {
-    published: mpsc::Sender<Vec<Published>>,
+    published: mpsc::Sender<Batch>,
     missed: Arc<AtomicBool>,
+}
+
+/// What the writes of one commit publish.
+#[derive(Default)]
+struct Publishing {
+    events: Vec<Published>,
+    answers: Option<(Answering, Answered)>,
+}
+
+impl Publishing {
+    /// Adds `published`; what answers this write holds the result.
+    fn publish(&mut self, published: Published) -> Answering {
+        self.events.push(published);
+        self.answers.get_or_insert_with(Answered::pair).0.clone()
+    }
+
+    /// The commit's batch, if it published anything; the next commit
+    /// starts afresh.
+    fn take(&mut self) -> Option<Batch> {
+        let Self { events, answers } = std::mem::take(self);
+        let (_, answered) = answers.filter(|_| !events.is_empty())?;
+        Some(Batch { published: events, answered })
+    }
 }
 
 /// The writer thread: takes every queued write, runs them in one
@@ -254,7 +277,7 @@ fn write_loop(
     metrics: &Metrics,
 ) {
     let mut batch = Vec::new();
-    let mut published = Vec::new();
+    let mut published = Publishing::default();
     while let Some(job) = jobs.blocking_recv() {
         batch.push(job);
         while batch.len() < MAX_BATCH {
@@ -276,11 +299,10 @@ fn write_loop(
         if let Err(e) = &commit {
             tracing::error!(error = %e, "commit failed");
             let _ = conn.execute_batch("ROLLBACK");
-            published.clear();
-        } else if !published.is_empty()
-            && out.published.try_send(std::mem::take(&mut published)).is_err()
+            published = Publishing::default();
+        } else if let Some(batch) = published.take()
+            && out.published.try_send(batch).is_err()
         {
-            published.clear();
             out.missed.store(true, Ordering::SeqCst);
         }
         for done in ran {
@@ -815,8 +837,7 @@ impl Store for SqliteStore {
             let event = Event { published: true, ..e };
             insert_event(conn, &event, Some(seq))?;
             set_latest(conn, [((event.collection_id, event.event.as_str()), seq)])?;
-            published.push(Published { seq, event });
-            Ok(Inserted::Published)
+            Ok(Inserted::Published(published.publish(Published { seq, event })))
         })
         .await
     }

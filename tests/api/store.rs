@@ -77,10 +77,22 @@ async fn an_insert_due_at_once_is_published_with_it_unless_others_are_due() {
     assert!(store.publications().is_none(), "taken once");
     let mut next = || {
         let batch = publications.batches.try_recv().expect("a batch per commit");
-        batch.iter().map(|p| (p.seq, p.event.event.clone(), p.event.published)).collect::<Vec<_>>()
+        let got = batch.published.iter().map(|p| (p.seq, p.event.event.clone(), p.event.published));
+        (got.collect::<Vec<_>>(), batch.answered)
     };
-    assert!(matches!(inserted, Inserted::Published));
-    assert_eq!(next(), [(1, "a".to_owned(), true)]);
+    let Inserted::Published(answering) = inserted else { panic!("published with its insert") };
+    let (published, answered) = next();
+    assert_eq!(published, [(1, "a".to_owned(), true)]);
+    // The batch goes to the streams once the insert's answer is written
+    // (its `Answering` dropped), not before.
+    let mut answered = std::pin::pin!(answered.wait());
+    tokio::select! {
+        biased;
+        _ = &mut answered => panic!("answered before the answer was written"),
+        () = std::future::ready(()) => {}
+    }
+    drop(answering);
+    assert!(answered.await, "answered once the answer was written");
     assert_eq!(store.pending().await.unwrap(), 0);
     let latest = store.snapshot(&Filter::default(), true).await.unwrap();
     assert_eq!((latest.head, latest.latest[0].seq), (1, 1));
@@ -94,8 +106,8 @@ async fn an_insert_due_at_once_is_published_with_it_unless_others_are_due() {
     let got: Vec<(i64, &str)> = published.iter().map(|p| (p.seq, p.event.event.as_str())).collect();
     assert_eq!(got, [(2, "b"), (3, "f")]);
     let after = store.insert_event(event("c", c, 30), None, Some(30)).await.unwrap();
-    assert!(matches!(after, Inserted::Published));
-    assert_eq!(next(), [(4, "c".to_owned(), true)]);
+    assert!(matches!(after, Inserted::Published(_)));
+    assert_eq!(next().0, [(4, "c".to_owned(), true)]);
     assert!(publications.batches.try_recv().is_err(), "the scheduler's own go to it");
     let replayed = store.replay(0, 4, &Filter::default(), 10).await.unwrap();
     assert_eq!(replayed.iter().map(|p| p.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
