@@ -181,4 +181,33 @@ mod tests {
         shutdown.cancel();
         task.await.unwrap();
     }
+
+    /// A commit's publications reach the hub once its answers are written
+    /// (the `Answering` dropped), or after the bound if one never is. On
+    /// tokio's paused clock, which moves only when every task waits.
+    #[tokio::test(start_paused = true)]
+    async fn publications_wait_for_the_answers_of_their_commit() {
+        use crate::store::{Answered, Inserted};
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let hub = Arc::new(Hub::new(1024, 16, Arc::default()));
+        let feed = Arc::new(Feed::new(store.clone(), hub, 1024, false));
+        let (mut listener, _) =
+            feed.subscribe(&Filter::default(), None, Extras::default()).await.unwrap();
+        let shutdown = CancellationToken::new();
+        let task =
+            spawn(store.clone(), feed, Clock::System, Arc::default(), None, shutdown.clone());
+        for (i, held) in [(1, true), (2, false)] {
+            let inserted = store.insert_event(Event::numbered(i), None, Some(0)).await;
+            let Ok(Inserted::Published(answering)) = inserted else { panic!("{inserted:?}") };
+            let started = tokio::time::Instant::now();
+            let kept = held.then_some(answering); // else dropped: answered
+            let frame = listener.recv().await.unwrap();
+            assert!(matches!(*frame, Frame::Event { seq, .. } if seq == i));
+            assert_eq!(started.elapsed() >= Answered::BOUND, held, "event {i}");
+            drop(kept);
+        }
+        shutdown.cancel();
+        task.await.unwrap();
+    }
 }
