@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the same `subscribers` and `fanout` measurements against Broker and
 # against nginx + nchan (one worker), one after the other on this machine,
-# then prints both with their ratios. Results go to target/bench/.
+# then prints both with their ratios; Broker's fan-out also once more to
+# streams that name no collection. Results go to target/bench/.
 #   N subscribers (18000), K single events (50), B events in the burst (100).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,14 +24,28 @@ measure() { # name addr pid target first-source
     --first-source "$(($5 + 10))" --json "$out/$1-fanout.json"
 }
 
-echo "== Broker"
-data=$(mktemp -d)
-target/release/broker --host 127.0.0.1 --port 18080 --save-path "$data" --secret bench \
-  2>"$out/broker.log" &
-broker=$!
+# start_broker: a fresh server on 18080 with an empty store, its pid in $broker.
+data=$(mktemp -d) broker=
 trap 'kill $broker 2>/dev/null || true; rm -rf "$data"' EXIT
-wait_port 18080
+start_broker() {
+  rm -rf "${data:?}"/*
+  target/release/broker --host 127.0.0.1 --port 18080 --save-path "$data" --secret bench \
+    2>>"$out/broker.log" &
+  broker=$!
+  wait_port 18080
+}
+
+echo "== Broker"
+: >"$out/broker.log"
+start_broker
 measure broker 127.0.0.1:18080 "$broker" broker 2
+kill "$broker"; wait "$broker" 2>/dev/null || true
+# The same fan-out to streams that name no collection (the hub's shared
+# ring instead of an inbox each), on an empty store: such a stream's sync
+# would carry the last run's events.
+start_broker
+"$bench" fanout --target broker --addr 127.0.0.1:18080 --pid "$broker" -n "$N" -k "$K" -b "$B" \
+  --unfiltered --first-source 40 --json "$out/broker-unfiltered-fanout.json"
 kill "$broker"; wait "$broker" 2>/dev/null || true
 
 echo "== nginx + nchan"
@@ -48,3 +63,6 @@ echo
 "$bench" compare "$out/broker-subscribers.json" "$out/nchan-subscribers.json"
 echo
 "$bench" compare "$out/broker-fanout.json" "$out/nchan-fanout.json"
+echo
+echo "unfiltered streams (the shared ring):"
+"$bench" compare "$out/broker-unfiltered-fanout.json" "$out/nchan-fanout.json"

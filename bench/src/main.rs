@@ -85,6 +85,10 @@ struct Target {
     /// public collection: the same streams as `--private`, without the check.
     #[arg(long, conflicts_with = "private")]
     authenticated: bool,
+    /// Broker only: subscribers name no collection, so they read the hub's
+    /// shared ring (the unfiltered path) instead of an inbox each.
+    #[arg(long, conflicts_with_all = ["private", "authenticated"])]
+    unfiltered: bool,
 }
 
 #[derive(Args, Clone)]
@@ -391,6 +395,8 @@ struct Publisher {
     collection: String,
     /// A member's token, for the subscribers of a private collection.
     reader: Option<String>,
+    /// Whether subscribers name no collection.
+    unfiltered: bool,
 }
 
 impl Publisher {
@@ -398,8 +404,9 @@ impl Publisher {
     /// fresh collection, so subscribers see only this run.
     async fn new(target: &Target) -> Result<Self, Error> {
         let collection = uuid_v4();
+        let (kind, unfiltered) = (target.target, target.unfiltered);
         let mut publisher =
-            Self { kind: target.target, names: 1, jwt: None, collection, reader: None };
+            Self { kind, names: 1, jwt: None, collection, reader: None, unfiltered };
         if target.target == Kind::Broker {
             let mut conn = Conn::connect(target.addr[0]).await?;
             let (name, jwt) = sign_up(&mut conn, &publisher.collection).await?;
@@ -421,6 +428,7 @@ impl Publisher {
 
     fn subscribe_path(&self) -> String {
         match (self.kind, &self.reader) {
+            (Kind::Broker, None) if self.unfiltered => "/events".to_owned(),
             (Kind::Broker, None) => format!("/events?collection_id={}", self.collection),
             (Kind::Broker, Some(jwt)) => {
                 format!("/events?collection_id={}&token={jwt}", self.collection)
