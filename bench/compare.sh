@@ -7,13 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-18000} K=${K:-200} B=${B:-100}
-out=target/bench
-mkdir -p "$out"
-cargo build --release --workspace --quiet
-bench=target/release/broker-bench
 
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
+prepare
 
 # Each run connects from its own source addresses (127.0.0.<first>…), so that
 # no run waits for the ephemeral ports that an earlier one left in TIME_WAIT.
@@ -24,36 +21,34 @@ measure() { # name addr pid target first-source
     --first-source "$(($5 + 10))" --json "$out/$1-fanout.json"
 }
 
-# start_broker: a fresh server on 18080 with an empty store, its pid in $broker.
-data=$(mktemp -d) broker=
-trap 'kill $broker 2>/dev/null || true; rm -rf "$data"' EXIT
-start_broker() {
-  rm -rf "${data:?}"/*
-  target/release/broker --host 127.0.0.1 --port 18080 --save-path "$data" --secret bench \
+# broker <name>: a fresh server on 18080 with a store of its own, its pid
+# in $broker.
+broker() {
+  target/release/broker --host 127.0.0.1 --port 18080 --save-path "$work/$1" --secret bench \
     2>>"$out/broker.log" &
   broker=$!
+  pids+=("$broker")
   wait_port 18080
 }
 
 echo "== Broker"
 : >"$out/broker.log"
-start_broker
+broker named
 measure broker 127.0.0.1:18080 "$broker" broker 2
 kill "$broker"; wait "$broker" 2>/dev/null || true
 # The same fan-out to streams that name no collection (the hub's shared
 # ring instead of an inbox each), on an empty store: such a stream's sync
 # would carry the last run's events.
-start_broker
+broker unfiltered
 "$bench" fanout --target broker --addr 127.0.0.1:18080 --pid "$broker" -n "$N" -k "$K" -b "$B" \
   --unfiltered --first-source 40 --json "$out/broker-unfiltered-fanout.json"
 kill "$broker"; wait "$broker" 2>/dev/null || true
 
 echo "== nginx + nchan"
-prefix=$(mktemp -d)
-mkdir -p "$prefix/tmp"
-nginx -p "$prefix" -c "$PWD/bench/nchan/nginx.conf" 2>"$out/nginx.log" &
+mkdir -p "$work/nginx/tmp"
+nginx -p "$work/nginx" -c "$PWD/bench/nchan/nginx.conf" 2>"$out/nginx.log" &
 master=$!
-trap 'kill $master 2>/dev/null || true; rm -rf "$data" "$prefix"' EXIT
+pids+=("$master")
 wait_port 18081
 worker=$(pgrep -P "$master" | head -n 1)
 measure nchan 127.0.0.1:18081 "$worker" nchan 100
